@@ -1,0 +1,1 @@
+"""The `warren` command line: seed, demo, projections, and operations tools."""

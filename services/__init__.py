@@ -1,0 +1,1 @@
+"""Warren's four services: order, inventory, payment, notification."""

@@ -1,0 +1,1 @@
+"""Inventory: the catalog, quotes, and stock reservations (reserve, commit, release)."""

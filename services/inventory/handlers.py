@@ -1,0 +1,147 @@
+"""Inventory's business functions: message + repository in, events out.
+
+Every function is safe to run twice for the same message. The decision for an order is written
+once (``reservations``, keyed by order id) together with the event that announces it; a
+redelivered message finds the decision and returns the *same* event (same id), so an outcome
+is never lost between "state saved" and "message published", and never announced twice under
+two ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+
+from services.inventory.repository import StockRepository
+from shared.contracts import (
+    Envelope,
+    OrderPlaced,
+    PaymentFailed,
+    PaymentSucceeded,
+    PricedLine,
+    Quote,
+    QuotedLine,
+    QuoteRequest,
+    StockRejected,
+    StockReleased,
+    StockReserved,
+)
+
+SOURCE = "inventory"
+log = structlog.get_logger(__name__)
+
+
+async def quote(request: QuoteRequest, repo: StockRepository) -> Quote:
+    """Answer the order service's question: known SKUs, their price, how many are available."""
+    found = await repo.find_skus(line.sku for line in request.lines)
+    return Quote(
+        lines=tuple(
+            QuotedLine(
+                sku=line.sku,
+                quantity=line.quantity,
+                known=line.sku in found,
+                unit_price_cents=found[line.sku]["price_cents"] if line.sku in found else 0,
+                available=found[line.sku]["available"] if line.sku in found else 0,
+            )
+            for line in request.lines
+        )
+    )
+
+
+def _merge_lines(lines: Sequence[PricedLine]) -> dict[str, int]:
+    """Quantities per SKU; the same SKU on two lines is one hold."""
+    merged: dict[str, int] = {}
+    for line in lines:
+        merged[line.sku] = merged.get(line.sku, 0) + line.quantity
+    return dict(sorted(merged.items()))
+
+
+async def reserve_stock(
+    envelope: Envelope, placed: OrderPlaced, repo: StockRepository
+) -> list[Envelope]:
+    """Reserve every line of a placed order, or none of them."""
+    existing = await repo.get_reservation(placed.order_id)
+    if existing is not None:
+        # Decided before (or compensated before the order arrived): re-announce, never redo.
+        return [Envelope.model_validate(existing["outcome_event"])] if existing["outcome_event"] else []
+
+    wanted = _merge_lines(placed.lines)
+    held: dict[str, int] = {}
+    shortages: dict[str, int] = {}
+    for sku, quantity in wanted.items():
+        if await repo.hold(sku, placed.order_id, quantity):
+            held[sku] = quantity
+        else:
+            shortages[sku] = quantity
+            break
+
+    if shortages:
+        # All or nothing: give back what this order managed to hold.
+        for sku, quantity in held.items():
+            await repo.release_hold(sku, placed.order_id, quantity)
+        event = Envelope.wrap(
+            StockRejected(
+                order_id=placed.order_id, reason="insufficient stock", shortages=shortages
+            ),
+            source=SOURCE,
+            causation=envelope,
+        )
+        state = "rejected"
+    else:
+        event = Envelope.wrap(
+            StockReserved(
+                order_id=placed.order_id,
+                lines=placed.lines,
+                amount_cents=placed.total_cents,
+                payment_token=placed.payment_token,
+            ),
+            source=SOURCE,
+            causation=envelope,
+        )
+        state = "reserved"
+
+    decision = await repo.record_decision(
+        placed.order_id, state=state, lines=wanted, event=event.model_dump(mode="json")
+    )
+    log.info("reservation decided", order_id=placed.order_id, state=decision["state"])
+    return [Envelope.model_validate(decision["outcome_event"])]
+
+
+async def settle_reservation(
+    envelope: Envelope, outcome: PaymentSucceeded | PaymentFailed, repo: StockRepository
+) -> list[Envelope]:
+    """Payment decided: commit the held stock (sold), or release it (compensation)."""
+    order_id = outcome.order_id
+    reservation = await repo.get_reservation(order_id)
+    if reservation is None:
+        # The payment outcome overtook the order: remember it so the order is never reserved.
+        log.warning("payment outcome before reservation", order_id=order_id, type=envelope.type)
+        await repo.record_tombstone(
+            order_id, "committed" if isinstance(outcome, PaymentSucceeded) else "released"
+        )
+        return []
+
+    lines: dict[str, int] = reservation["lines"]
+    if isinstance(outcome, PaymentSucceeded):
+        if reservation["state"] == "reserved":
+            for sku, quantity in lines.items():
+                await repo.commit_hold(sku, order_id, quantity)
+            await repo.set_state(order_id, from_state="reserved", to_state="committed")
+        return []
+
+    # Compensation. Fix the event id first, so a redelivery re-announces the same release.
+    if reservation["state"] == "reserved":
+        release = Envelope.wrap(
+            StockReleased(order_id=order_id, reason=f"payment failed: {outcome.reason}"),
+            source=SOURCE,
+            causation=envelope,
+        )
+        reservation = await repo.begin_release(order_id, release.model_dump(mode="json")) or {}
+    if reservation.get("state") == "releasing":
+        for sku, quantity in lines.items():
+            await repo.release_hold(sku, order_id, quantity)
+        await repo.set_state(order_id, from_state="releasing", to_state="released")
+    if reservation.get("release_event"):
+        return [Envelope.model_validate(reservation["release_event"])]
+    return []

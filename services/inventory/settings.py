@@ -1,0 +1,6 @@
+from shared.settings import WarrenSettings
+
+
+class InventorySettings(WarrenSettings):
+    service_name: str = "inventory"
+    port: int = 8001

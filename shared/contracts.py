@@ -1,0 +1,213 @@
+"""Event and message contracts: defined once, imported by producers and consumers alike.
+
+Every event travels in the same versioned :class:`Envelope`. Its ``data`` is validated
+against the model registered for ``(type, version)``; an event whose type or version is not
+registered is poison, never guessed at.
+
+Events are immutable facts in the past tense (``order.placed``); the routing key on
+``shop.events`` is the event type.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Contract(BaseModel):
+    """Base of every message body: immutable, and strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OrderLine(Contract):
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(gt=0, le=1000)
+
+
+class PricedLine(Contract):
+    sku: str
+    quantity: int
+    unit_price_cents: int
+
+
+# --- event payloads ------------------------------------------------------------------------
+
+
+class EventData(Contract):
+    """Payload of an event. ``TYPE`` is the routing key, ``VERSION`` the schema version."""
+
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+    order_id: str
+
+
+class OrderPlaced(EventData):
+    TYPE: ClassVar[str] = "order.placed"
+    customer_id: str
+    lines: tuple[PricedLine, ...]
+    total_cents: int
+    currency: str = "EUR"
+    payment_token: str
+
+
+class OrderConfirmed(EventData):
+    TYPE: ClassVar[str] = "order.confirmed"
+    customer_id: str
+    total_cents: int
+
+
+class OrderCancelled(EventData):
+    TYPE: ClassVar[str] = "order.cancelled"
+    customer_id: str
+    reason: str
+
+
+class StockReserved(EventData):
+    TYPE: ClassVar[str] = "stock.reserved"
+    lines: tuple[PricedLine, ...]
+    amount_cents: int
+    # Carried along so that payment can charge without reading the order's database.
+    payment_token: str
+
+
+class StockRejected(EventData):
+    TYPE: ClassVar[str] = "stock.rejected"
+    reason: str
+    shortages: dict[str, int] = Field(default_factory=dict)
+
+
+class StockReleased(EventData):
+    TYPE: ClassVar[str] = "stock.released"
+    reason: str
+
+
+class PaymentSucceeded(EventData):
+    TYPE: ClassVar[str] = "payment.succeeded"
+    payment_id: str
+    amount_cents: int
+
+
+class PaymentFailed(EventData):
+    TYPE: ClassVar[str] = "payment.failed"
+    reason: str
+
+
+EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {
+    (cls.TYPE, cls.VERSION): cls
+    for cls in (
+        OrderPlaced,
+        OrderConfirmed,
+        OrderCancelled,
+        StockReserved,
+        StockRejected,
+        StockReleased,
+        PaymentSucceeded,
+        PaymentFailed,
+    )
+}
+
+
+class UnknownEventError(ValueError):
+    """The envelope names a type or version that no contract is registered for."""
+
+
+class Envelope(Contract):
+    """The versioned envelope around every event on the bus."""
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: str
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    source: str
+    # The order id: every event of one order shares it, whichever service emitted it.
+    correlation_id: str
+    # The id of the event that caused this one (None for the first event of a saga).
+    causation_id: str | None = None
+    # Position of this event in its aggregate's stream, so consumers can order or ignore.
+    sequence: int = 1
+    data: dict[str, Any]
+
+    @classmethod
+    def wrap(
+        cls,
+        data: EventData,
+        *,
+        source: str,
+        causation: Envelope | None = None,
+        event_id: str | None = None,
+        sequence: int = 1,
+        occurred_at: datetime | None = None,
+    ) -> Envelope:
+        """Put ``data`` in an envelope; ``event_id`` fixes the id so a re-emission is the same event."""
+        fields: dict[str, Any] = {}
+        if event_id is not None:
+            fields["id"] = event_id
+        if occurred_at is not None:
+            fields["occurred_at"] = occurred_at
+        return cls(
+            type=data.TYPE,
+            version=data.VERSION,
+            source=source,
+            correlation_id=data.order_id,
+            causation_id=causation.id if causation else None,
+            sequence=sequence,
+            data=data.model_dump(mode="json"),
+            **fields,
+        )
+
+    def payload(self) -> EventData:
+        """The typed payload; raises :class:`UnknownEventError` or ``ValidationError``."""
+        model = EVENT_TYPES.get((self.type, self.version))
+        if model is None:
+            raise UnknownEventError(f"no contract for event {self.type!r} version {self.version}")
+        return model.model_validate(self.data)
+
+
+def decode_event(body: bytes | str | dict[str, Any]) -> tuple[Envelope, EventData]:
+    """Parse and validate an event from the wire. Raises :class:`PoisonMessageError` on any fault."""
+    try:
+        envelope = (
+            Envelope.model_validate(body)
+            if isinstance(body, dict)
+            else Envelope.model_validate_json(body)
+        )
+        return envelope, envelope.payload()
+    except (ValidationError, UnknownEventError, ValueError) as exc:
+        raise PoisonMessageError(str(exc).splitlines()[0][:500]) from exc
+
+
+class PoisonMessageError(Exception):
+    """A message that can never be processed: undecodable, schema-invalid or of unknown type."""
+
+
+# --- request-reply: the quote ---------------------------------------------------------------
+
+
+class QuoteRequest(Contract):
+    """Order asks inventory: are these SKUs known, at what price, how many are available?"""
+
+    lines: tuple[OrderLine, ...] = Field(min_length=1)
+
+
+class QuotedLine(Contract):
+    sku: str
+    quantity: int
+    known: bool
+    unit_price_cents: int = 0
+    available: int = 0
+
+
+class Quote(Contract):
+    lines: tuple[QuotedLine, ...]
+
+    @property
+    def unknown_skus(self) -> list[str]:
+        return [line.sku for line in self.lines if not line.known]
+
+    @property
+    def total_cents(self) -> int:
+        return sum(line.unit_price_cents * line.quantity for line in self.lines)

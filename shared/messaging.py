@@ -1,0 +1,237 @@
+"""The broker factory, event publishing and the one way Warren consumes events.
+
+Every publish is persistent, mandatory (an unroutable message raises instead of vanishing) and
+waits for the broker's confirm. Every consumer goes through :func:`subscribe_events`, which
+decodes the envelope, calls the service's handler, publishes what it returns, and only then
+acks. Failures never drop a message:
+
+* poison (undecodable, schema-invalid, unknown type/version) -> the queue's DLQ at once;
+* anything else -> retried after 1 s, 5 s, 25 s through the delay queues, then the DLQ.
+
+Each dead-lettered message carries ``x-warren-*`` headers saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from faststream import AckPolicy
+from faststream.rabbit import Channel, RabbitBroker
+from faststream.rabbit.annotations import RabbitMessage
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+from opentelemetry import trace
+
+from shared import topology
+from shared.contracts import Envelope, EventData, PoisonMessageError, decode_event
+from shared.settings import WarrenSettings
+
+log = structlog.get_logger(__name__)
+
+# Headers Warren adds to a message it retries or dead-letters.
+H_ATTEMPTS = "x-warren-attempts"
+H_REASON = "x-warren-reason"
+H_EXCEPTION = "x-warren-exception"
+H_ORIGINAL_QUEUE = "x-warren-original-queue"
+H_FIRST_FAILURE = "x-warren-first-failure"
+H_DEAD_LETTERED_AT = "x-warren-dead-lettered-at"
+
+EventHandler = Callable[[Envelope, EventData], Awaitable[Sequence[Envelope]]]
+"""A service's business function: the event in, the events to publish out."""
+
+
+def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> RabbitBroker:
+    """The one broker factory: confirms on, unroutable messages raise, telemetry on."""
+    return RabbitBroker(
+        settings.rabbit_url,
+        default_channel=Channel(
+            prefetch_count=prefetch or settings.prefetch,
+            publisher_confirms=True,
+            on_return_raises=True,
+        ),
+        app_id=settings.service_name,
+        graceful_timeout=10.0,
+        # Keep retrying the connection after start-up; services reconnect by themselves.
+        reconnect_interval=2.0,
+        middlewares=(RabbitTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),),
+        logger=logging.getLogger("faststream.broker"),
+    )
+
+
+async def publish_event(
+    broker: RabbitBroker, envelope: Envelope, *, headers: dict[str, Any] | None = None
+) -> None:
+    """Publish one event to ``shop.events``: persistent, mandatory, confirmed."""
+    await broker.publish(
+        envelope.model_dump(mode="json"),
+        exchange=topology.EVENTS,
+        routing_key=envelope.type,
+        persist=True,
+        mandatory=True,
+        message_id=envelope.id,
+        correlation_id=envelope.correlation_id,
+        message_type=envelope.type,
+        content_type="application/json",
+        timestamp=envelope.occurred_at,
+        headers=headers or {},
+    )
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+async def _republish(
+    broker: RabbitBroker,
+    message: RabbitMessage,
+    *,
+    exchange: Any,
+    routing_key: str,
+    headers: dict[str, Any],
+) -> None:
+    """Publish a copy of ``message`` (same body, id and correlation id) with ``headers``."""
+    raw = message.raw_message
+    await broker.publish(
+        message.body,
+        exchange=exchange,
+        routing_key=routing_key,
+        persist=True,
+        mandatory=True,
+        message_id=raw.message_id,
+        correlation_id=raw.correlation_id,
+        message_type=raw.type,
+        content_type=raw.content_type or "application/json",
+        headers=headers,
+    )
+
+
+async def dead_letter(
+    broker: RabbitBroker,
+    message: RabbitMessage,
+    queue_name: str,
+    *,
+    reason: str,
+    exception: BaseException | None,
+    attempts: int,
+) -> None:
+    """Send ``message`` to its queue's DLQ with the reason in headers (the caller acks after)."""
+    headers = dict(message.headers or {})
+    headers.update(
+        {
+            H_REASON: reason[:1000],
+            H_EXCEPTION: (
+                "".join(traceback.format_exception_only(exception)).strip()[:2000]
+                if exception
+                else ""
+            ),
+            H_ORIGINAL_QUEUE: queue_name,
+            H_ATTEMPTS: attempts,
+            H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or _now_iso(),
+            H_DEAD_LETTERED_AT: _now_iso(),
+        }
+    )
+    await _republish(
+        broker, message, exchange=topology.DEAD_LETTER, routing_key=queue_name, headers=headers
+    )
+
+
+async def retry_later(
+    broker: RabbitBroker,
+    message: RabbitMessage,
+    queue_name: str,
+    *,
+    attempts: int,
+    exception: BaseException,
+) -> int:
+    """Park ``message`` in the delay queue for its next attempt; returns the delay in seconds."""
+    delay = topology.RETRY_DELAYS_SECONDS[attempts - 1]
+    headers = dict(message.headers or {})
+    headers.update(
+        {
+            H_ATTEMPTS: attempts,
+            H_REASON: "retrying after a failure",
+            H_EXCEPTION: "".join(traceback.format_exception_only(exception)).strip()[:2000],
+            H_ORIGINAL_QUEUE: queue_name,
+            H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or _now_iso(),
+        }
+    )
+    await _republish(
+        broker,
+        message,
+        exchange=topology.retry_exchange(delay),
+        routing_key=queue_name,
+        headers=headers,
+    )
+    return delay
+
+
+def subscribe_events(
+    broker: RabbitBroker,
+    consumer_queue: topology.ConsumerQueue,
+    handler: EventHandler,
+) -> None:
+    """Register ``handler`` as the consumer of ``consumer_queue`` with Warren's delivery rules.
+
+    The handler must be idempotent: a message may arrive twice (redelivery after a crash, a
+    replay from the DLQ). It returns the events to publish; they are published with confirms
+    *before* the incoming message is acked, so a crash in between re-runs the handler, which
+    re-emits the same events (same ids) rather than losing them.
+    """
+
+    @broker.subscriber(
+        consumer_queue.queue, ack_policy=AckPolicy.MANUAL, title=f"{consumer_queue.name}:consume"
+    )
+    async def consume(message: RabbitMessage) -> None:
+        attempts_so_far = int((message.headers or {}).get(H_ATTEMPTS, 0))
+        try:
+            envelope, payload = decode_event(message.body)
+        except PoisonMessageError as exc:
+            log.warning("poison message", queue=consumer_queue.name, reason=str(exc))
+            await dead_letter(
+                broker,
+                message,
+                consumer_queue.name,
+                reason=f"poison: {exc}",
+                exception=exc,
+                attempts=attempts_so_far + 1,
+            )
+            await message.ack()
+            return
+
+        bound = log.bind(
+            queue=consumer_queue.name,
+            event_type=envelope.type,
+            event_id=envelope.id,
+            order_id=envelope.correlation_id,
+        )
+        trace.get_current_span().set_attribute("order.id", envelope.correlation_id)
+        try:
+            outcome = await handler(envelope, payload)
+            for event in outcome:
+                await publish_event(broker, event)
+        except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered
+            attempts = attempts_so_far + 1
+            if attempts > len(topology.RETRY_DELAYS_SECONDS):
+                bound.error("retries exhausted, dead-lettering", attempts=attempts, error=repr(exc))
+                await dead_letter(
+                    broker,
+                    message,
+                    consumer_queue.name,
+                    reason="retries exhausted",
+                    exception=exc,
+                    attempts=attempts,
+                )
+            else:
+                delay = await retry_later(
+                    broker, message, consumer_queue.name, attempts=attempts, exception=exc
+                )
+                bound.warning("handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc))
+            await message.ack()
+            return
+
+        await message.ack()
+        bound.info("handled", emitted=[event.type for event in outcome])

@@ -1,0 +1,30 @@
+"""Settings: one base class, one subclass per service, built at start-up (never at import)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WarrenSettings(BaseSettings):
+    """Values every service needs. Read from the environment (and `.env` when present)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    service_name: str = "warren"
+    rabbit_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    mongo_url: str = "mongodb://127.0.0.1:27017"
+    # Each service owns a database of its own: `<mongo_db_prefix>_<service>`.
+    mongo_db_prefix: str = "warren"
+    # Unacknowledged messages a consumer may hold at once: small, so that competing
+    # consumers share work fairly and a crash returns little to the queue.
+    prefetch: int = Field(default=10, ge=1)
+    log_level: str = "INFO"
+    # "console" for humans, "json" for machines (compose sets json).
+    log_format: str = "console"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def mongo_db(self) -> str:
+        return f"{self.mongo_db_prefix}_{self.service_name}"

@@ -1,0 +1,230 @@
+"""The message topology: every exchange, queue and binding in Warren is declared here, and only here.
+
+Services declare it at start-up (declaration is idempotent); ``infra/rabbitmq/definitions.json``
+is generated from it (``warren topology export``) so that compose's broker shows the same
+topology before any service has started. A test keeps the two in step.
+
+Shape::
+
+    shop.events (topic) --order.placed--> inventory.order-placed ----> (inventory)
+                        --order.placed--> notification.order-events -> (notification)
+                        --stock.reserved-> payment.stock-reserved ----> (payment xN, competing)
+                        ...
+    consumer queue --(handler gave up / broker rejected)--> shop.dead-letter --<queue>--> <queue>.dlq
+    consumer queue --(transient failure)--> shop.retry.<delay> --TTL--> shop.requeue --<queue>--> queue
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+
+# --- exchanges -------------------------------------------------------------------------------
+
+EVENTS = RabbitExchange("shop.events", type=ExchangeType.TOPIC, durable=True)
+"""Domain events. Routing key = event type (``order.placed``)."""
+
+DEAD_LETTER = RabbitExchange("shop.dead-letter", type=ExchangeType.DIRECT, durable=True)
+"""Messages that will not be processed. Routing key = the queue they came from."""
+
+REQUEUE = RabbitExchange("shop.requeue", type=ExchangeType.DIRECT, durable=True)
+"""Where delayed retries come back from. Routing key = the queue to return to."""
+
+# Delay before the 1st, 2nd, 3rd... retry. A retry beyond the last goes to the DLQ.
+RETRY_DELAYS_SECONDS: tuple[int, ...] = (1, 5, 25)
+
+# A quorum queue dead-letters a message redelivered this many times (a consumer that crashes
+# on it every time). Our own retry path acks and republishes, so it never counts here.
+DELIVERY_LIMIT = 10
+
+
+def retry_exchange(delay_seconds: int) -> RabbitExchange:
+    """Fanout exchange in front of the delay queue for one backoff step."""
+    return RabbitExchange(f"shop.retry.{delay_seconds}s", type=ExchangeType.FANOUT, durable=True)
+
+
+def retry_queue(delay_seconds: int) -> RabbitQueue:
+    """A queue nobody consumes: messages wait out their TTL, then dead-letter to ``shop.requeue``
+    keeping the routing key they were published with (the consumer queue's name).
+
+    A per-queue TTL (not per-message) keeps expiry in arrival order, and works the same on
+    RabbitMQ 3.10 and 4.x without the delayed-message plugin.
+    """
+    return RabbitQueue(
+        f"shop.retry.{delay_seconds}s",
+        queue_type=QueueType.CLASSIC,
+        durable=True,
+        arguments={
+            "x-message-ttl": delay_seconds * 1000,
+            "x-dead-letter-exchange": REQUEUE.name,
+        },
+    )
+
+
+# --- consumer queues -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsumerQueue:
+    """One durable queue per consumer and purpose, with its own dead-letter queue."""
+
+    name: str
+    routing_keys: tuple[str, ...]
+    # Quorum queues replicate and survive broker restarts; classic is for disposable traffic.
+    quorum: bool = True
+    extra_arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dlq_name(self) -> str:
+        return f"{self.name}.dlq"
+
+    @property
+    def queue(self) -> RabbitQueue:
+        arguments: dict[str, Any] = {
+            "x-dead-letter-exchange": DEAD_LETTER.name,
+            "x-dead-letter-routing-key": self.name,
+            **self.extra_arguments,
+        }
+        if self.quorum:
+            arguments["x-delivery-limit"] = DELIVERY_LIMIT
+            return RabbitQueue(self.name, queue_type=QueueType.QUORUM, durable=True, arguments=arguments)
+        return RabbitQueue(self.name, queue_type=QueueType.CLASSIC, durable=True, arguments=arguments)
+
+    @property
+    def dlq(self) -> RabbitQueue:
+        return RabbitQueue(self.dlq_name, queue_type=QueueType.QUORUM, durable=True)
+
+
+INVENTORY_ORDER_PLACED = ConsumerQueue("inventory.order-placed", ("order.placed",))
+INVENTORY_PAYMENT_OUTCOMES = ConsumerQueue(
+    "inventory.payment-outcomes", ("payment.succeeded", "payment.failed")
+)
+PAYMENT_STOCK_RESERVED = ConsumerQueue("payment.stock-reserved", ("stock.reserved",))
+ORDER_SAGA_REPLIES = ConsumerQueue(
+    "order.saga-replies",
+    (
+        "stock.reserved",
+        "stock.rejected",
+        "stock.released",
+        "payment.succeeded",
+        "payment.failed",
+    ),
+)
+NOTIFICATION_ORDER_EVENTS = ConsumerQueue(
+    "notification.order-events", ("order.placed", "order.confirmed", "order.cancelled")
+)
+
+CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (
+    INVENTORY_ORDER_PLACED,
+    INVENTORY_PAYMENT_OUTCOMES,
+    PAYMENT_STOCK_RESERVED,
+    ORDER_SAGA_REPLIES,
+    NOTIFICATION_ORDER_EVENTS,
+)
+
+# --- request-reply ---------------------------------------------------------------------------
+
+QUOTE_TTL_MS = 10_000
+
+INVENTORY_QUOTES = RabbitQueue(
+    "inventory.quotes",
+    queue_type=QueueType.CLASSIC,
+    durable=True,
+    # A quote nobody picked up within the TTL is worthless: the caller has already given up.
+    arguments={"x-message-ttl": QUOTE_TTL_MS},
+)
+"""Order asks inventory for a quote here; the answer goes to the caller's direct reply-to."""
+
+# --- the Celery work queue -------------------------------------------------------------------
+
+NOTIFICATION_EMAILS = ConsumerQueue("notification.emails", routing_keys=(), quorum=False)
+"""Celery's queue for email delivery. Celery publishes to it through the default exchange."""
+
+ALL_QUEUES_WITH_DLQ: tuple[ConsumerQueue, ...] = (*CONSUMER_QUEUES, NOTIFICATION_EMAILS)
+
+
+def exchanges() -> Iterator[RabbitExchange]:
+    yield from (EVENTS, DEAD_LETTER, REQUEUE)
+    yield from (retry_exchange(delay) for delay in RETRY_DELAYS_SECONDS)
+
+
+def queue_by_name(name: str) -> ConsumerQueue:
+    for consumer_queue in ALL_QUEUES_WITH_DLQ:
+        if consumer_queue.name == name:
+            return consumer_queue
+    raise KeyError(f"no consumer queue named {name!r}")
+
+
+async def declare_topology(broker: Any) -> None:
+    """Declare every exchange, queue and binding (idempotent). ``broker`` is a started RabbitBroker."""
+    declared = {exchange.name: await broker.declare_exchange(exchange) for exchange in exchanges()}
+    for delay in RETRY_DELAYS_SECONDS:
+        queue = await broker.declare_queue(retry_queue(delay))
+        await queue.bind(declared[retry_exchange(delay).name], routing_key="")
+    for consumer_queue in ALL_QUEUES_WITH_DLQ:
+        queue = await broker.declare_queue(consumer_queue.queue)
+        for key in consumer_queue.routing_keys:
+            await queue.bind(declared[EVENTS.name], routing_key=key)
+        await queue.bind(declared[REQUEUE.name], routing_key=consumer_queue.name)
+        dlq = await broker.declare_queue(consumer_queue.dlq)
+        await dlq.bind(declared[DEAD_LETTER.name], routing_key=consumer_queue.name)
+    await broker.declare_queue(INVENTORY_QUOTES)
+
+
+# --- definitions.json for compose's broker ---------------------------------------------------
+
+
+def _queue_definition(queue: RabbitQueue, vhost: str) -> dict[str, Any]:
+    arguments = dict(queue.arguments or {})
+    arguments["x-queue-type"] = "quorum" if queue.queue_type == QueueType.QUORUM else "classic"
+    return {
+        "name": queue.name,
+        "vhost": vhost,
+        "durable": True,
+        "auto_delete": False,
+        "arguments": dict(sorted(arguments.items())),
+    }
+
+
+def definitions(vhost: str = "/") -> dict[str, Any]:
+    """RabbitMQ definitions (exchanges, queues, bindings) equal to what :func:`declare_topology` does."""
+    exchange_defs = [
+        {
+            "name": exchange.name,
+            "vhost": vhost,
+            "type": exchange.type.value,
+            "durable": True,
+            "auto_delete": False,
+            "internal": False,
+            "arguments": {},
+        }
+        for exchange in exchanges()
+    ]
+    queues: list[RabbitQueue] = [retry_queue(delay) for delay in RETRY_DELAYS_SECONDS]
+    bindings: list[tuple[str, str, str]] = [
+        (retry_exchange(delay).name, retry_queue(delay).name, "") for delay in RETRY_DELAYS_SECONDS
+    ]
+    for consumer_queue in ALL_QUEUES_WITH_DLQ:
+        queues += [consumer_queue.queue, consumer_queue.dlq]
+        bindings += [(EVENTS.name, consumer_queue.name, key) for key in consumer_queue.routing_keys]
+        bindings.append((REQUEUE.name, consumer_queue.name, consumer_queue.name))
+        bindings.append((DEAD_LETTER.name, consumer_queue.dlq_name, consumer_queue.name))
+    queues.append(INVENTORY_QUOTES)
+    return {
+        "exchanges": exchange_defs,
+        "queues": [_queue_definition(queue, vhost) for queue in queues],
+        "bindings": [
+            {
+                "source": source,
+                "vhost": vhost,
+                "destination": destination,
+                "destination_type": "queue",
+                "routing_key": key,
+                "arguments": {},
+            }
+            for source, destination, key in bindings
+        ],
+    }
