@@ -16,6 +16,7 @@ from faststream.rabbit import RabbitBroker
 from pymongo import AsyncMongoClient
 
 from shared import mongo, topology
+from shared.startup import wait_for_dependencies
 
 
 def health_routes(broker: RabbitBroker, client: AsyncMongoClient) -> list[tuple[str, object]]:
@@ -39,7 +40,7 @@ def make_service_app(
     """Connect, declare the topology, run ``on_startup`` (indexes...), then start consuming."""
 
     async def startup() -> None:
-        await broker.connect()
+        await wait_for_dependencies(broker, client)
         await topology.declare_topology(broker)
         if on_startup is not None:
             await on_startup()

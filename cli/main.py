@@ -1,0 +1,205 @@
+"""``warren``: the command line for running, demonstrating and operating Warren.
+
+Every command reads the same settings as the services (environment variables and ``.env``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Warren: event-driven microservices on RabbitMQ. Seed, demo and operate the system.",
+    add_completion=False,
+    no_args_is_help=True,
+)
+orders_app = typer.Typer(help="The order service's event store and read model.", no_args_is_help=True)
+topology_app = typer.Typer(help="The RabbitMQ topology.", no_args_is_help=True)
+app.add_typer(orders_app, name="orders")
+app.add_typer(topology_app, name="topology")
+
+console = Console()
+
+DEFINITIONS = Path("infra/rabbitmq/definitions.json")
+
+
+@app.command()
+def seed(
+    reset: bool = typer.Option(False, help="Also put every SKU's stock back to its initial level."),
+) -> None:
+    """Load the demo catalog (a dozen SKUs with price and stock) into inventory's database."""
+    from services.inventory.catalog import CATALOG
+    from services.inventory.repository import StockRepository
+    from services.inventory.settings import InventorySettings
+    from shared import mongo
+    from shared.startup import wait_for_dependencies
+
+    async def run() -> int:
+        settings = InventorySettings()
+        client = mongo.make_client(settings)
+        try:
+            await wait_for_dependencies(None, client)
+            repo = StockRepository(mongo.service_database(client, settings))
+            await repo.create_indexes()
+            return await repo.seed(CATALOG, reset=reset)
+        finally:
+            await client.close()
+
+    count = asyncio.run(run())
+    console.print(f"[green]seeded[/] {count} SKUs" + (" (stock reset)" if reset else ""))
+
+
+def _render_status(status: str) -> str:
+    colour = {"CONFIRMED": "green", "CANCELLED": "red"}.get(status, "yellow")
+    return f"[{colour}]{status}[/]"
+
+
+@app.command()
+def demo(
+    api: str = typer.Option("http://127.0.0.1:8000", envvar="WARREN_API", help="Order API base URL."),
+    sku: str = typer.Option("RABBIT-PLUSH", help="SKU to order."),
+    quantity: int = typer.Option(1, min=1, help="How many."),
+    token: str = typer.Option(
+        "tok_visa", help="Payment token: tok_visa succeeds, tok_chargeDeclined declines."
+    ),
+    customer: str = typer.Option("bugs-bunny", help="Customer id (mail goes to <id>@...)."),
+    timeout: float = typer.Option(30.0, help="Seconds to wait for a final state."),
+) -> None:
+    """Place one order and follow it to CONFIRMED or CANCELLED, printing each step."""
+    body = {
+        "customer_id": customer,
+        "lines": [{"sku": sku, "quantity": quantity}],
+        "payment_token": token,
+    }
+    started = time.perf_counter()
+    with httpx.Client(base_url=api, timeout=10.0) as client:
+        try:
+            response = client.post(
+                "/orders", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}
+            )
+        except httpx.HTTPError as exc:
+            console.print(f"[red]cannot reach the order API at {api}[/]: {exc}")
+            raise typer.Exit(2) from exc
+        if response.status_code != 202:
+            console.print(f"[red]{response.status_code}[/] {response.text}")
+            raise typer.Exit(1)
+        order_id = response.json()["order_id"]
+        console.print(f"POST /orders -> 202, order [bold]{order_id}[/]")
+        seen = 0
+        deadline = started + timeout
+        while time.perf_counter() < deadline:
+            view = client.get(f"/orders/{order_id}")
+            if view.status_code == 200:
+                order = view.json()
+                for entry in order["history"][seen:]:
+                    elapsed = (time.perf_counter() - started) * 1000
+                    console.print(f"  +{elapsed:7.0f} ms  v{entry['version']}  {entry['type']}")
+                seen = len(order["history"])
+                if order["status"] in ("CONFIRMED", "CANCELLED"):
+                    reason = f" ({order['cancel_reason']})" if order.get("cancel_reason") else ""
+                    console.print(
+                        f"order {order_id[:8]} is {_render_status(order['status'])}{reason}"
+                        f" after {(time.perf_counter() - started) * 1000:.0f} ms"
+                    )
+                    return
+            time.sleep(0.05)
+    console.print(f"[red]order {order_id} not final after {timeout:g}s[/]")
+    raise typer.Exit(1)
+
+
+@orders_app.command("rebuild")
+def rebuild_read_model() -> None:
+    """Drop the orders read model and rebuild it by replaying every event (CQRS projection)."""
+    from services.order.handlers import rebuild_projections
+    from services.order.repository import EventStore, OrderViews
+    from services.order.settings import OrderSettings
+    from shared import mongo
+
+    async def run() -> int:
+        settings = OrderSettings()
+        client = mongo.make_client(settings)
+        try:
+            db = mongo.service_database(client, settings)
+            return await rebuild_projections(EventStore(db), OrderViews(db))
+        finally:
+            await client.close()
+
+    started = time.perf_counter()
+    with console.status("replaying order events..."):
+        count = asyncio.run(run())
+    console.print(f"[green]rebuilt[/] {count} orders in {time.perf_counter() - started:.2f}s")
+
+
+@topology_app.command("export")
+def export_topology(
+    output: Path = typer.Option(DEFINITIONS, help="Where to write RabbitMQ definitions."),
+    check: bool = typer.Option(False, help="Exit 1 if the file differs instead of writing it."),
+) -> None:
+    """Write the topology as RabbitMQ definitions (loaded by compose's broker at boot)."""
+    from shared.topology import definitions
+
+    text = json.dumps(definitions(), indent=2) + "\n"
+    if check:
+        if not output.exists() or output.read_text() != text:
+            console.print(f"[red]{output} is out of date[/]: run `warren topology export`")
+            raise typer.Exit(1)
+        console.print(f"{output} is up to date")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    console.print(f"wrote {output}")
+
+
+@topology_app.command("declare")
+def declare() -> None:
+    """Declare every exchange, queue and binding on the broker (services also do it at start)."""
+    from shared import topology
+    from shared.messaging import make_broker
+    from shared.settings import WarrenSettings
+
+    async def run() -> None:
+        broker = make_broker(WarrenSettings())
+        await broker.connect()
+        try:
+            await topology.declare_topology(broker)
+        finally:
+            await broker.stop()
+
+    asyncio.run(run())
+    console.print("[green]topology declared[/]")
+
+
+@app.command("mail-sink")
+def mail_sink(
+    maildir: Path = typer.Option(Path(".run/mail"), help="Maildir that receives every message."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(1025, help="SMTP port."),
+) -> None:
+    """Run a local SMTP server that keeps every email in a Maildir (the local stand-in for Mailpit)."""
+    import mailbox
+    import threading
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Mailbox
+
+    mailbox.Maildir(maildir, create=True)
+    controller = Controller(Mailbox(maildir), hostname=host, port=port)
+    controller.start()
+    console.print(f"SMTP sink on {host}:{port}, mail kept in {maildir}/new")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    app()

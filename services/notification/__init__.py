@@ -1,0 +1,1 @@
+"""Notification: hears order lifecycle events and has Celery workers email the customer once."""

@@ -1,0 +1,6 @@
+"""Run the notification service: ``python -m services.notification`` (emails need a worker too)."""
+
+from shared.runner import run_service
+
+if __name__ == "__main__":
+    run_service("services.notification.app:create_app", default_port=8003, description=__doc__)

@@ -1,0 +1,49 @@
+"""Build the notification service: subscribes to order events, enqueues Celery email tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from faststream.asgi import AsgiFastStream
+
+from services.notification import handlers
+from services.notification.repository import NotificationRepository
+from services.notification.settings import NotificationSettings
+from services.notification.worker import TASK_NAME, make_celery
+from shared import messaging, mongo, topology
+from shared.contracts import Envelope, EventData
+from shared.observability import setup_observability
+from shared.service import make_service_app
+
+
+def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
+    settings = settings or NotificationSettings()
+    setup_observability(settings.service_name, level=settings.log_level, fmt=settings.log_format)
+    client = mongo.make_client(settings)
+    repo = NotificationRepository(mongo.service_database(client, settings))
+    broker = messaging.make_broker(settings)
+    celery = make_celery(settings)
+    # Celery's client is blocking: one thread publishes tasks, off the event loop.
+    celery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-publish")
+
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    CeleryInstrumentor().instrument()
+
+    async def enqueue(notification_id: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            celery_thread, lambda: celery.send_task(TASK_NAME, args=[notification_id])
+        )
+
+    async def on_order_event(envelope: Envelope, payload: EventData) -> list[Envelope]:
+        return await handlers.notify_customer(
+            envelope, payload, repo, enqueue, mail_domain=settings.customer_mail_domain
+        )
+
+    messaging.subscribe_events(broker, topology.NOTIFICATION_ORDER_EVENTS, on_order_event)
+
+    async def shutdown() -> None:
+        celery_thread.shutdown(wait=True)
+
+    return make_service_app(broker, client, on_startup=repo.create_indexes, on_shutdown=shutdown)

@@ -1,0 +1,171 @@
+"""The Celery side of notification: workers that deliver emails over SMTP, each exactly once.
+
+Run a worker with ``python -m services.notification.worker`` (``--ping`` checks one answers).
+
+Celery's defaults lose work on a crash, so this app turns them around:
+
+* ``task_acks_late`` -- ack after the task ran, not before;
+* ``task_reject_on_worker_lost`` -- a worker killed mid-task puts the task back;
+* ``worker_prefetch_multiplier = 1`` -- a worker holds one task at a time (fair dispatch);
+* ``confirm_publish`` -- enqueueing waits for RabbitMQ's publisher confirm.
+
+With acks late a task can run twice, so the task itself is idempotent: it claims the
+notification (``queued`` -> ``sending``) in one atomic update and marks it ``sent`` after the
+SMTP server accepted it. Every email carries ``Message-ID: <notification id@warren>``.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import sys
+import time
+from email.message import EmailMessage
+from functools import cache
+from typing import Any
+
+import structlog
+import typer
+from celery import Celery, signals
+from kombu import Exchange, Queue
+from pymongo import MongoClient
+
+from services.notification.settings import NotificationSettings
+from shared import topology
+from shared.clock import utcnow_iso
+from shared.observability import setup_observability
+
+TASK_NAME = "notification.send_email"
+# A claim older than this belongs to a worker that died mid-send: deliver again.
+STALE_CLAIM_SECONDS = 60.0
+
+log = structlog.get_logger(__name__)
+
+
+def email_queue() -> Queue:
+    """Celery's view of ``notification.emails``: same arguments as the topology declares."""
+    declared = topology.NOTIFICATION_EMAILS.queue
+    return Queue(
+        declared.name,
+        exchange=Exchange(""),  # the default exchange: routing key = queue name
+        routing_key=declared.name,
+        durable=True,
+        queue_arguments=dict(declared.arguments or {}),
+    )
+
+
+@cache
+def _collection(mongo_url: str, db_name: str) -> Any:
+    # One client per worker process, made after the fork (PyMongo clients are not fork-safe).
+    return MongoClient(mongo_url, serverSelectionTimeoutMS=3000, tz_aware=True)[db_name][
+        "notifications"
+    ]
+
+
+def deliver(notification_id: str, settings: NotificationSettings) -> str:
+    """Send one notification's email unless it was sent already. Returns what happened."""
+    notifications = _collection(settings.mongo_url, settings.mongo_db)
+    now = time.time()
+    claimed = notifications.find_one_and_update(
+        {"_id": notification_id, "state": "queued"},
+        {"$set": {"state": "sending", "claimed_at": now}},
+    )
+    if claimed is None:
+        current = notifications.find_one({"_id": notification_id})
+        if current is None:
+            return "unknown"
+        if current["state"] == "sent":
+            return "already sent"
+        if current["state"] == "sending" and now - current["claimed_at"] < STALE_CLAIM_SECONDS:
+            return "being sent"
+        claimed = notifications.find_one_and_update(
+            {"_id": notification_id, "state": "sending", "claimed_at": current["claimed_at"]},
+            {"$set": {"claimed_at": now}},
+        )
+        if claimed is None:
+            return "being sent"
+
+    message = EmailMessage()
+    message["From"] = settings.mail_from
+    message["To"] = claimed["to"]
+    message["Subject"] = claimed["subject"]
+    message["Message-ID"] = f"<{notification_id}@warren>"
+    message["X-Warren-Order-Id"] = claimed["order_id"]
+    message["X-Warren-Event-Type"] = claimed["event_type"]
+    message.set_content(claimed["body"])
+    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10) as smtp:
+        smtp.send_message(message)
+
+    notifications.update_one(
+        {"_id": notification_id}, {"$set": {"state": "sent", "sent_at": utcnow_iso()}}
+    )
+    log.info("email sent", notification_id=notification_id, order_id=claimed["order_id"])
+    return "sent"
+
+
+def make_celery(settings: NotificationSettings) -> Celery:
+    app = Celery("warren-notification", broker=settings.rabbit_url)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"confirm_publish": True},
+        broker_connection_retry_on_startup=True,
+        task_queues=[email_queue()],
+        task_default_queue=email_queue().name,
+        task_routes={TASK_NAME: {"queue": email_queue().name}},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        worker_hijack_root_logger=False,
+        worker_concurrency=settings.worker_concurrency,
+    )
+
+    @app.task(
+        name=TASK_NAME,
+        autoretry_for=(smtplib.SMTPException, OSError),
+        retry_backoff=2,
+        retry_backoff_max=60,
+        max_retries=8,
+    )
+    def send_email(notification_id: str) -> str:
+        return deliver(notification_id, settings)
+
+    return app
+
+
+def _instrument_worker(**_: Any) -> None:
+    # Runs in each worker process after the fork: telemetry must be set up there.
+    settings = NotificationSettings()
+    setup_observability("notification-worker", level=settings.log_level, fmt=settings.log_format)
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    CeleryInstrumentor().instrument()
+
+
+def main(
+    ping: bool = typer.Option(False, "--ping", help="Exit 0 if a worker answers a ping, else 1."),
+) -> None:
+    """Run a Celery worker that delivers notification emails (queue notification.emails)."""
+    settings = NotificationSettings()
+    setup_observability("notification-worker", level=settings.log_level, fmt=settings.log_format)
+    app = make_celery(settings)
+    if ping:
+        replies = app.control.ping(timeout=2.0)
+        sys.exit(0 if replies else 1)
+    signals.worker_process_init.connect(_instrument_worker, weak=False)
+    app.worker_main(
+        [
+            "worker",
+            "--loglevel",
+            settings.log_level,
+            "--queues",
+            email_queue().name,
+            "--hostname",
+            f"emails@{os.uname().nodename}.{os.getpid()}",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,1 @@
+"""Order: the HTTP API, the event-sourced order aggregate, its read model and its outbox."""

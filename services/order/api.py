@@ -1,0 +1,142 @@
+"""The order HTTP API. Thin: validate, call a use case, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from services.order import handlers
+from services.order.handlers import OrderDeps
+from shared.contracts import OrderLine
+
+
+def get_deps(request: Request) -> OrderDeps:
+    return request.app.state.deps
+
+
+Deps = Annotated[OrderDeps, Depends(get_deps)]
+
+router = APIRouter()
+
+
+class PlaceOrderRequest(BaseModel):
+    customer_id: str = Field(min_length=1, max_length=64, examples=["bugs-bunny"])
+    lines: list[OrderLine] = Field(min_length=1, max_length=50)
+    payment_token: str = Field(
+        min_length=1,
+        max_length=64,
+        description="tok_visa always succeeds; tok_chargeDeclined always declines.",
+        examples=["tok_visa"],
+    )
+
+
+class OrderAccepted(BaseModel):
+    order_id: str
+    status: str = "PENDING"
+    href: str
+
+
+class HistoryEntry(BaseModel):
+    version: int
+    type: str
+    occurred_at: Any
+
+
+class OrderView(BaseModel):
+    order_id: str
+    customer_id: str
+    status: str
+    lines: list[dict[str, Any]]
+    total_cents: int
+    currency: str
+    version: int
+    cancel_reason: str | None = None
+    placed_at: Any
+    updated_at: Any
+    history: list[HistoryEntry]
+
+
+class OrderPage(BaseModel):
+    items: list[OrderView]
+    total: int
+    limit: int
+    offset: int
+
+
+def _view(doc: dict[str, Any]) -> OrderView:
+    return OrderView(order_id=doc["_id"], **{k: v for k, v in doc.items() if k != "_id"})
+
+
+def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
+    # The same shape as FastAPI's own validation errors, so clients parse one format.
+    return HTTPException(
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"loc": loc, "msg": msg, "type": kind}],
+    )
+
+
+@router.post(
+    "/orders",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=OrderAccepted,
+    responses={
+        422: {"description": "Invalid request, unknown SKU, or Idempotency-Key reused"},
+        503: {"description": "Inventory did not answer in time; retry after Retry-After"},
+    },
+)
+async def place_order(
+    body: PlaceOrderRequest,
+    deps: Deps,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> OrderAccepted | JSONResponse:
+    """Accept an order (202). It is then reserved, paid and confirmed or cancelled asynchronously."""
+    command = handlers.PlaceOrder(
+        customer_id=body.customer_id, lines=tuple(body.lines), payment_token=body.payment_token
+    )
+    try:
+        placed = await handlers.place_order(command, deps, idempotency_key=idempotency_key)
+    except handlers.UnknownSkuError as exc:
+        index = {line.sku: i for i, line in enumerate(body.lines)}
+        raise _unprocessable(
+            ["body", "lines", index.get(exc.skus[0], 0), "sku"], str(exc), "unknown_sku"
+        ) from exc
+    except handlers.IdempotencyConflictError as exc:
+        raise _unprocessable(
+            ["header", "Idempotency-Key"],
+            "this Idempotency-Key was used with a different request body",
+            "idempotency_key_reused",
+        ) from exc
+    except handlers.QuoteUnavailableError as exc:
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"detail": f"inventory is not answering: {exc}"},
+            headers={"Retry-After": "2"},
+        )
+    href = f"/orders/{placed.order_id}"
+    response.headers["Location"] = href
+    return OrderAccepted(order_id=placed.order_id, href=href)
+
+
+@router.get("/orders/{order_id}", response_model=OrderView)
+async def get_order(order_id: str, deps: Deps) -> OrderView:
+    """The order's status, lines, total and the history of its events."""
+    doc = await deps.views.get(order_id)
+    if doc is None:
+        raise HTTPException(status_code=404, detail=f"no order {order_id}")
+    return _view(doc)
+
+
+@router.get("/orders", response_model=OrderPage)
+async def list_orders(
+    deps: Deps,
+    customer_id: Annotated[str, Query(min_length=1, max_length=64)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> OrderPage:
+    """A customer's orders, newest first."""
+    items, total = await deps.views.by_customer(customer_id, limit=limit, offset=offset)
+    return OrderPage(items=[_view(doc) for doc in items], total=total, limit=limit, offset=offset)

@@ -1,0 +1,120 @@
+"""Build the order service: FastAPI (HTTP) and FastStream (RabbitMQ) in one process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aio_pika.exceptions import AMQPError, DeliveryError
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from services.order import api, handlers
+from services.order.handlers import OrderDeps, QuoteUnavailableError
+from services.order.repository import EventStore, IdempotencyKeys, OrderViews
+from services.order.settings import OrderSettings
+from shared import messaging, mongo, topology
+from shared.contracts import Envelope, EventData, OrderLine, Quote, QuoteRequest
+from shared.outbox import OutboxRelay
+from shared.observability import setup_observability
+from shared.startup import wait_for_dependencies
+
+
+def _publish_stored_event(broker: Any) -> Any:
+    async def publish(doc: dict[str, Any]) -> None:
+        envelope = Envelope.model_validate(
+            {
+                "id": doc["_id"],
+                "type": doc["type"],
+                "version": 1,
+                "occurred_at": doc["occurred_at"],
+                "source": "order",
+                "correlation_id": doc["order_id"],
+                "causation_id": doc.get("causation_id"),
+                "sequence": doc["version"],
+                "data": doc["data"],
+            }
+        )
+        await messaging.publish_event(broker, envelope)
+
+    return publish
+
+
+def create_app(settings: OrderSettings | None = None) -> FastAPI:
+    settings = settings or OrderSettings()
+    setup_observability(settings.service_name, level=settings.log_level, fmt=settings.log_format)
+    client = mongo.make_client(settings)
+    db = mongo.service_database(client, settings)
+    store, views, keys = EventStore(db), OrderViews(db), IdempotencyKeys(db)
+    broker = messaging.make_broker(settings)
+    relay = OutboxRelay(
+        store.events, _publish_stored_event(broker), sweep_interval=settings.outbox_sweep_seconds
+    )
+
+    async def ask_inventory(lines: tuple[OrderLine, ...]) -> Quote:
+        request = QuoteRequest(lines=lines)
+        timeout = settings.quote_timeout_seconds
+        try:
+            reply = await broker.request(
+                request.model_dump(mode="json"),
+                queue=topology.INVENTORY_QUOTES.name,
+                timeout=timeout,
+                # A request nobody took in time expires instead of being answered to no one.
+                expiration=timeout,
+            )
+        except TimeoutError as exc:
+            raise QuoteUnavailableError(f"no quote within {timeout:g}s") from exc
+        except (AMQPError, DeliveryError, ConnectionError) as exc:
+            raise QuoteUnavailableError(f"broker unavailable ({type(exc).__name__})") from exc
+        return Quote.model_validate_json(reply.body)
+
+    deps = OrderDeps(store=store, views=views, keys=keys, quote=ask_inventory, wake_relay=relay.wake)
+
+    async def on_saga_event(envelope: Envelope, payload: EventData) -> list[Envelope]:
+        return await handlers.follow_saga(envelope, payload, deps)
+
+    messaging.subscribe_events(broker, topology.ORDER_SAGA_REPLIES, on_saga_event)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await wait_for_dependencies(broker, client)
+        await store.create_indexes()
+        await views.create_indexes()
+        await keys.create_indexes()
+        await topology.declare_topology(broker)
+        await broker.start()
+        relay.start()
+        relay.wake()  # publish whatever a previous run left pending
+        try:
+            yield
+        finally:
+            await relay.stop()
+            await broker.stop()
+            await client.close()
+
+    app = FastAPI(
+        title="Warren — order service",
+        description="Place orders and follow them through the saga. Everything after the 202 "
+        "happens over RabbitMQ.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.deps = deps
+    app.include_router(api.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Readiness: the broker and the database answer."""
+        checks = {"broker": await broker.ping(2.0), "database": await mongo.ping(client)}
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    return app

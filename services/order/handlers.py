@@ -1,0 +1,170 @@
+"""The order service's use cases: place an order, follow the saga, rebuild the read model.
+
+Plain functions with their dependencies as arguments, bundled in :class:`OrderDeps`; the
+HTTP routes and the subscriber only translate to and from these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from services.order.domain import NewEvent, Order, react
+from services.order.repository import ConcurrencyError, EventStore, IdempotencyKeys, OrderViews
+from shared.contracts import Envelope, EventData, OrderLine, OrderPlaced, PricedLine, Quote
+from shared.outbox import current_trace_context
+
+log = structlog.get_logger(__name__)
+
+QuoteFn = Callable[[tuple[OrderLine, ...]], Awaitable[Quote]]
+
+
+@dataclass
+class OrderDeps:
+    store: EventStore
+    views: OrderViews
+    keys: IdempotencyKeys
+    # Asks inventory for a quote (request-reply); raises QuoteUnavailableError.
+    quote: QuoteFn
+    # Tells the outbox relay there is something to publish.
+    wake_relay: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    customer_id: str
+    lines: tuple[OrderLine, ...]
+    payment_token: str
+
+    def fingerprint(self) -> str:
+        body = {
+            "customer_id": self.customer_id,
+            "lines": [line.model_dump() for line in self.lines],
+            "payment_token": self.payment_token,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Placed:
+    order_id: str
+    created: bool  # False when an Idempotency-Key replay returned the existing order
+
+
+class QuoteUnavailableError(Exception):
+    """Inventory did not answer the quote in time (or the broker is unreachable)."""
+
+
+class UnknownSkuError(Exception):
+    def __init__(self, skus: list[str]) -> None:
+        super().__init__(f"unknown SKU(s): {', '.join(skus)}")
+        self.skus = skus
+
+
+class IdempotencyConflictError(Exception):
+    """The Idempotency-Key was already used with a different request body."""
+
+
+async def project(order_id: str, deps: OrderDeps) -> Order:
+    """Bring the read model of one order up to date with its events."""
+    order = Order.from_events(order_id, await deps.store.load(order_id))
+    await deps.views.save(order)
+    return order
+
+
+async def place_order(
+    command: PlaceOrder, deps: OrderDeps, *, idempotency_key: str | None = None
+) -> Placed:
+    order_id = str(uuid.uuid4())
+    if idempotency_key:
+        binding = await deps.keys.claim(idempotency_key, order_id, command.fingerprint())
+        if binding["request_hash"] != command.fingerprint():
+            raise IdempotencyConflictError(idempotency_key)
+        order_id = binding["order_id"]
+        if await deps.store.exists(order_id):
+            return Placed(order_id=order_id, created=False)
+
+    quote = await deps.quote(command.lines)
+    if quote.unknown_skus:
+        if idempotency_key:
+            await deps.keys.forget(idempotency_key, order_id)
+        raise UnknownSkuError(quote.unknown_skus)
+
+    placed = OrderPlaced(
+        order_id=order_id,
+        customer_id=command.customer_id,
+        lines=tuple(
+            PricedLine(sku=line.sku, quantity=line.quantity, unit_price_cents=line.unit_price_cents)
+            for line in quote.lines
+        ),
+        total_cents=quote.total_cents,
+        payment_token=command.payment_token,
+    )
+    try:
+        await deps.store.append(
+            order_id, 0, [NewEvent.of(placed)], trace_context=current_trace_context()
+        )
+    except ConcurrencyError:
+        # The same Idempotency-Key, twice at the same moment: the other request won.
+        return Placed(order_id=order_id, created=False)
+    deps.wake_relay()
+    await project(order_id, deps)
+    log.info("order placed", order_id=order_id, total_cents=placed.total_cents)
+    return Placed(order_id=order_id, created=True)
+
+
+async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) -> list[Envelope]:
+    """Apply a saga event (stock/payment outcome) to its order. Idempotent by state guards.
+
+    Returns nothing to publish directly: the order's own events leave through the outbox.
+    """
+    order_id = incoming.order_id
+    for _ in range(10):
+        events = await deps.store.load(order_id)
+        if not events:
+            log.warning("saga event for an unknown order", order_id=order_id, type=envelope.type)
+            return []
+        order = Order.from_events(order_id, events)
+        decided = react(order, incoming)
+        if not decided:
+            break
+        try:
+            await deps.store.append(
+                order_id,
+                order.version,
+                decided,
+                causation_id=envelope.id,
+                trace_context=current_trace_context(),
+            )
+        except ConcurrencyError:
+            continue  # someone else moved the order on: decide again from the new state
+        deps.wake_relay()
+        break
+    else:
+        raise ConcurrencyError(f"order {order_id}: too much contention")
+    order = await project(order_id, deps)
+    log.info("saga step", order_id=order_id, on=envelope.type, status=order.status.value)
+    return []
+
+
+async def rebuild_projections(store: EventStore, views: OrderViews) -> int:
+    """Throw the read model away and replay every event into it. Returns orders rebuilt."""
+    await views.clear()
+    rebuilt = 0
+    current: Order | None = None
+    async for event in store.all_events():
+        if current is None or current.id != event.order_id:
+            if current is not None:
+                await views.save(current)
+                rebuilt += 1
+            current = Order(id=event.order_id)
+        current.apply(event)
+    if current is not None:
+        await views.save(current)
+        rebuilt += 1
+    return rebuilt

@@ -1,0 +1,181 @@
+"""The order service's collections.
+
+* ``order_events`` -- the event store, and the source of truth. Append-only; a unique index
+  on ``(order_id, version)`` makes two writers racing for the same version collide instead of
+  forking the stream (optimistic concurrency). It is also the **outbox**: an event to publish
+  is stored with ``outbox: "pending"`` in the same single-document insert that records it,
+  so it cannot be lost between "saved" and "published"; the relay flips it to "published".
+* ``orders`` -- the read model (CQRS): one document per order, a projection of its events,
+  rebuildable at any time by replaying ``order_events``.
+* ``idempotency_keys`` -- ``Idempotency-Key`` header -> order id, expiring after a day.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.clock import iso
+from services.order.domain import PUBLISHED_TYPES, NewEvent, Order, OrderEvent
+
+IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
+
+
+class ConcurrencyError(Exception):
+    """Another writer appended to this order's stream first; reload and decide again."""
+
+
+def _to_event(doc: dict[str, Any]) -> OrderEvent:
+    return OrderEvent(
+        id=doc["_id"],
+        order_id=doc["order_id"],
+        version=doc["version"],
+        type=doc["type"],
+        data=doc["data"],
+        occurred_at=doc["occurred_at"],
+        causation_id=doc.get("causation_id"),
+    )
+
+
+class EventStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.events = db["order_events"]
+
+    async def create_indexes(self) -> None:
+        await self.events.create_index(
+            [("order_id", ASCENDING), ("version", ASCENDING)], unique=True
+        )
+        await self.events.create_index([("outbox", ASCENDING), ("occurred_at", ASCENDING)])
+
+    async def append(
+        self,
+        order_id: str,
+        expected_version: int,
+        new_events: Sequence[NewEvent],
+        *,
+        causation_id: str | None = None,
+        trace_context: dict[str, str] | None = None,
+    ) -> list[OrderEvent]:
+        """Append after ``expected_version``; raises :class:`ConcurrencyError` if it moved on.
+
+        Events are inserted one by one, each a single atomic insert: if the process dies
+        half-way, the stream is still a valid prefix, and the next attempt carries on.
+        """
+        now = datetime.now(UTC)
+        appended: list[OrderEvent] = []
+        for offset, new in enumerate(new_events, start=1):
+            doc = {
+                "_id": str(uuid.uuid4()),
+                "order_id": order_id,
+                "version": expected_version + offset,
+                "type": new.type,
+                "data": new.data,
+                "occurred_at": now,
+                "causation_id": causation_id,
+                "outbox": "pending" if new.type in PUBLISHED_TYPES else "internal",
+                # The trace this event was recorded in, so the relay can continue it.
+                "trace_context": trace_context or {},
+            }
+            try:
+                await self.events.insert_one(doc)
+            except DuplicateKeyError as exc:
+                raise ConcurrencyError(f"order {order_id} moved past {doc['version'] - 1}") from exc
+            appended.append(_to_event(doc))
+        return appended
+
+    async def load(self, order_id: str) -> list[OrderEvent]:
+        cursor = self.events.find({"order_id": order_id}).sort("version", ASCENDING)
+        return [_to_event(doc) async for doc in cursor]
+
+    async def exists(self, order_id: str) -> bool:
+        return await self.events.find_one({"order_id": order_id}, {"_id": 1}) is not None
+
+    async def all_events(self) -> AsyncIterator[OrderEvent]:
+        """Every event, grouped by order and in version order (for replays)."""
+        cursor = self.events.find({}).sort([("order_id", ASCENDING), ("version", ASCENDING)])
+        async for doc in cursor:
+            yield _to_event(doc)
+
+
+class OrderViews:
+    """The read model the API serves."""
+
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.orders = db["orders"]
+
+    async def create_indexes(self) -> None:
+        await self.orders.create_index([("customer_id", ASCENDING), ("placed_at", DESCENDING)])
+        await self.orders.create_index([("status", ASCENDING)])
+
+    async def save(self, order: Order) -> None:
+        """Write the projection unless a newer one is already there (projections may race)."""
+        view = {
+            "customer_id": order.customer_id,
+            "status": order.status.value,
+            "lines": order.lines,
+            "total_cents": order.total_cents,
+            "currency": order.currency,
+            "version": order.version,
+            "cancel_reason": order.cancel_reason,
+            "placed_at": iso(order.placed_at) if order.placed_at else None,
+            "updated_at": iso(order.updated_at) if order.updated_at else None,
+            "history": [{**entry, "occurred_at": iso(entry["occurred_at"])} for entry in order.history],
+        }
+        try:
+            await self.orders.update_one(
+                {"_id": order.id, "version": {"$lt": order.version}}, {"$set": view}, upsert=True
+            )
+        except DuplicateKeyError:
+            pass  # the stored view is at this version or newer
+
+    async def get(self, order_id: str) -> dict[str, Any] | None:
+        return await self.orders.find_one({"_id": order_id})
+
+    async def by_customer(
+        self, customer_id: str, *, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        query = {"customer_id": customer_id}
+        cursor = (
+            self.orders.find(query).sort("placed_at", DESCENDING).skip(offset).limit(limit)
+        )
+        items = [doc async for doc in cursor]
+        return items, await self.orders.count_documents(query)
+
+    async def clear(self) -> None:
+        await self.orders.delete_many({})
+
+
+class IdempotencyKeys:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.keys = db["idempotency_keys"]
+
+    async def create_indexes(self) -> None:
+        await self.keys.create_index("created_at", expireAfterSeconds=IDEMPOTENCY_KEY_TTL_SECONDS)
+
+    async def claim(self, key: str, order_id: str, request_hash: str) -> dict[str, Any]:
+        """Bind ``key`` to ``order_id`` unless it is bound already; returns the binding that stands."""
+        document = {
+            "_id": key,
+            "order_id": order_id,
+            "request_hash": request_hash,
+            "created_at": datetime.now(UTC),  # a BSON date: the TTL index needs one
+        }
+        try:
+            await self.keys.insert_one(document)
+        except DuplicateKeyError:
+            existing = await self.keys.find_one({"_id": key})
+            if existing is not None:
+                return existing
+            # Expired between the two calls: claim again.
+            return await self.claim(key, order_id, request_hash)
+        return document
+
+    async def forget(self, key: str, order_id: str) -> None:
+        """Unbind a key whose request was refused, so the client may fix it and retry."""
+        await self.keys.delete_one({"_id": key, "order_id": order_id})

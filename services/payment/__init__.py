@@ -1,0 +1,1 @@
+"""Payment: charges a simulated gateway for reserved orders; runs as competing consumers."""

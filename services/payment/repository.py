@@ -1,0 +1,26 @@
+"""Payment's own record of each order's outcome, keyed by order id (the natural key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+
+class PaymentRepository:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.payments = db["payments"]
+
+    async def get(self, order_id: str) -> dict[str, Any] | None:
+        return await self.payments.find_one({"_id": order_id})
+
+    async def record_outcome(self, order_id: str, document: dict[str, Any]) -> dict[str, Any]:
+        """Write the outcome once; returns the outcome that stands (the first one written)."""
+        try:
+            await self.payments.insert_one({"_id": order_id, **document})
+        except DuplicateKeyError:
+            existing = await self.get(order_id)
+            assert existing is not None
+            return existing
+        return {"_id": order_id, **document}

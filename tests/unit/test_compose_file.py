@@ -1,0 +1,264 @@
+"""docker-compose.yml checked without a Docker engine.
+
+This covers the Compose JSON schema, a healthcheck on every long-running container,
+`depends_on` with explicit conditions, every variable the file interpolates being defined in
+.env.example, and the commands the app image runs pointing at modules that exist.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+ENV_FILE = REPO / ".env"
+RABBITMQ_CONF = REPO / "infra" / "rabbitmq" / "rabbitmq.conf"
+APP_IMAGE = "warren-app:latest"
+
+# Containers that run once and exit. A healthcheck means nothing for them. Their dependents wait
+# for `service_completed_successfully`, and they must never be restarted.
+ONE_SHOT = {"seed", "rabbitmq-topology"}
+
+# Modules the app image runs with `python -m`, relative to the repository root.
+APP_MODULES = [
+    "services.order",
+    "services.inventory",
+    "services.payment",
+    "services.notification",
+    "services.notification.worker",
+]
+
+# ${VAR}, ${VAR:?msg}, ${VAR:-default}, ${VAR-default}, ... but not the escaped $${VAR}.
+_INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[?\-+][^}]*)?\}")
+
+
+def _schema_file() -> Path:
+    shared = REPO.parent / "shared" / "compose-spec.schema.json"
+    return shared if shared.exists() else REPO / "infra" / "compose-spec.schema.json"
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    return _compose()["services"]
+
+
+def _env_names(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not NAME=value: {line!r}"
+        values[name.strip()] = value.strip()
+    return values
+
+
+def _runnable_module_exists(dotted: str) -> bool:
+    """True when ``python -m dotted`` would find a module in the repository (without importing it)."""
+    path = REPO.joinpath(*dotted.split("."))
+    return (path / "__main__.py").is_file() or path.with_suffix(".py").is_file()
+
+
+def _importable_module_exists(dotted: str) -> bool:
+    path = REPO.joinpath(*dotted.split("."))
+    return (path / "__init__.py").is_file() or path.with_suffix(".py").is_file()
+
+
+# --- (a) the Compose specification -------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_schema() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--schemafile",
+            str(_schema_file()),
+            str(COMPOSE_FILE),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_has_no_obsolete_version_key() -> None:
+    assert "version" not in _compose()
+
+
+def test_yaml_anchors_resolve_into_every_app_service() -> None:
+    services = _services()
+    app_services = {name for name, svc in services.items() if svc.get("image") == APP_IMAGE}
+    assert app_services >= {"seed", "order", "inventory", "payment", "notification", "celery-worker"}
+    for name in app_services:
+        svc = services[name]
+        assert "<<" not in svc, f"{name}: merge key left unresolved"
+        assert svc["build"] == ".", name
+        assert svc["env_file"] == ".env", name
+        env = svc["environment"]
+        assert "<<" not in env, f"{name}: environment merge key left unresolved"
+        assert env["RABBIT_URL"].endswith("@rabbitmq:5672/"), name
+        assert env["MONGO_URL"] == "mongodb://mongo:27017", name
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name
+        assert env["LOG_FORMAT"] == "json", name
+        assert env["OTEL_SERVICE_NAME"] == name, name
+
+
+def test_payment_runs_two_competing_consumers_without_fixed_names_or_host_ports() -> None:
+    payment = _services()["payment"]
+    assert payment["deploy"]["replicas"] == 2
+    assert "container_name" not in payment
+    assert "ports" not in payment
+
+
+# --- (b) healthchecks and start-up order --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(set(_services()) - ONE_SHOT))
+def test_every_long_running_container_has_a_healthcheck(name: str) -> None:
+    healthcheck = _services()[name].get("healthcheck")
+    assert healthcheck, f"{name} has no healthcheck"
+    assert not healthcheck.get("disable", False), f"{name} disables its healthcheck"
+    assert healthcheck["test"][0] in {"CMD", "CMD-SHELL"}, name
+    for key in ("interval", "timeout", "retries", "start_period"):
+        assert key in healthcheck, f"{name}: healthcheck without {key}"
+
+
+@pytest.mark.parametrize("name", sorted(ONE_SHOT))
+def test_one_shot_jobs_run_once_and_have_no_healthcheck(name: str) -> None:
+    svc = _services()[name]
+    assert svc["restart"] == "no"
+    assert "healthcheck" not in svc
+    assert "deploy" not in svc
+
+
+def test_every_dependency_states_a_condition_that_the_target_can_meet() -> None:
+    services = _services()
+    for name, svc in services.items():
+        depends_on = svc.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: depends_on as a list has no conditions"
+        for target, spec in depends_on.items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            condition = spec.get("condition")
+            assert condition, f"{name} -> {target} has no condition"
+            if target in ONE_SHOT:
+                assert condition == "service_completed_successfully", f"{name} -> {target}"
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target}'s health"
+
+
+def test_every_app_service_waits_for_a_healthy_broker_and_database() -> None:
+    for name in ("order", "inventory", "payment", "notification", "celery-worker"):
+        depends_on = _services()[name]["depends_on"]
+        assert depends_on["rabbitmq"]["condition"] == "service_healthy", name
+        assert depends_on["mongo"]["condition"] == "service_healthy", name
+        assert depends_on["rabbitmq-topology"]["condition"] == "service_completed_successfully"
+        assert _services()[name]["restart"] == "unless-stopped", name
+    assert _services()["inventory"]["depends_on"]["seed"] == {
+        "condition": "service_completed_successfully"
+    }
+
+
+def test_broker_is_not_configured_to_import_definitions_at_boot() -> None:
+    # With boot-time definitions RabbitMQ skips creating the default user (and vhost "/"). Our
+    # definitions.json has neither, so the broker would be unusable. See rabbitmq.conf.
+    settings = [
+        line.split("=", 1)[0].strip()
+        for line in RABBITMQ_CONF.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert not [key for key in settings if "load_definitions" in key or key.startswith("definitions.")]
+    rabbitmq = _services()["rabbitmq"]
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"].startswith("${RABBITMQ_USER:?")
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_PASSWORD:?")
+
+
+# --- (c) values live in .env -----------------------------------------------------------------------
+
+
+def test_every_interpolated_variable_is_defined_in_env_example() -> None:
+    referenced = set(_INTERPOLATION.findall(COMPOSE_FILE.read_text(encoding="utf-8")))
+    assert referenced, "expected ${VAR:?...} references in the compose file"
+    missing = referenced - set(_env_names(ENV_EXAMPLE))
+    assert not missing, f"not defined in .env.example: {sorted(missing)}"
+
+
+def test_required_variables_fail_fast_with_a_hint() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    for name in ("RABBITMQ_USER", "RABBITMQ_PASSWORD"):
+        bare = re.findall(r"(?<!\$)\$\{" + name + r"\}", text)
+        assert not bare, f"${{{name}}} without :? would start with an empty value"
+        assert "${" + name + ":?set it in .env}" in text
+
+
+def test_env_and_env_example_define_the_same_names() -> None:
+    assert set(_env_names(ENV_FILE)) == set(_env_names(ENV_EXAMPLE))
+
+
+def test_env_does_not_carry_connection_urls() -> None:
+    # Compose sets them under `environment:`. The local run relies on the code's defaults
+    # (127.0.0.1), and the services also read ./.env, so a URL here would break one of the two.
+    for path in (ENV_FILE, ENV_EXAMPLE):
+        assert not {"RABBIT_URL", "MONGO_URL"} & set(_env_names(path)), path.name
+
+
+# --- (d) the image runs code that exists ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", APP_MODULES)
+def test_python_modules_run_by_the_image_exist(module: str) -> None:
+    assert _runnable_module_exists(module), f"python -m {module}: no such module in {REPO}"
+
+
+def test_every_python_command_in_the_compose_file_is_listed() -> None:
+    used: set[str] = set()
+    for svc in _services().values():
+        if svc.get("image") != APP_IMAGE:
+            continue
+        for argv in (svc.get("command") or [], (svc.get("healthcheck") or {}).get("test") or []):
+            argv = [arg for arg in argv if arg not in {"CMD", "CMD-SHELL"}]
+            if argv[:2] == ["python", "-m"]:
+                used.add(argv[2])
+    assert used == set(APP_MODULES)
+
+
+def test_warren_command_used_by_seed_is_installed_by_the_image() -> None:
+    assert _services()["seed"]["command"][0] == "warren"
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "scripts"
+    ]
+    module, _, _function = scripts["warren"].partition(":")
+    assert _importable_module_exists(module), f"warren = {scripts['warren']}: no module {module}"
+
+
+@pytest.mark.parametrize(
+    "source",
+    sorted(
+        {
+            volume.split(":", 1)[0]
+            for svc in _services().values()
+            for volume in svc.get("volumes", [])
+            if isinstance(volume, str) and volume.startswith("./")
+        }
+    ),
+)
+def test_bind_mounted_host_paths_exist(source: str) -> None:
+    # A missing file is silently replaced by an empty directory when the engine creates the
+    # mount. infra/rabbitmq/definitions.json comes from `warren topology export`.
+    assert (REPO / source).exists(), f"{source} does not exist"
