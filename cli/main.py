@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -142,10 +143,21 @@ def export_topology(
     output: Path = typer.Option(DEFINITIONS, help="Where to write RabbitMQ definitions."),
     check: bool = typer.Option(False, help="Exit 1 if the file differs instead of writing it."),
 ) -> None:
-    """Write the topology as RabbitMQ definitions (loaded by compose's broker at boot)."""
+    """Write the topology, and the broker user from .env, as RabbitMQ definitions.
+
+    Compose's broker loads this file at boot (infra/rabbitmq/rabbitmq.conf). Run it again
+    after changing RABBITMQ_USER / RABBITMQ_PASSWORD in .env or the topology.
+    """
+    from dotenv import dotenv_values
+
     from shared.topology import definitions
 
-    text = json.dumps(definitions(), indent=2) + "\n"
+    values = {**dotenv_values(".env"), **os.environ}
+    user, password = values.get("RABBITMQ_USER"), values.get("RABBITMQ_PASSWORD")
+    if not user or not password:
+        console.print("[red]RABBITMQ_USER and RABBITMQ_PASSWORD must be set (in .env)[/]")
+        raise typer.Exit(2)
+    text = json.dumps(definitions(user=user, password=password), indent=2) + "\n"
     if check:
         if not output.exists() or output.read_text() != text:
             console.print(f"[red]{output} is out of date[/]: run `warren topology export`")

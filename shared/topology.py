@@ -16,6 +16,8 @@ Shape::
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,8 +180,7 @@ async def declare_topology(broker: Any) -> None:
 
 
 def _queue_definition(queue: RabbitQueue, vhost: str) -> dict[str, Any]:
-    arguments = dict(queue.arguments or {})
-    arguments["x-queue-type"] = "quorum" if queue.queue_type == QueueType.QUORUM else "classic"
+    arguments = dict(queue.arguments or {})  # includes x-queue-type
     return {
         "name": queue.name,
         "vhost": vhost,
@@ -189,8 +190,23 @@ def _queue_definition(queue: RabbitQueue, vhost: str) -> dict[str, Any]:
     }
 
 
-def definitions(vhost: str = "/") -> dict[str, Any]:
-    """RabbitMQ definitions (exchanges, queues, bindings) equal to what :func:`declare_topology` does."""
+def password_hash(user: str, password: str) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password)).
+
+    The salt is derived from the user name so that exporting twice gives the same file.
+    """
+    salt = hashlib.sha256(f"warren:{user}".encode()).digest()[:4]
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def definitions(
+    vhost: str = "/", *, user: str | None = None, password: str | None = None
+) -> dict[str, Any]:
+    """RabbitMQ definitions equal to what :func:`declare_topology` does.
+
+    With ``user``/``password`` they also hold that user (administrator), the vhost and its
+    permissions: a broker that loads definitions at boot creates no default user of its own.
+    """
     exchange_defs = [
         {
             "name": exchange.name,
@@ -213,7 +229,24 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
         bindings.append((REQUEUE.name, consumer_queue.name, consumer_queue.name))
         bindings.append((DEAD_LETTER.name, consumer_queue.dlq_name, consumer_queue.name))
     queues.append(INVENTORY_QUOTES)
+    access: dict[str, Any] = {}
+    if user is not None and password is not None:
+        access = {
+            "users": [
+                {
+                    "name": user,
+                    "password_hash": password_hash(user, password),
+                    "hashing_algorithm": "rabbit_password_hashing_sha256",
+                    "tags": ["administrator"],
+                }
+            ],
+            "vhosts": [{"name": vhost}],
+            "permissions": [
+                {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+            ],
+        }
     return {
+        **access,
         "exchanges": exchange_defs,
         "queues": [_queue_definition(queue, vhost) for queue in queues],
         "bindings": [

@@ -26,7 +26,7 @@ APP_IMAGE = "warren-app:latest"
 
 # Containers that run once and exit. A healthcheck means nothing for them. Their dependents wait
 # for `service_completed_successfully`, and they must never be restarted.
-ONE_SHOT = {"seed", "rabbitmq-topology"}
+ONE_SHOT = {"seed"}
 
 # Modules the app image runs with `python -m`, relative to the repository root.
 APP_MODULES = [
@@ -67,7 +67,7 @@ def _env_names(path: Path) -> dict[str, str]:
 
 
 def _runnable_module_exists(dotted: str) -> bool:
-    """True when ``python -m dotted`` would find a module in the repository (without importing it)."""
+    """True when ``python -m dotted`` finds a module in the repository (no import)."""
     path = REPO.joinpath(*dotted.split("."))
     return (path / "__main__.py").is_file() or path.with_suffix(".py").is_file()
 
@@ -77,7 +77,7 @@ def _importable_module_exists(dotted: str) -> bool:
     return (path / "__init__.py").is_file() or path.with_suffix(".py").is_file()
 
 
-# --- (a) the Compose specification -------------------------------------------------------------
+# --- (a) the Compose specification ---------------------------------------------------------------
 
 
 def test_compose_file_matches_the_compose_schema() -> None:
@@ -105,7 +105,8 @@ def test_compose_file_has_no_obsolete_version_key() -> None:
 def test_yaml_anchors_resolve_into_every_app_service() -> None:
     services = _services()
     app_services = {name for name, svc in services.items() if svc.get("image") == APP_IMAGE}
-    assert app_services >= {"seed", "order", "inventory", "payment", "notification", "celery-worker"}
+    expected = {"seed", "order", "inventory", "payment", "notification", "celery-worker"}
+    assert app_services >= expected
     for name in app_services:
         svc = services[name]
         assert "<<" not in svc, f"{name}: merge key left unresolved"
@@ -127,7 +128,7 @@ def test_payment_runs_two_competing_consumers_without_fixed_names_or_host_ports(
     assert "ports" not in payment
 
 
-# --- (b) healthchecks and start-up order --------------------------------------------------------
+# --- (b) healthchecks and start-up order ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(set(_services()) - ONE_SHOT))
@@ -168,28 +169,25 @@ def test_every_app_service_waits_for_a_healthy_broker_and_database() -> None:
         depends_on = _services()[name]["depends_on"]
         assert depends_on["rabbitmq"]["condition"] == "service_healthy", name
         assert depends_on["mongo"]["condition"] == "service_healthy", name
-        assert depends_on["rabbitmq-topology"]["condition"] == "service_completed_successfully"
         assert _services()[name]["restart"] == "unless-stopped", name
     assert _services()["inventory"]["depends_on"]["seed"] == {
         "condition": "service_completed_successfully"
     }
 
 
-def test_broker_is_not_configured_to_import_definitions_at_boot() -> None:
-    # With boot-time definitions RabbitMQ skips creating the default user (and vhost "/"). Our
-    # definitions.json has neither, so the broker would be unusable. See rabbitmq.conf.
-    settings = [
-        line.split("=", 1)[0].strip()
+def test_broker_loads_the_generated_definitions_at_boot() -> None:
+    # A node that loads definitions at boot creates no default user: the file brings its own.
+    settings = dict(
+        (part.strip() for part in line.split("=", 1))
         for line in RABBITMQ_CONF.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
-    ]
-    assert not [key for key in settings if "load_definitions" in key or key.startswith("definitions.")]
-    rabbitmq = _services()["rabbitmq"]
-    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"].startswith("${RABBITMQ_USER:?")
-    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_PASSWORD:?")
+    )
+    assert settings["load_definitions"] == "/etc/rabbitmq/definitions.json"
+    volumes = _services()["rabbitmq"]["volumes"]
+    assert "./infra/rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro" in volumes
 
 
-# --- (c) values live in .env -----------------------------------------------------------------------
+# --- (c) values live in .env ---------------------------------------------------------------------
 
 
 def test_every_interpolated_variable_is_defined_in_env_example() -> None:
@@ -218,7 +216,7 @@ def test_env_does_not_carry_connection_urls() -> None:
         assert not {"RABBIT_URL", "MONGO_URL"} & set(_env_names(path)), path.name
 
 
-# --- (d) the image runs code that exists ------------------------------------------------------------
+# --- (d) the image runs code that exists ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("module", APP_MODULES)

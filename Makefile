@@ -1,0 +1,64 @@
+# Warren: every command a user needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned dependencies
+
+test: $(STAMP) ## Run every test (starts RabbitMQ if down; the tests start the MongoDB stand-in and SMTP sink)
+	@scripts/ensure-rabbitmq.sh
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## Unit tests only (no broker needed)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it all)
+	@scripts/ensure-rabbitmq.sh
+	@mkdir -p .run
+	@echo ""
+	@echo "  Order API + docs   http://127.0.0.1:8000/docs"
+	@echo "  Health             http://127.0.0.1:8000/readyz (inventory :8001, payment :8002 :8012, notification :8003)"
+	@echo "  Emails (Maildir)   .run/mail/new      -- try: make demo"
+	@echo "  MongoDB stand-in   mongodb://127.0.0.1:27017"
+	@echo "  RabbitMQ           amqp://127.0.0.1:5672 (management UI, if enabled: http://127.0.0.1:15672)"
+	@echo ""
+	$(BIN)/honcho start
+
+demo: $(STAMP) ## Place a sample order and follow it to its final state (needs `make run` or compose)
+	$(BIN)/warren demo
+	$(BIN)/warren demo --token tok_chargeDeclined
+
+seed: $(STAMP) ## (Re)load the demo catalog, resetting stock levels
+	$(BIN)/warren seed --reset
+
+definitions: $(STAMP) ## Regenerate infra/rabbitmq/definitions.json from shared/topology.py
+	$(BIN)/warren topology export
+
+compose-check: $(STAMP) ## Validate docker-compose.yml against the Compose schema
+	$(BIN)/check-jsonschema --schemafile $$( [ -f ../shared/compose-spec.schema.json ] && echo ../shared/compose-spec.schema.json || echo infra/compose-spec.schema.json ) docker-compose.yml
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+constraints: ## Re-pin constraints.txt from the current .venv (after changing requirements)
+	$(BIN)/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+clean: ## Remove local run data (.run) and caches
+	rm -rf .run .pytest_cache .ruff_cache reports
+
+.PHONY: help install test test-unit run demo seed definitions compose-check lint constraints clean

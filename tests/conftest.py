@@ -1,0 +1,86 @@
+"""Shared fixtures: the real RabbitMQ, the MongoDB stand-in (or MONGO_URL), fresh databases.
+
+Environment:
+* ``RABBIT_URL`` -- the broker to test against (default: the local one, guest/guest).
+* ``MONGO_URL``  -- a real MongoDB to test against; without it the tests start ``nx-27017``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from mirakuru import TCPExecutor
+from pymongo import AsyncMongoClient
+
+from tests.support.mongo_backends import AsyncMongomockDatabase
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> str:
+    return os.environ.get("RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MongoDB from MONGO_URL, or the stand-in started for this test session."""
+    if url := os.environ.get("MONGO_URL"):
+        yield url
+        return
+    data_dir = tmp_path_factory.mktemp("nx-27017")
+    port = free_port()
+    server = TCPExecutor(
+        [
+            str(BIN / "nx-27017"),
+            "--data-dir", str(data_dir),
+            "--port", str(port),
+            "--log-file", str(data_dir / "server.log"),
+            "--pid-file", str(data_dir / "server.pid"),
+        ],
+        host="127.0.0.1",
+        port=port,
+        timeout=30,
+    )
+    server.start()
+    try:
+        yield f"mongodb://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    """Tags this session's databases so runs never see each other's data."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+async def mongo_client(mongo_url: str) -> AsyncIterator[AsyncMongoClient]:
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url, serverSelectionTimeoutMS=5000, tz_aware=True)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(params=["wire", "oracle"])
+async def db(request: pytest.FixtureRequest, mongo_client: AsyncMongoClient, run_id: str):  # type: ignore[no-untyped-def]
+    """A fresh database on each backend: the stand-in over the wire, and mongomock as oracle."""
+    name = f"t{run_id}_{uuid.uuid4().hex[:8]}"
+    if request.param == "oracle":
+        yield AsyncMongomockDatabase(name)
+        return
+    yield mongo_client[name]
+    await mongo_client.drop_database(name)

@@ -1,0 +1,64 @@
+"""The topology module is the only place names live; compose's definitions must match it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from shared import topology
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_definitions_file_is_generated_from_the_topology_and_env() -> None:
+    env = dotenv_values(REPO / ".env")
+    expected = topology.definitions(user=env["RABBITMQ_USER"], password=env["RABBITMQ_PASSWORD"])
+    on_disk = json.loads((REPO / "infra/rabbitmq/definitions.json").read_text())
+    assert on_disk == expected, "run `make definitions` (warren topology export)"
+
+
+def test_every_consumer_queue_has_a_dead_letter_queue_bound_by_its_name() -> None:
+    defs = topology.definitions()
+    queues = {queue["name"]: queue for queue in defs["queues"]}
+    bindings = {(b["source"], b["destination"], b["routing_key"]) for b in defs["bindings"]}
+    for consumer in topology.ALL_QUEUES_WITH_DLQ:
+        args = queues[consumer.name]["arguments"]
+        assert args["x-dead-letter-exchange"] == topology.DEAD_LETTER.name
+        assert args["x-dead-letter-routing-key"] == consumer.name
+        assert consumer.dlq_name in queues
+        assert (topology.DEAD_LETTER.name, consumer.dlq_name, consumer.name) in bindings
+        assert (topology.REQUEUE.name, consumer.name, consumer.name) in bindings
+
+
+def test_order_placed_reaches_inventory_and_notification() -> None:
+    bound = {
+        b["destination"]
+        for b in topology.definitions()["bindings"]
+        if b["source"] == topology.EVENTS.name and b["routing_key"] == "order.placed"
+    }
+    assert bound == {"inventory.order-placed", "notification.order-events"}
+
+
+def test_saga_queues_are_quorum_queues_with_a_delivery_limit() -> None:
+    for consumer in topology.CONSUMER_QUEUES:
+        args = consumer.queue.arguments or {}
+        assert args["x-queue-type"] == "quorum"
+        assert args["x-delivery-limit"] == topology.DELIVERY_LIMIT
+
+
+def test_retry_queues_dead_letter_back_through_the_requeue_exchange() -> None:
+    for delay in topology.RETRY_DELAYS_SECONDS:
+        args = topology.retry_queue(delay).arguments or {}
+        assert args["x-message-ttl"] == delay * 1000
+        assert args["x-dead-letter-exchange"] == topology.REQUEUE.name
+
+
+def test_password_hash_is_rabbitmq_sha256_format() -> None:
+    import base64
+    import hashlib
+
+    raw = base64.b64decode(topology.password_hash("warren", "secret"))
+    salt, digest = raw[:4], raw[4:]
+    assert digest == hashlib.sha256(salt + b"secret").digest()
