@@ -142,7 +142,11 @@ class OrderViews:
     ) -> tuple[list[dict[str, Any]], int]:
         query = {"customer_id": customer_id}
         cursor = (
-            self.orders.find(query).sort("placed_at", DESCENDING).skip(offset).limit(limit)
+            self.orders.find(query)
+            # _id breaks ties so that pages never overlap or skip an order.
+            .sort([("placed_at", DESCENDING), ("_id", DESCENDING)])
+            .skip(offset)
+            .limit(limit)
         )
         items = [doc async for doc in cursor]
         return items, await self.orders.count_documents(query)

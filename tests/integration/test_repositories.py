@@ -1,0 +1,262 @@
+"""Repository behaviour on both backends: the MongoDB stand-in over the wire, and mongomock.
+
+Each test runs twice (``db`` is parametrized): once through PyMongo's async client against
+``nx-27017`` (or a real MongoDB with ``MONGO_URL``), once against ``mongomock`` as a semantic
+oracle. Both must give the asserted answer, so a divergence of the stand-in fails a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.inventory import handlers as inventory
+from services.inventory.catalog import CatalogItem
+from services.inventory.repository import StockRepository
+from services.notification.repository import NotificationRepository
+from services.order.domain import NewEvent, Order
+from services.order.handlers import rebuild_projections
+from services.order.repository import ConcurrencyError, EventStore, IdempotencyKeys, OrderViews
+from services.payment import handlers as payment
+from services.payment.gateway import SimulatedGateway
+from services.payment.repository import PaymentRepository
+from shared.contracts import (
+    Envelope,
+    OrderPlaced,
+    PaymentFailed,
+    PaymentSucceeded,
+    PricedLine,
+    StockReserved,
+)
+from shared.outbox import OutboxRelay
+
+MUGS = CatalogItem("CARROT-MUG", "Carrot-shaped mug", 1250, 10)
+LAMPS = CatalogItem("BURROW-LAMP", "Burrow night lamp", 4500, 3)
+
+
+def placed(order_id: str, *lines: tuple[CatalogItem, int], token: str = "tok_visa") -> Envelope:
+    priced = tuple(PricedLine(sku=i.sku, quantity=q, unit_price_cents=i.price_cents) for i, q in lines)
+    return Envelope.wrap(
+        OrderPlaced(
+            order_id=order_id,
+            customer_id="bugs-bunny",
+            lines=priced,
+            total_cents=sum(p.quantity * p.unit_price_cents for p in priced),
+            payment_token=token,
+        ),
+        source="order",
+    )
+
+
+async def levels(repo: StockRepository) -> dict[str, tuple[int, int, int]]:
+    return {d["_id"]: (d["available"], d["reserved"], d["sold"]) for d in await repo.all_stock()}
+
+
+# --- inventory ---------------------------------------------------------------------------------
+
+
+async def test_reserving_holds_every_line_and_a_duplicate_re_announces_the_same_event(db: Any) -> None:
+    repo = StockRepository(db)
+    await repo.seed([MUGS, LAMPS])
+    order = placed("o1", (MUGS, 2), (LAMPS, 1))
+
+    first = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    again = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+
+    assert [e.type for e in first] == ["stock.reserved"]
+    assert again[0].id == first[0].id
+    assert await levels(repo) == {"BURROW-LAMP": (2, 1, 0), "CARROT-MUG": (8, 2, 0)}
+
+
+async def test_an_order_larger_than_stock_holds_nothing(db: Any) -> None:
+    repo = StockRepository(db)
+    await repo.seed([MUGS, LAMPS])
+    order = placed("o1", (MUGS, 2), (LAMPS, 4))
+
+    outcome = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+
+    assert [e.type for e in outcome] == ["stock.rejected"]
+    assert outcome[0].data["shortages"] == {"BURROW-LAMP": 4}
+    assert await levels(repo) == {"BURROW-LAMP": (3, 0, 0), "CARROT-MUG": (10, 0, 0)}
+
+
+async def test_payment_success_commits_and_failure_releases_once(db: Any) -> None:
+    repo = StockRepository(db)
+    await repo.seed([MUGS])
+    for order_id in ("paid", "declined"):
+        order = placed(order_id, (MUGS, 3))
+        await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+
+    ok = Envelope.wrap(PaymentSucceeded(order_id="paid", payment_id="ch", amount_cents=1), source="payment")
+    ko = Envelope.wrap(PaymentFailed(order_id="declined", reason="card declined"), source="payment")
+    assert await inventory.settle_reservation(ok, ok.payload(), repo) == []  # type: ignore[arg-type]
+    released = await inventory.settle_reservation(ko, ko.payload(), repo)  # type: ignore[arg-type]
+    # Redelivered: nothing moves again, and the release is re-announced with the same id.
+    assert await inventory.settle_reservation(ok, ok.payload(), repo) == []  # type: ignore[arg-type]
+    released_again = await inventory.settle_reservation(ko, ko.payload(), repo)  # type: ignore[arg-type]
+
+    assert [e.type for e in released] == ["stock.released"]
+    assert released_again[0].id == released[0].id
+    assert await levels(repo) == {"CARROT-MUG": (7, 0, 3)}  # available + reserved + sold == 10
+
+
+async def test_seeding_again_keeps_levels_unless_reset(db: Any) -> None:
+    repo = StockRepository(db)
+    await repo.seed([MUGS])
+    assert await repo.hold("CARROT-MUG", "o1", 4)
+    await repo.seed([MUGS])
+    assert await levels(repo) == {"CARROT-MUG": (6, 4, 0)}
+    await repo.seed([MUGS], reset=True)
+    assert await levels(repo) == {"CARROT-MUG": (10, 0, 0)}
+
+
+# --- payment -----------------------------------------------------------------------------------
+
+
+async def test_an_order_is_charged_once_however_often_it_arrives(db: Any) -> None:
+    repo, gateway = PaymentRepository(db), SimulatedGateway(db)
+    reserved = Envelope.wrap(
+        StockReserved(order_id="o1", lines=(), amount_cents=2500, payment_token="tok_visa"),
+        source="inventory",
+    )
+    outcomes = [
+        await payment.charge_reserved_order(reserved, reserved.payload(), repo, gateway)  # type: ignore[arg-type]
+        for _ in range(3)
+    ]
+    assert {o[0].id for o in outcomes} == {outcomes[0][0].id}
+    assert outcomes[0][0].type == "payment.succeeded"
+    assert await db["gateway_charges"].count_documents({"status": "captured"}) == 1
+
+
+async def test_a_declined_card_moves_no_money(db: Any) -> None:
+    repo, gateway = PaymentRepository(db), SimulatedGateway(db)
+    reserved = Envelope.wrap(
+        StockReserved(order_id="o2", lines=(), amount_cents=2500, payment_token="tok_chargeDeclined"),
+        source="inventory",
+    )
+    outcome = await payment.charge_reserved_order(reserved, reserved.payload(), repo, gateway)  # type: ignore[arg-type]
+    assert outcome[0].type == "payment.failed"
+    assert await db["gateway_charges"].count_documents({"status": "captured"}) == 0
+    assert (await repo.get("o2"))["amount_cents"] == 0  # type: ignore[index]
+
+
+# --- order: event store, read model, idempotency keys, outbox -------------------------------------
+
+
+def order_placed(order_id: str, customer: str = "bugs-bunny") -> NewEvent:
+    return NewEvent.of(
+        OrderPlaced(
+            order_id=order_id,
+            customer_id=customer,
+            lines=(PricedLine(sku="CARROT-MUG", quantity=1, unit_price_cents=1250),),
+            total_cents=1250,
+            payment_token="tok_visa",
+        )
+    )
+
+
+async def test_two_writers_cannot_append_the_same_version(db: Any) -> None:
+    store = EventStore(db)
+    await store.create_indexes()
+    await store.append("o1", 0, [order_placed("o1")])
+    try:
+        await store.append("o1", 0, [order_placed("o1")])
+    except ConcurrencyError:
+        pass
+    else:
+        raise AssertionError("a second version 1 was accepted")
+    assert [e.version for e in await store.load("o1")] == [1]
+
+
+async def test_the_read_model_never_goes_back_to_an_older_version(db: Any) -> None:
+    store, views = EventStore(db), OrderViews(db)
+    await store.create_indexes()
+    await store.append("o1", 0, [order_placed("o1")])
+    await store.append("o1", 1, [NewEvent(type="order.stock-reserved", data={"order_id": "o1"})])
+    events = await store.load("o1")
+    newer, older = Order.from_events("o1", events), Order.from_events("o1", events[:1])
+
+    await views.save(newer)
+    await views.save(older)
+
+    view = await views.get("o1")
+    assert view is not None and view["version"] == 2 and view["status"] == "RESERVED"
+
+
+async def test_customer_listing_is_paged_newest_first(db: Any) -> None:
+    store, views = EventStore(db), OrderViews(db)
+    for n in range(5):
+        await store.append(f"o{n}", 0, [order_placed(f"o{n}", customer="daffy")])
+        await views.save(Order.from_events(f"o{n}", await store.load(f"o{n}")))
+    await store.append("x", 0, [order_placed("x", customer="someone-else")])
+    await views.save(Order.from_events("x", await store.load("x")))
+
+    page, total = await views.by_customer("daffy", limit=2, offset=1)
+    assert total == 5
+    assert [doc["_id"] for doc in page] == ["o3", "o2"]
+
+
+async def test_replaying_the_events_rebuilds_the_same_read_model(db: Any) -> None:
+    store, views = EventStore(db), OrderViews(db)
+    for n in range(3):
+        await store.append(f"o{n}", 0, [order_placed(f"o{n}")])
+        await views.save(Order.from_events(f"o{n}", await store.load(f"o{n}")))
+    await store.append("o1", 1, [NewEvent(type="order.stock-reserved", data={"order_id": "o1"})])
+    await views.save(Order.from_events("o1", await store.load("o1")))
+    before = {n: await views.get(f"o{n}") for n in range(3)}
+
+    assert await rebuild_projections(store, views) == 3
+    assert {n: await views.get(f"o{n}") for n in range(3)} == before
+
+
+async def test_an_idempotency_key_binds_to_the_first_order(db: Any) -> None:
+    keys = IdempotencyKeys(db)
+    await keys.create_indexes()
+    first = await keys.claim("key-1", "order-a", "hash")
+    second = await keys.claim("key-1", "order-b", "hash")
+    assert first["order_id"] == second["order_id"] == "order-a"
+    await keys.forget("key-1", "order-a")
+    assert (await keys.claim("key-1", "order-c", "hash"))["order_id"] == "order-c"
+
+
+async def test_the_outbox_publishes_pending_events_in_order_and_only_once(db: Any) -> None:
+    store = EventStore(db)
+    await store.create_indexes()
+    await store.append("o1", 0, [order_placed("o1")])
+    await store.append("o1", 1, [NewEvent(type="order.stock-reserved", data={"order_id": "o1"})])
+    await store.append("o1", 2, [NewEvent(type="order.confirmed", data={"order_id": "o1"})])
+    published: list[tuple[str, int]] = []
+
+    async def publish(doc: dict[str, Any]) -> None:
+        published.append((doc["type"], doc["version"]))
+
+    relay = OutboxRelay(store.events, publish)
+    assert await relay.publish_pending() == 2
+    assert await relay.publish_pending() == 0
+    assert published == [("order.placed", 1), ("order.confirmed", 3)]  # internal events stay
+
+
+async def test_an_event_whose_publish_failed_stays_pending(db: Any) -> None:
+    store = EventStore(db)
+    await store.append("o1", 0, [order_placed("o1")])
+
+    async def broker_down(doc: dict[str, Any]) -> None:
+        raise ConnectionError("broker unreachable")
+
+    try:
+        await OutboxRelay(store.events, broker_down).publish_pending()
+    except ConnectionError:
+        pass
+    assert await db["order_events"].count_documents({"outbox": "pending"}) == 1
+
+
+# --- notification ------------------------------------------------------------------------------
+
+
+async def test_a_notification_is_recorded_once_per_event(db: Any) -> None:
+    repo = NotificationRepository(db)
+    note = {"_id": "event-1", "order_id": "o1", "event_type": "order.placed", "to": "a@b", "subject": "s", "body": "b"}
+    first = await repo.record(note)
+    await db["notifications"].update_one({"_id": "event-1"}, {"$set": {"state": "sent"}})
+    second = await repo.record(note)
+    assert first["state"] == "queued" and second["state"] == "sent"
+    assert await db["notifications"].count_documents({}) == 1

@@ -1,0 +1,119 @@
+"""The order aggregate: a state machine that ends right whatever the order of arrival."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+import pytest
+
+from services.order.domain import NewEvent, Order, OrderEvent, OrderStatus, react
+from shared.contracts import (
+    EventData,
+    OrderPlaced,
+    PaymentFailed,
+    PaymentSucceeded,
+    PricedLine,
+    StockRejected,
+    StockReleased,
+    StockReserved,
+)
+
+ORDER_ID = "order-42"
+LINES = (PricedLine(sku="CARROT-MUG", quantity=2, unit_price_cents=1250),)
+
+
+def placed_order() -> tuple[Order, list[OrderEvent]]:
+    placed = NewEvent.of(
+        OrderPlaced(
+            order_id=ORDER_ID,
+            customer_id="bugs-bunny",
+            lines=LINES,
+            total_cents=2500,
+            payment_token="tok_visa",
+        )
+    )
+    events = [_stored(placed, 1)]
+    return Order.from_events(ORDER_ID, events), events
+
+
+def _stored(new: NewEvent, version: int) -> OrderEvent:
+    return OrderEvent(
+        id=f"e{version}",
+        order_id=ORDER_ID,
+        version=version,
+        type=new.type,
+        data=new.data,
+        occurred_at=datetime.now(UTC),
+    )
+
+
+def feed(incoming: list[EventData]) -> Order:
+    """Run saga events through react/apply the way the service does, one at a time."""
+    order, events = placed_order()
+    for event in incoming:
+        for new in react(order, event):
+            stored = _stored(new, order.version + 1)
+            events.append(stored)
+            order.apply(stored)
+    assert Order.from_events(ORDER_ID, events).status == order.status  # replay gives the same
+    return order
+
+
+reserved = StockReserved(order_id=ORDER_ID, lines=LINES, amount_cents=2500, payment_token="tok_visa")
+paid = PaymentSucceeded(order_id=ORDER_ID, payment_id="ch_1", amount_cents=2500)
+declined = PaymentFailed(order_id=ORDER_ID, reason="card declined")
+released = StockReleased(order_id=ORDER_ID, reason="payment failed: card declined")
+rejected = StockRejected(order_id=ORDER_ID, reason="insufficient stock", shortages={"CARROT-MUG": 2})
+
+
+def test_a_paid_order_is_confirmed() -> None:
+    order = feed([reserved, paid])
+    assert order.status == OrderStatus.CONFIRMED
+    assert [entry["type"] for entry in order.history] == [
+        "order.placed",
+        "order.stock-reserved",
+        "order.confirmed",
+    ]
+
+
+def test_a_declined_order_is_cancelled_only_once_its_stock_is_released() -> None:
+    order = feed([reserved, declined])
+    assert order.status == OrderStatus.CANCELLING
+    order = feed([reserved, declined, released])
+    assert order.status == OrderStatus.CANCELLED
+    assert order.cancel_reason == "card declined"
+
+
+def test_an_order_without_stock_is_cancelled() -> None:
+    order = feed([rejected])
+    assert order.status == OrderStatus.CANCELLED
+    assert "insufficient stock" in (order.cancel_reason or "")
+
+
+@pytest.mark.parametrize("duplicate", [reserved, paid])
+def test_duplicates_change_nothing(duplicate: EventData) -> None:
+    once = feed([reserved, paid])
+    twice = feed([reserved, duplicate, paid, duplicate])
+    assert twice.status == once.status
+    assert twice.version == once.version
+
+
+@pytest.mark.parametrize("arrival", list(itertools.permutations([reserved, paid])))
+def test_success_in_any_order_confirms(arrival: tuple[EventData, ...]) -> None:
+    assert feed(list(arrival)).status == OrderStatus.CONFIRMED
+
+
+@pytest.mark.parametrize("arrival", list(itertools.permutations([reserved, declined, released])))
+def test_compensation_in_any_order_cancels(arrival: tuple[EventData, ...]) -> None:
+    assert feed(list(arrival)).status == OrderStatus.CANCELLED
+
+
+def test_final_orders_ignore_everything() -> None:
+    order = feed([rejected])
+    assert react(order, paid) == []
+    assert react(order, reserved) == []
+
+
+def test_events_for_an_unknown_order_are_ignored() -> None:
+    assert react(Order(id="nobody"), paid) == []
