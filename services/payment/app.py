@@ -30,7 +30,9 @@ def create_app(settings: PaymentSettings | None = None) -> AsgiFastStream:
 
     async def on_stock_reserved(envelope: Envelope, payload: EventData) -> list[Envelope]:
         assert isinstance(payload, StockReserved)
-        return await handlers.charge_reserved_order(envelope, payload, repo, gateway)
+        return await handlers.charge_reserved_order(
+            envelope, payload, repo, gateway, processed_by=settings.instance_id
+        )
 
     messaging.subscribe_events(broker, topology.PAYMENT_STOCK_RESERVED, on_stock_reserved)
     return make_service_app(broker, client)

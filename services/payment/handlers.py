@@ -14,6 +14,8 @@ async def charge_reserved_order(
     reserved: StockReserved,
     repo: PaymentRepository,
     gateway: SimulatedGateway,
+    *,
+    processed_by: str = "",
 ) -> list[Envelope]:
     """Charge once per order. A redelivery re-announces the recorded outcome (same event id)."""
     recorded = await repo.get(reserved.order_id)
@@ -39,6 +41,7 @@ async def charge_reserved_order(
             "status": "paid" if result.succeeded else "declined",
             "charge_id": result.charge_id,
             "amount_cents": reserved.amount_cents if result.succeeded else 0,
+            "processed_by": processed_by,
             "outcome_event": event.model_dump(mode="json"),
         },
     )

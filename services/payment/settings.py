@@ -1,3 +1,6 @@
+import os
+import socket
+
 from pydantic import Field
 
 from shared.settings import WarrenSettings
@@ -13,3 +16,5 @@ class PaymentSettings(WarrenSettings):
     payment_latency_ms: int = Field(default=0, ge=0)
     # Transient gateway errors (retried with backoff), to watch retries happen.
     payment_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Which replica charged an order: recorded with the payment, to see competing consumers.
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")

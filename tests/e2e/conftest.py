@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from tests.support.system import System, build_system, reset_broker, seed_catalog
+
+
+@pytest.fixture(scope="session")
+async def system(
+    rabbit_url: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory, run_id: str
+) -> AsyncIterator[System]:
+    """The whole system, started once for the session: four services, two payment replicas,
+    the Celery worker and an SMTP sink, against the real RabbitMQ."""
+    await reset_broker(rabbit_url)
+    running = build_system(rabbit_url, mongo_url, tmp_path_factory.mktemp("system"), f"e2e{run_id}")
+    try:
+        running.start("smtp")
+        seed_catalog(running)
+        for name in ("inventory", "payment_1", "payment_2", "notification", "emails", "order"):
+            running.start(name)
+        yield running
+    finally:
+        running.stop_all()
+
+
+@pytest.fixture
+async def api(system: System) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=system.api, timeout=10.0) as client:
+        yield client
+
+
+@pytest.fixture
+async def mongo(mongo_url: str) -> AsyncIterator[AsyncMongoClient]:
+    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
+    yield client
+    await client.close()

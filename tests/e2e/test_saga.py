@@ -1,0 +1,220 @@
+"""End to end: HTTP in, the saga across four services over the real RabbitMQ, email out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import httpx
+from pymongo import AsyncMongoClient
+
+from tests.support.polling import eventually
+from tests.support.system import BIN, System
+
+FINAL = {"CONFIRMED", "CANCELLED"}
+
+
+def order_body(sku: str, quantity: int = 1, token: str = "tok_visa", customer: str = "bugs-bunny") -> dict[str, Any]:
+    return {"customer_id": customer, "lines": [{"sku": sku, "quantity": quantity}], "payment_token": token}
+
+
+async def place(api: httpx.AsyncClient, body: dict[str, Any], key: str | None = None) -> str:
+    headers = {"Idempotency-Key": key} if key else {}
+    response = await api.post("/orders", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    return response.json()["order_id"]
+
+
+async def final_order(api: httpx.AsyncClient, order_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    async def probe() -> dict[str, Any]:
+        response = await api.get(f"/orders/{order_id}")
+        return response.json() if response.status_code == 200 else {}
+
+    return await eventually(
+        probe, until=lambda o: o.get("status") in FINAL, timeout=timeout, what=f"order {order_id} final"
+    )
+
+
+async def stock(mongo: AsyncMongoClient, system: System, sku: str) -> dict[str, Any]:
+    doc = await mongo[system.database("inventory")]["stock"].find_one({"_id": sku})
+    assert doc is not None
+    return doc
+
+
+async def emails_for(system: System, order_id: str, count: int) -> list[Any]:
+    async def probe() -> list[Any]:
+        return system.emails_for(order_id)
+
+    return await eventually(
+        probe, until=lambda mails: len(mails) >= count, timeout=20, what=f"{count} emails for {order_id}"
+    )
+
+
+async def test_a_good_order_is_confirmed_stock_is_sold_and_the_customer_is_emailed(
+    system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
+) -> None:
+    before = await stock(mongo, system, "RABBIT-PLUSH")
+
+    order_id = await place(api, order_body("RABBIT-PLUSH", 2))
+    order = await final_order(api, order_id)
+
+    assert order["status"] == "CONFIRMED", system.logs("order")
+    assert order["total_cents"] == 2 * 1999
+    assert [h["type"] for h in order["history"]] == ["order.placed", "order.stock-reserved", "order.confirmed"]
+    after = await eventually(
+        lambda: stock(mongo, system, "RABBIT-PLUSH"), until=lambda s: s["sold"] == before["sold"] + 2
+    )
+    assert after["available"] == before["available"] - 2
+    assert after["available"] + after["reserved"] + after["sold"] == after["initial"]
+    mails = await emails_for(system, order_id, 2)
+    subjects = sorted(m["Subject"] for m in mails)
+    assert any("confirmed" in s for s in subjects) and any("received" in s for s in subjects)
+    assert len({m["Message-ID"] for m in mails}) == len(mails) == 2
+
+
+async def test_a_declined_card_cancels_the_order_and_gives_the_stock_back(
+    system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
+) -> None:
+    before = await stock(mongo, system, "CARROT-MUG")
+
+    order_id = await place(api, order_body("CARROT-MUG", 3, token="tok_chargeDeclined"))
+    order = await final_order(api, order_id)
+
+    assert order["status"] == "CANCELLED"
+    assert order["cancel_reason"] == "card declined"
+    assert [h["type"] for h in order["history"]][-2:] == ["order.payment-failed", "order.cancelled"]
+    after = await stock(mongo, system, "CARROT-MUG")  # CANCELLED comes after the release
+    assert (after["available"], after["reserved"], after["sold"]) == (
+        before["available"],
+        before["reserved"],
+        before["sold"],
+    )
+    assert order_id not in after.get("holds", {})
+    charges = mongo[system.database("payment")]["gateway_charges"]
+    assert await charges.count_documents({"_id": order_id, "status": "captured"}) == 0
+    mails = await emails_for(system, order_id, 2)
+    assert any("cancelled" in m["Subject"] for m in mails)
+
+
+async def test_an_order_for_more_than_the_stock_is_cancelled_without_a_charge(
+    system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
+) -> None:
+    order_id = await place(api, order_body("LAST-CARROT", 2))
+    order = await final_order(api, order_id)
+
+    assert order["status"] == "CANCELLED"
+    assert "insufficient stock" in order["cancel_reason"]
+    payment_db = mongo[system.database("payment")]
+    assert await payment_db["gateway_charges"].count_documents({"_id": order_id}) == 0
+    assert await payment_db["payments"].count_documents({"_id": order_id}) == 0
+    last = await stock(mongo, system, "LAST-CARROT")
+    assert (last["available"], last["reserved"]) == (1, 0)
+
+
+async def test_an_unknown_sku_is_refused_with_422_and_the_reason(api: httpx.AsyncClient) -> None:
+    response = await api.post("/orders", json=order_body("NO-SUCH-BUNNY"))
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["type"] == "unknown_sku" and "NO-SUCH-BUNNY" in detail["msg"]
+    assert detail["loc"] == ["body", "lines", 0, "sku"]
+
+
+async def test_malformed_requests_are_422_with_the_field_at_fault(api: httpx.AsyncClient) -> None:
+    bad_quantity = await api.post("/orders", json=order_body("RABBIT-PLUSH", 0))
+    assert bad_quantity.status_code == 422
+    assert bad_quantity.json()["detail"][0]["loc"][-1] == "quantity"
+    not_json = await api.post("/orders", content=b"{nope", headers={"content-type": "application/json"})
+    assert not_json.status_code == 422
+
+
+async def test_a_repeated_idempotency_key_returns_the_same_order(
+    system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
+) -> None:
+    key = str(uuid.uuid4())
+    body = order_body("HOP-SOCKS", 1, customer=f"key-{key[:8]}")
+
+    first, second = await asyncio.gather(place(api, body, key), place(api, body, key))
+    third = await place(api, body, key)
+
+    assert first == second == third
+    await final_order(api, first)
+    listing = await api.get("/orders", params={"customer_id": body["customer_id"]})
+    assert listing.json()["total"] == 1
+    events = mongo[system.database("order")]["order_events"]
+    assert await events.count_documents({"order_id": first, "type": "order.placed"}) == 1
+    reused = await api.post("/orders", json=order_body("HOP-SOCKS", 2), headers={"Idempotency-Key": key})
+    assert reused.status_code == 422
+
+
+async def test_both_payment_consumers_take_work(
+    system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
+) -> None:
+    order_ids = await asyncio.gather(*(place(api, order_body("WARREN-MAP")) for _ in range(30)))
+    orders = await asyncio.gather(*(final_order(api, order_id, timeout=30) for order_id in order_ids))
+
+    assert {o["status"] for o in orders} == {"CONFIRMED"}
+    payments = mongo[system.database("payment")]["payments"]
+    workers = {doc["processed_by"] async for doc in payments.find({"_id": {"$in": list(order_ids)}})}
+    assert len(workers) == 2, workers
+
+
+async def test_customer_orders_are_listed_newest_first(api: httpx.AsyncClient) -> None:
+    customer = f"lister-{uuid.uuid4().hex[:6]}"
+    ids = [await place(api, order_body("CLOVER-TEA", customer=customer)) for _ in range(3)]
+    page = (await api.get("/orders", params={"customer_id": customer, "limit": 2})).json()
+    assert page["total"] == 3
+    assert [item["order_id"] for item in page["items"]] == ids[::-1][:2]
+    rest = (await api.get("/orders", params={"customer_id": customer, "limit": 2, "offset": 2})).json()
+    assert [item["order_id"] for item in rest["items"]] == ids[:1]
+
+
+async def test_an_unknown_order_is_404(api: httpx.AsyncClient) -> None:
+    assert (await api.get(f"/orders/{uuid.uuid4()}")).status_code == 404
+
+
+async def test_health_endpoints_report_broker_and_database(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/healthz")).status_code == 200
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "broker": True, "database": True}
+
+
+async def test_with_inventory_down_orders_get_503_quickly_then_work_again(
+    system: System, api: httpx.AsyncClient
+) -> None:
+    system.stop("inventory")
+    try:
+        started = time.perf_counter()
+        response = await api.post("/orders", json=order_body("RABBIT-PLUSH"))
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "2"
+        assert "inventory" in response.json()["detail"]
+        assert elapsed < 3.0  # QUOTE_TIMEOUT_SECONDS=1 in the test system, plus slack
+    finally:
+        system.start("inventory")
+    order_id = await place(api, order_body("RABBIT-PLUSH"))
+    assert (await final_order(api, order_id))["status"] == "CONFIRMED"
+
+
+async def test_the_read_model_is_rebuilt_identically_by_replaying_events(
+    system: System, api: httpx.AsyncClient
+) -> None:
+    order_ids = [await place(api, order_body("MOON-RABBIT", token=t)) for t in ("tok_visa", "tok_chargeDeclined")]
+    before = [await final_order(api, order_id) for order_id in order_ids]
+
+    result = subprocess.run(
+        [str(BIN / "warren"), "orders", "rebuild"],
+        env={**os.environ, **system.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt" in result.stdout
+    after = [(await api.get(f"/orders/{order_id}")).json() for order_id in order_ids]
+    assert after == before

@@ -1,0 +1,150 @@
+"""Run the whole Warren system as processes for end-to-end tests (the same commands as `make run`).
+
+Everything talks to the real RabbitMQ and to the MongoDB given by the test session. Each
+session uses its own database prefix, and the Warren queues are deleted first so that no
+message from an earlier run leaks in. Process output goes to files; :meth:`System.logs`
+returns a tail for failure messages.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from email.message import Message
+from pathlib import Path
+from typing import IO, Any
+
+import aio_pika
+from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
+from mirakuru.base import Executor
+
+from shared import topology
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def reset_broker(rabbit_url: str) -> None:
+    """Delete Warren's queues (services re-declare them), dropping leftovers of earlier runs."""
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        names = [q.name for q in topology.ALL_QUEUES_WITH_DLQ] + [
+            q.dlq_name for q in topology.ALL_QUEUES_WITH_DLQ
+        ]
+        names += [topology.retry_queue(d).name for d in topology.RETRY_DELAYS_SECONDS]
+        names.append(topology.INVENTORY_QUOTES.name)
+        for name in names:
+            channel = await connection.channel()
+            await channel.queue_delete(name)
+            await channel.close()
+
+
+@dataclass
+class System:
+    api: str
+    env: dict[str, str]
+    maildir: Path
+    log_dir: Path
+    processes: dict[str, Executor] = field(default_factory=dict)
+    _log_files: list[IO[Any]] = field(default_factory=list)
+
+    def database(self, service: str) -> str:
+        return f"{self.env['MONGO_DB_PREFIX']}_{service}"
+
+    def emails(self) -> list[Message]:
+        return list(mailbox.Maildir(self.maildir, create=False))
+
+    def emails_for(self, order_id: str) -> list[Message]:
+        return [m for m in self.emails() if m["X-Warren-Order-Id"] == order_id]
+
+    def logs(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def _executor(self, name: str, command: list[str], *, health_port: int | None = None) -> Executor:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._log_files.append(log)
+        options: dict[str, Any] = {
+            "envvars": self.env,
+            "cwd": str(REPO),
+            "timeout": 60,
+            "stdout": log,
+            "stderr": subprocess.STDOUT,
+        }
+        if health_port is None:
+            return SimpleExecutor(command, **options)
+        return HTTPExecutor(
+            command, url=f"http://127.0.0.1:{health_port}/readyz", method="GET", status=200, **options
+        )
+
+    def start(self, name: str) -> None:
+        self.processes[name].start()
+
+    def stop(self, name: str) -> None:
+        self.processes[name].stop()
+
+    def stop_all(self) -> None:
+        for executor in reversed(list(self.processes.values())):
+            if executor.running():
+                executor.stop()
+        for log in self._log_files:
+            log.close()
+
+
+def build_system(rabbit_url: str, mongo_url: str, run_dir: Path, prefix: str) -> System:
+    maildir = run_dir / "mail"
+    log_dir = run_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in ("order", "inventory", "payment_1", "payment_2", "notification", "smtp")}
+    env = {
+        "RABBIT_URL": rabbit_url,
+        "MONGO_URL": mongo_url,
+        "MONGO_DB_PREFIX": prefix,
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(ports["smtp"]),
+        "QUOTE_TIMEOUT_SECONDS": "1",
+        "PAYMENT_DECLINE_RATE": "0",
+        "PAYMENT_LATENCY_MS": "0",
+        "PAYMENT_ERROR_RATE": "0",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    }
+    system = System(api=f"http://127.0.0.1:{ports['order']}", env=env, maildir=maildir, log_dir=log_dir)
+    python, warren = str(BIN / "python"), str(BIN / "warren")
+    smtp = TCPExecutor(
+        [warren, "mail-sink", "--maildir", str(maildir), "--port", str(ports["smtp"])],
+        host="127.0.0.1",
+        port=ports["smtp"],
+        envvars=env,
+        timeout=30,
+    )
+    system.processes["smtp"] = smtp
+    for name in ("inventory", "payment_1", "payment_2", "notification", "order"):
+        module = "services." + name.split("_")[0]
+        system.processes[name] = system._executor(
+            name, [python, "-m", module, "--port", str(ports[name])], health_port=ports[name]
+        )
+    system.processes["emails"] = system._executor("emails", [python, "-m", "services.notification.worker"])
+    return system
+
+
+def seed_catalog(system: System) -> None:
+    subprocess.run(
+        [str(BIN / "warren"), "seed", "--reset"],
+        env={**os.environ, **system.env},
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
