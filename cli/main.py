@@ -16,6 +16,8 @@ import httpx
 import typer
 from rich.console import Console
 
+from cli import dlq, ledger
+
 app = typer.Typer(
     help="Warren: event-driven microservices on RabbitMQ. Seed, demo and operate the system.",
     add_completion=False,
@@ -25,6 +27,8 @@ orders_app = typer.Typer(help="The order service's event store and read model.",
 topology_app = typer.Typer(help="The RabbitMQ topology.", no_args_is_help=True)
 app.add_typer(orders_app, name="orders")
 app.add_typer(topology_app, name="topology")
+app.add_typer(dlq.app, name="dlq")
+app.command("ledger")(ledger.ledger)
 
 console = Console()
 
@@ -186,6 +190,24 @@ def declare() -> None:
 
     asyncio.run(run())
     console.print("[green]topology declared[/]")
+
+
+@topology_app.command("reset")
+def reset(
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete every Warren queue, with its messages (services re-declare them at start).
+
+    Needed after a topology change that alters a queue's arguments, which RabbitMQ refuses
+    to redeclare in place.
+    """
+    from shared import topology
+    from shared.settings import WarrenSettings
+
+    if not yes:
+        typer.confirm("Delete every Warren queue and the messages in it?", abort=True)
+    deleted = asyncio.run(topology.delete_queues(WarrenSettings().rabbit_url))
+    console.print(f"deleted {deleted} queues")
 
 
 @app.command("mail-sink")

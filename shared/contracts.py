@@ -115,6 +115,7 @@ class UnknownEventError(ValueError):
     """The envelope names a type or version that no contract is registered for."""
 
 
+# --8<-- [start:envelope]
 class Envelope(Contract):
     """The versioned envelope around every event on the bus."""
 
@@ -130,6 +131,7 @@ class Envelope(Contract):
     # Position of this event in its aggregate's stream, so consumers can order or ignore.
     sequence: int = 1
     data: dict[str, Any]
+    # --8<-- [end:envelope]
 
     @classmethod
     def wrap(

@@ -44,6 +44,7 @@ EventHandler = Callable[[Envelope, EventData], Awaitable[Sequence[Envelope]]]
 """A service's business function: the event in, the events to publish out."""
 
 
+# --8<-- [start:make-broker]
 def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> RabbitBroker:
     """The one broker factory: confirms on, unroutable messages raise, telemetry on."""
     return RabbitBroker(
@@ -60,6 +61,7 @@ def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> Rab
         middlewares=(RabbitTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),),
         logger=logging.getLogger("faststream.broker"),
     )
+    # --8<-- [end:make-broker]
 
 
 async def publish_event(
@@ -142,13 +144,14 @@ async def dead_letter(
 async def retry_later(
     broker: RabbitBroker,
     message: RabbitMessage,
-    queue_name: str,
+    consumer_queue: topology.ConsumerQueue,
     *,
     attempts: int,
     exception: BaseException,
 ) -> int:
     """Park ``message`` in the delay queue for its next attempt; returns the delay in seconds."""
-    delay = topology.RETRY_DELAYS_SECONDS[attempts - 1]
+    queue_name = consumer_queue.name
+    delay = consumer_queue.retry_delays[attempts - 1]
     headers = dict(message.headers or {})
     headers.update(
         {
@@ -169,6 +172,7 @@ async def retry_later(
     return delay
 
 
+# --8<-- [start:subscribe-events]
 def subscribe_events(
     broker: RabbitBroker,
     consumer_queue: topology.ConsumerQueue,
@@ -215,7 +219,7 @@ def subscribe_events(
                 await publish_event(broker, event)
         except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered
             attempts = attempts_so_far + 1
-            if attempts > len(topology.RETRY_DELAYS_SECONDS):
+            if attempts > len(consumer_queue.retry_delays):
                 bound.error("retries exhausted, dead-lettering", attempts=attempts, error=repr(exc))
                 await dead_letter(
                     broker,
@@ -227,7 +231,7 @@ def subscribe_events(
                 )
             else:
                 delay = await retry_later(
-                    broker, message, consumer_queue.name, attempts=attempts, exception=exc
+                    broker, message, consumer_queue, attempts=attempts, exception=exc
                 )
                 bound.warning("handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc))
             await message.ack()
@@ -235,3 +239,4 @@ def subscribe_events(
 
         await message.ack()
         bound.info("handled", emitted=[event.type for event in outcome])
+        # --8<-- [end:subscribe-events]

@@ -8,6 +8,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.settings import WarrenSettings
 
 
+# --8<-- [start:client]
 def make_client(settings: WarrenSettings) -> AsyncMongoClient:
     """One client per process; it pools connections and reconnects by itself."""
     return AsyncMongoClient(
@@ -22,6 +23,7 @@ def make_client(settings: WarrenSettings) -> AsyncMongoClient:
 def service_database(client: AsyncMongoClient, settings: WarrenSettings) -> AsyncDatabase:
     """The service's own database: no service reads another's."""
     return client[settings.mongo_db]
+    # --8<-- [end:client]
 
 
 async def ping(client: AsyncMongoClient) -> bool:

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# --8<-- [start:settings]
 class WarrenSettings(BaseSettings):
     """Values every service needs. Read from the environment (and `.env` when present)."""
 
@@ -28,3 +29,4 @@ class WarrenSettings(BaseSettings):
     @property
     def mongo_db(self) -> str:
         return f"{self.mongo_db_prefix}_{self.service_name}"
+        # --8<-- [end:settings]

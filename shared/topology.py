@@ -26,6 +26,7 @@ from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQue
 
 # --- exchanges -------------------------------------------------------------------------------
 
+# --8<-- [start:exchanges]
 EVENTS = RabbitExchange("shop.events", type=ExchangeType.TOPIC, durable=True)
 """Domain events. Routing key = event type (``order.placed``)."""
 
@@ -37,6 +38,7 @@ REQUEUE = RabbitExchange("shop.requeue", type=ExchangeType.DIRECT, durable=True)
 
 # Delay before the 1st, 2nd, 3rd... retry. A retry beyond the last goes to the DLQ.
 RETRY_DELAYS_SECONDS: tuple[int, ...] = (1, 5, 25)
+# --8<-- [end:exchanges]
 
 # A quorum queue dead-letters a message redelivered this many times (a consumer that crashes
 # on it every time). Our own retry path acks and republishes, so it never counts here.
@@ -78,6 +80,8 @@ class ConsumerQueue:
     # Quorum queues replicate and survive broker restarts; classic is for disposable traffic.
     quorum: bool = True
     extra_arguments: dict[str, Any] = field(default_factory=dict)
+    # Backoff before each retry of a failed message; one more failure goes to the DLQ.
+    retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS
 
     @property
     def dlq_name(self) -> str:
@@ -97,9 +101,13 @@ class ConsumerQueue:
 
     @property
     def dlq(self) -> RabbitQueue:
-        return RabbitQueue(self.dlq_name, queue_type=QueueType.QUORUM, durable=True)
+        # Classic, durable: the DLQ tool browses it by taking messages and handing them back,
+        # which must not count towards a quorum queue's delivery limit (20 by default on
+        # RabbitMQ 4), past which the message would be dropped.
+        return RabbitQueue(self.dlq_name, queue_type=QueueType.CLASSIC, durable=True)
 
 
+# --8<-- [start:consumer-queues]
 INVENTORY_ORDER_PLACED = ConsumerQueue("inventory.order-placed", ("order.placed",))
 INVENTORY_PAYMENT_OUTCOMES = ConsumerQueue(
     "inventory.payment-outcomes", ("payment.succeeded", "payment.failed")
@@ -126,9 +134,11 @@ CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (
     ORDER_SAGA_REPLIES,
     NOTIFICATION_ORDER_EVENTS,
 )
+# --8<-- [end:consumer-queues]
 
 # --- request-reply ---------------------------------------------------------------------------
 
+# --8<-- [start:quotes-queue]
 QUOTE_TTL_MS = 10_000
 
 INVENTORY_QUOTES = RabbitQueue(
@@ -139,6 +149,7 @@ INVENTORY_QUOTES = RabbitQueue(
     arguments={"x-message-ttl": QUOTE_TTL_MS},
 )
 """Order asks inventory for a quote here; the answer goes to the caller's direct reply-to."""
+# --8<-- [end:quotes-queue]
 
 # --- the Celery work queue -------------------------------------------------------------------
 
@@ -160,20 +171,50 @@ def queue_by_name(name: str) -> ConsumerQueue:
     raise KeyError(f"no consumer queue named {name!r}")
 
 
+async def declare_consumer_queue(broker: Any, consumer_queue: ConsumerQueue) -> None:
+    """Declare one consumer queue with its bindings, its DLQ and its delay queues (idempotent)."""
+    events = await broker.declare_exchange(EVENTS)
+    requeue = await broker.declare_exchange(REQUEUE)
+    dead_letter = await broker.declare_exchange(DEAD_LETTER)
+    for delay in consumer_queue.retry_delays:
+        delay_exchange = await broker.declare_exchange(retry_exchange(delay))
+        delay_queue = await broker.declare_queue(retry_queue(delay))
+        await delay_queue.bind(delay_exchange, routing_key="")
+    queue = await broker.declare_queue(consumer_queue.queue)
+    for key in consumer_queue.routing_keys:
+        await queue.bind(events, routing_key=key)
+    await queue.bind(requeue, routing_key=consumer_queue.name)
+    dlq = await broker.declare_queue(consumer_queue.dlq)
+    await dlq.bind(dead_letter, routing_key=consumer_queue.name)
+
+
 async def declare_topology(broker: Any) -> None:
-    """Declare every exchange, queue and binding (idempotent). ``broker`` is a started RabbitBroker."""
-    declared = {exchange.name: await broker.declare_exchange(exchange) for exchange in exchanges()}
-    for delay in RETRY_DELAYS_SECONDS:
-        queue = await broker.declare_queue(retry_queue(delay))
-        await queue.bind(declared[retry_exchange(delay).name], routing_key="")
+    """Declare every exchange, queue and binding (idempotent). ``broker`` is a connected RabbitBroker."""
+    for exchange in exchanges():
+        await broker.declare_exchange(exchange)
     for consumer_queue in ALL_QUEUES_WITH_DLQ:
-        queue = await broker.declare_queue(consumer_queue.queue)
-        for key in consumer_queue.routing_keys:
-            await queue.bind(declared[EVENTS.name], routing_key=key)
-        await queue.bind(declared[REQUEUE.name], routing_key=consumer_queue.name)
-        dlq = await broker.declare_queue(consumer_queue.dlq)
-        await dlq.bind(declared[DEAD_LETTER.name], routing_key=consumer_queue.name)
+        await declare_consumer_queue(broker, consumer_queue)
     await broker.declare_queue(INVENTORY_QUOTES)
+
+
+def queue_names() -> list[str]:
+    """Every queue the topology declares."""
+    names = [q.name for q in ALL_QUEUES_WITH_DLQ] + [q.dlq_name for q in ALL_QUEUES_WITH_DLQ]
+    names += [retry_queue(delay).name for delay in RETRY_DELAYS_SECONDS]
+    return [*names, INVENTORY_QUOTES.name]
+
+
+async def delete_queues(rabbit_url: str) -> int:
+    """Delete every Warren queue (and its messages). Returns how many were deleted."""
+    import aio_pika
+
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        for name in queue_names():
+            channel = await connection.channel()
+            await channel.queue_delete(name)
+            await channel.close()
+    return len(queue_names())
 
 
 # --- definitions.json for compose's broker ---------------------------------------------------

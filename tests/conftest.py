@@ -75,6 +75,7 @@ async def mongo_client(mongo_url: str) -> AsyncIterator[AsyncMongoClient]:
     await client.close()
 
 
+# --8<-- [start:db-fixture]
 @pytest.fixture(params=["wire", "oracle"])
 async def db(request: pytest.FixtureRequest, mongo_client: AsyncMongoClient, run_id: str):  # type: ignore[no-untyped-def]
     """A fresh database on each backend: the stand-in over the wire, and mongomock as oracle."""
@@ -84,3 +85,4 @@ async def db(request: pytest.FixtureRequest, mongo_client: AsyncMongoClient, run
         return
     yield mongo_client[name]
     await mongo_client.drop_database(name)
+    # --8<-- [end:db-fixture]

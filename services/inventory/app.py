@@ -21,12 +21,14 @@ def create_app(settings: InventorySettings | None = None) -> AsgiFastStream:
     repo = StockRepository(mongo.service_database(client, settings))
     broker = messaging.make_broker(settings)
 
+    # --8<-- [start:answer-quote]
     # Request-reply: FastStream sends the return value to the caller's reply-to queue.
     @broker.subscriber(topology.INVENTORY_QUOTES)
     async def answer_quote(request: QuoteRequest) -> RabbitResponse:
         # Not mandatory: RabbitMQ 3.10 answers a mandatory publish to a direct reply-to
         # pseudo-queue with NO_ROUTE even though it delivers it.
         return RabbitResponse(await handlers.quote(request, repo), mandatory=False)
+        # --8<-- [end:answer-quote]
 
     async def on_order_placed(envelope: Envelope, payload: EventData) -> list[Envelope]:
         return await handlers.reserve_stock(envelope, payload, repo)  # type: ignore[arg-type]

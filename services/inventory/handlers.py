@@ -57,6 +57,7 @@ def _merge_lines(lines: Sequence[PricedLine]) -> dict[str, int]:
     return dict(sorted(merged.items()))
 
 
+# --8<-- [start:reserve-stock]
 async def reserve_stock(
     envelope: Envelope, placed: OrderPlaced, repo: StockRepository
 ) -> list[Envelope]:
@@ -106,8 +107,10 @@ async def reserve_stock(
     )
     log.info("reservation decided", order_id=placed.order_id, state=decision["state"])
     return [Envelope.model_validate(decision["outcome_event"])]
+    # --8<-- [end:reserve-stock]
 
 
+# --8<-- [start:settle-reservation]
 async def settle_reservation(
     envelope: Envelope, outcome: PaymentSucceeded | PaymentFailed, repo: StockRepository
 ) -> list[Envelope]:
@@ -145,3 +148,4 @@ async def settle_reservation(
     if reservation.get("release_event"):
         return [Envelope.model_validate(reservation["release_event"])]
     return []
+    # --8<-- [end:settle-reservation]

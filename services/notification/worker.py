@@ -62,6 +62,7 @@ def _collection(mongo_url: str, db_name: str) -> Any:
     ]
 
 
+# --8<-- [start:claim]
 def deliver(notification_id: str, settings: NotificationSettings) -> str:
     """Send one notification's email unless it was sent already. Returns what happened."""
     notifications = _collection(settings.mongo_url, settings.mongo_db)
@@ -84,6 +85,7 @@ def deliver(notification_id: str, settings: NotificationSettings) -> str:
         )
         if claimed is None:
             return "being sent"
+    # --8<-- [end:claim]
 
     message = EmailMessage()
     message["From"] = settings.mail_from
@@ -103,6 +105,7 @@ def deliver(notification_id: str, settings: NotificationSettings) -> str:
     return "sent"
 
 
+# --8<-- [start:make-celery]
 def make_celery(settings: NotificationSettings) -> Celery:
     app = Celery("warren-notification", broker=settings.rabbit_url)
     app.conf.update(
@@ -132,6 +135,7 @@ def make_celery(settings: NotificationSettings) -> Celery:
         return deliver(notification_id, settings)
 
     return app
+    # --8<-- [end:make-celery]
 
 
 def _instrument_worker(**_: Any) -> None:

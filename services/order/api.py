@@ -110,12 +110,14 @@ async def place_order(
             "this Idempotency-Key was used with a different request body",
             "idempotency_key_reused",
         ) from exc
+    # --8<-- [start:quote-unavailable]
     except handlers.QuoteUnavailableError as exc:
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             content={"detail": f"inventory is not answering: {exc}"},
             headers={"Retry-After": "2"},
         )
+    # --8<-- [end:quote-unavailable]
     href = f"/orders/{placed.order_id}"
     response.headers["Location"] = href
     return OrderAccepted(order_id=placed.order_id, href=href)

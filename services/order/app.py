@@ -53,6 +53,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         store.events, _publish_stored_event(broker), sweep_interval=settings.outbox_sweep_seconds
     )
 
+    # --8<-- [start:ask-inventory]
     async def ask_inventory(lines: tuple[OrderLine, ...]) -> Quote:
         request = QuoteRequest(lines=lines)
         timeout = settings.quote_timeout_seconds
@@ -69,6 +70,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         except (AMQPError, DeliveryError, ConnectionError) as exc:
             raise QuoteUnavailableError(f"broker unavailable ({type(exc).__name__})") from exc
         return Quote.model_validate_json(reply.body)
+        # --8<-- [end:ask-inventory]
 
     deps = OrderDeps(store=store, views=views, keys=keys, quote=ask_inventory, wake_relay=relay.wake)
 

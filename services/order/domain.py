@@ -90,6 +90,7 @@ class Order:
     updated_at: datetime | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    # --8<-- [start:fold]
     @classmethod
     def from_events(cls, order_id: str, events: list[OrderEvent]) -> Order:
         order = cls(id=order_id)
@@ -122,12 +123,14 @@ class Order:
         self.history.append(
             {"version": event.version, "type": event.type, "occurred_at": event.occurred_at}
         )
+        # --8<-- [end:fold]
 
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 
 
+# --8<-- [start:react]
 def react(order: Order, incoming: EventData) -> list[NewEvent]:
     """What a saga event means for this order: the events to append (often none)."""
     if order.version == 0 or order.is_final:
@@ -164,3 +167,4 @@ def react(order: Order, incoming: EventData) -> list[NewEvent]:
             # The compensation is done: the order is cancelled once its stock is back.
             return [cancelled(order.payment_failure or reason)]
     return []
+    # --8<-- [end:react]

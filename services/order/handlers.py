@@ -118,6 +118,7 @@ async def place_order(
     return Placed(order_id=order_id, created=True)
 
 
+# --8<-- [start:follow-saga]
 async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) -> list[Envelope]:
     """Apply a saga event (stock/payment outcome) to its order. Idempotent by state guards.
 
@@ -150,8 +151,10 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
     order = await project(order_id, deps)
     log.info("saga step", order_id=order_id, on=envelope.type, status=order.status.value)
     return []
+    # --8<-- [end:follow-saga]
 
 
+# --8<-- [start:rebuild]
 async def rebuild_projections(store: EventStore, views: OrderViews) -> int:
     """Throw the read model away and replay every event into it. Returns orders rebuilt."""
     await views.clear()
@@ -168,3 +171,4 @@ async def rebuild_projections(store: EventStore, views: OrderViews) -> int:
         await views.save(current)
         rebuilt += 1
     return rebuilt
+    # --8<-- [end:rebuild]

@@ -43,6 +43,7 @@ def _to_event(doc: dict[str, Any]) -> OrderEvent:
     )
 
 
+# --8<-- [start:event-store]
 class EventStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.events = db["order_events"]
@@ -88,6 +89,7 @@ class EventStore:
                 raise ConcurrencyError(f"order {order_id} moved past {doc['version'] - 1}") from exc
             appended.append(_to_event(doc))
         return appended
+        # --8<-- [end:event-store]
 
     async def load(self, order_id: str) -> list[OrderEvent]:
         cursor = self.events.find({"order_id": order_id}).sort("version", ASCENDING)
@@ -113,6 +115,7 @@ class OrderViews:
         await self.orders.create_index([("customer_id", ASCENDING), ("placed_at", DESCENDING)])
         await self.orders.create_index([("status", ASCENDING)])
 
+    # --8<-- [start:views-save]
     async def save(self, order: Order) -> None:
         """Write the projection unless a newer one is already there (projections may race)."""
         view = {
@@ -133,6 +136,7 @@ class OrderViews:
             )
         except DuplicateKeyError:
             pass  # the stored view is at this version or newer
+        # --8<-- [end:views-save]
 
     async def get(self, order_id: str) -> dict[str, Any] | None:
         return await self.orders.find_one({"_id": order_id})

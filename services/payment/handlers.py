@@ -9,6 +9,7 @@ from shared.contracts import Envelope, PaymentFailed, PaymentSucceeded, StockRes
 SOURCE = "payment"
 
 
+# --8<-- [start:charge]
 async def charge_reserved_order(
     envelope: Envelope,
     reserved: StockReserved,
@@ -46,3 +47,4 @@ async def charge_reserved_order(
         },
     )
     return [Envelope.model_validate(recorded["outcome_event"])]
+    # --8<-- [end:charge]

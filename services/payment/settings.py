@@ -6,6 +6,7 @@ from pydantic import Field
 from shared.settings import WarrenSettings
 
 
+# --8<-- [start:payment-settings]
 class PaymentSettings(WarrenSettings):
     service_name: str = "payment"
     port: int = 8002
@@ -18,3 +19,4 @@ class PaymentSettings(WarrenSettings):
     payment_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     # Which replica charged an order: recorded with the payment, to see competing consumers.
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # --8<-- [end:payment-settings]

@@ -17,7 +17,6 @@ from email.message import Message
 from pathlib import Path
 from typing import IO, Any
 
-import aio_pika
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 from mirakuru.base import Executor
 
@@ -37,17 +36,7 @@ def free_port() -> int:
 
 async def reset_broker(rabbit_url: str) -> None:
     """Delete Warren's queues (services re-declare them), dropping leftovers of earlier runs."""
-    connection = await aio_pika.connect(rabbit_url)
-    async with connection:
-        names = [q.name for q in topology.ALL_QUEUES_WITH_DLQ] + [
-            q.dlq_name for q in topology.ALL_QUEUES_WITH_DLQ
-        ]
-        names += [topology.retry_queue(d).name for d in topology.RETRY_DELAYS_SECONDS]
-        names.append(topology.INVENTORY_QUOTES.name)
-        for name in names:
-            channel = await connection.channel()
-            await channel.queue_delete(name)
-            await channel.close()
+    await topology.delete_queues(rabbit_url)
 
 
 @dataclass

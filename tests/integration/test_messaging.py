@@ -1,0 +1,158 @@
+"""Warren's delivery rules against the real RabbitMQ: retries with backoff, dead letters, confirms."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import aio_pika
+import pytest
+from aio_pika.exceptions import DeliveryError
+from faststream.rabbit import RabbitBroker
+
+from shared import messaging, topology
+from shared.contracts import Envelope, EventData, OrderConfirmed
+from shared.settings import WarrenSettings
+from tests.support.polling import eventually
+
+
+@dataclass
+class FlakyHandler:
+    """Fails the first ``failures`` calls per event, then succeeds; remembers what it saw."""
+
+    failures: int = 0
+    calls: list[tuple[str, float]] = field(default_factory=list)
+    handled: list[str] = field(default_factory=list)
+
+    async def __call__(self, envelope: Envelope, payload: EventData) -> Sequence[Envelope]:
+        self.calls.append((envelope.id, time.monotonic()))
+        if sum(1 for event_id, _ in self.calls if event_id == envelope.id) <= self.failures:
+            raise ConnectionError("database unreachable (simulated)")
+        self.handled.append(envelope.id)
+        return []
+
+
+def confirmed(order_id: str = "o-1") -> Envelope:
+    return Envelope.wrap(OrderConfirmed(order_id=order_id, customer_id="c", total_cents=1), source="test")
+
+
+@pytest.fixture
+async def test_queue(rabbit_url: str) -> AsyncIterator[topology.ConsumerQueue]:
+    queue = topology.ConsumerQueue(f"test.{uuid.uuid4().hex[:8]}", routing_keys=(), retry_delays=(1, 1))
+    yield queue
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(queue.name)
+        await channel.queue_delete(queue.dlq_name)
+
+
+async def run_consumer(rabbit_url: str, queue: topology.ConsumerQueue, handler: FlakyHandler) -> RabbitBroker:
+    broker = messaging.make_broker(WarrenSettings(rabbit_url=rabbit_url, service_name="test"))
+    await broker.connect()
+    await topology.declare_consumer_queue(broker, queue)
+    messaging.subscribe_events(broker, queue, handler)
+    await broker.start()
+    return broker
+
+
+async def send(broker: RabbitBroker, queue: topology.ConsumerQueue, body: bytes | str, message_id: str) -> None:
+    await broker.publish(body, queue=queue.name, persist=True, message_id=message_id)
+
+
+async def dead_letters(rabbit_url: str, queue: topology.ConsumerQueue) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel()
+        dlq = await channel.get_queue(queue.dlq_name)
+        messages = []
+        while (message := await dlq.get(no_ack=False, fail=False)) is not None:
+            messages.append(message)
+        for message in messages:
+            await message.nack(requeue=True)
+        return messages
+
+
+async def test_a_poison_message_is_dead_lettered_at_once_and_the_consumer_goes_on(
+    rabbit_url: str, test_queue: topology.ConsumerQueue
+) -> None:
+    handler = FlakyHandler()
+    broker = await run_consumer(rabbit_url, test_queue, handler)
+    try:
+        sent_at = time.monotonic()
+        await send(broker, test_queue, b"\x00 definitely not json", "poison-1")
+        good = confirmed()
+        await send(broker, test_queue, good.model_dump_json(), good.id)
+
+        await eventually(lambda: dead_letters(rabbit_url, test_queue), until=lambda m: len(m) == 1, timeout=5)
+        assert time.monotonic() - sent_at < 1.5
+        await eventually(lambda: _list(handler.handled), until=lambda h: good.id in h, timeout=5)
+    finally:
+        await broker.stop()
+    [dead] = await dead_letters(rabbit_url, test_queue)
+    headers = dead.headers
+    assert dead.message_id == "poison-1"
+    assert str(headers["x-warren-reason"]).startswith("poison:")
+    assert headers["x-warren-original-queue"] == test_queue.name
+    assert headers["x-warren-attempts"] == 1
+    assert "x-warren-first-failure" in headers and "x-warren-exception" in headers
+
+
+async def test_a_transient_failure_is_retried_after_a_delay_not_in_a_hot_loop(
+    rabbit_url: str, test_queue: topology.ConsumerQueue
+) -> None:
+    handler = FlakyHandler(failures=1)
+    broker = await run_consumer(rabbit_url, test_queue, handler)
+    try:
+        event = confirmed()
+        await send(broker, test_queue, event.model_dump_json(), event.id)
+        await eventually(lambda: _list(handler.handled), until=lambda h: event.id in h, timeout=10)
+    finally:
+        await broker.stop()
+    (_, first), (_, second) = handler.calls
+    assert second - first >= 0.9  # waited in the 1 s delay queue
+    assert await dead_letters(rabbit_url, test_queue) == []
+
+
+async def test_exhausted_retries_go_to_the_dlq_with_the_reason_and_can_be_replayed(
+    rabbit_url: str, test_queue: topology.ConsumerQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = FlakyHandler(failures=3)  # retry_delays=(1, 1): 3 attempts, then the DLQ
+    broker = await run_consumer(rabbit_url, test_queue, handler)
+    try:
+        event = confirmed()
+        await send(broker, test_queue, event.model_dump_json(), event.id)
+        [dead] = await eventually(
+            lambda: dead_letters(rabbit_url, test_queue), until=lambda m: len(m) == 1, timeout=10
+        )
+        assert dead.headers["x-warren-reason"] == "retries exhausted"
+        assert dead.headers["x-warren-attempts"] == 3
+        assert "database unreachable" in str(dead.headers["x-warren-exception"])
+        assert handler.handled == []
+
+        # The DLQ tool puts it back with a fresh retry budget; the handler now succeeds.
+        from cli import dlq
+
+        monkeypatch.setattr(dlq, "_consumer_queue", lambda name: test_queue)
+        monkeypatch.setenv("RABBIT_URL", rabbit_url)
+        assert await dlq.replay_messages(test_queue.name, event.id) == 1
+        await eventually(lambda: _list(handler.handled), until=lambda h: h == [event.id], timeout=10)
+    finally:
+        await broker.stop()
+    assert await dead_letters(rabbit_url, test_queue) == []
+
+
+async def test_an_unroutable_publish_raises_instead_of_vanishing(rabbit_url: str) -> None:
+    broker = messaging.make_broker(WarrenSettings(rabbit_url=rabbit_url))
+    await broker.connect()
+    try:
+        with pytest.raises(DeliveryError):
+            await broker.publish(b"{}", queue=f"no-such-queue-{uuid.uuid4().hex}", persist=True)
+    finally:
+        await broker.stop()
+
+
+async def _list(items: list[str]) -> list[str]:
+    return list(items)
