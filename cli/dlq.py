@@ -73,7 +73,9 @@ def _original_queue(message: AbstractIncomingMessage, fallback: str) -> str:
     return fallback
 
 
-async def _take(channel: AbstractChannel, dlq_name: str, limit: int) -> list[AbstractIncomingMessage]:
+async def _take(
+    channel: AbstractChannel, dlq_name: str, limit: int
+) -> list[AbstractIncomingMessage]:
     """Take up to ``limit`` messages without acking (they return when the channel closes)."""
     queue = await channel.get_queue(dlq_name, ensure=False)
     taken: list[AbstractIncomingMessage] = []

@@ -45,12 +45,13 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
     payment_db, notification_db = client[f"{prefix}_payment"], client[f"{prefix}_notification"]
     try:
         statuses: dict[str, str] = {
-            doc["_id"]: doc["status"]
-            async for doc in order_db["orders"].find({}, {"status": 1})
+            doc["_id"]: doc["status"] async for doc in order_db["orders"].find({}, {"status": 1})
         }
         placed = {
             doc["order_id"]
-            async for doc in order_db["order_events"].find({"type": "order.placed"}, {"order_id": 1})
+            async for doc in order_db["order_events"].find(
+                {"type": "order.placed"}, {"order_id": 1}
+            )
         }
 
         final = Check("every accepted order is CONFIRMED or CANCELLED", checked=len(placed))
@@ -75,13 +76,19 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
         captured = Counter(
             [
                 doc["_id"]
-                async for doc in payment_db["gateway_charges"].find({"status": "captured"}, {"_id": 1})
+                async for doc in payment_db["gateway_charges"].find(
+                    {"status": "captured"}, {"_id": 1}
+                )
             ]
         )
-        charges = Check("one charge per confirmed order, none for cancelled ones", checked=len(statuses))
+        charges = Check(
+            "one charge per confirmed order, none for cancelled ones", checked=len(statuses)
+        )
         for order_id, status in statuses.items():
             if status == "CONFIRMED" and captured[order_id] != 1:
-                charges.failures.append(f"confirmed order {order_id} has {captured[order_id]} charges")
+                charges.failures.append(
+                    f"confirmed order {order_id} has {captured[order_id]} charges"
+                )
             if status == "CANCELLED" and captured[order_id]:
                 charges.failures.append(f"cancelled order {order_id} was charged")
         for order_id in captured.keys() - statuses.keys():
@@ -93,7 +100,9 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
             emails.checked += 1
             per_event[(doc["order_id"], doc["event_type"])] += 1
             if doc["state"] != "sent":
-                emails.failures.append(f"{doc['event_type']} of {doc['order_id']} is {doc['state']}")
+                emails.failures.append(
+                    f"{doc['event_type']} of {doc['order_id']} is {doc['state']}"
+                )
         for (order_id, event_type), count in per_event.items():
             if count != 1:
                 emails.failures.append(f"{count} notifications for {event_type} of {order_id}")
@@ -105,7 +114,11 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
 def render(checks: list[Check]) -> None:
     table = Table("invariant", "checked", "result", title="Warren ledger")
     for check in checks:
-        table.add_row(check.name, str(check.checked), "[green]ok[/]" if check.ok else f"[red]{len(check.failures)} failed[/]")
+        table.add_row(
+            check.name,
+            str(check.checked),
+            "[green]ok[/]" if check.ok else f"[red]{len(check.failures)} failed[/]",
+        )
     console.print(table)
     for check in checks:
         for failure in check.failures[:20]:
@@ -115,7 +128,9 @@ def render(checks: list[Check]) -> None:
 
 
 def ledger(
-    wait: float = typer.Option(0.0, help="Keep checking for up to this many seconds until all hold."),
+    wait: float = typer.Option(
+        0.0, help="Keep checking for up to this many seconds until all hold."
+    ),
 ) -> None:
     """Check the invariants: final states, stock balances, one charge per paid order, one email per event."""
     settings = WarrenSettings()

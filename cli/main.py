@@ -23,7 +23,9 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
 )
-orders_app = typer.Typer(help="The order service's event store and read model.", no_args_is_help=True)
+orders_app = typer.Typer(
+    help="The order service's event store and read model.", no_args_is_help=True
+)
 topology_app = typer.Typer(help="The RabbitMQ topology.", no_args_is_help=True)
 app.add_typer(orders_app, name="orders")
 app.add_typer(topology_app, name="topology")
@@ -68,7 +70,9 @@ def _render_status(status: str) -> str:
 
 @app.command()
 def demo(
-    api: str = typer.Option("http://127.0.0.1:8000", envvar="WARREN_API", help="Order API base URL."),
+    api: str = typer.Option(
+        "http://127.0.0.1:8000", envvar="WARREN_API", help="Order API base URL."
+    ),
     sku: str = typer.Option("RABBIT-PLUSH", help="SKU to order."),
     quantity: int = typer.Option(1, min=1, help="How many."),
     token: str = typer.Option(

@@ -34,14 +34,18 @@ class Shopper(FastHttpUser):
     def _place_and_follow(self, body: dict, label: str) -> None:
         started = time.perf_counter()
         headers = {**SYNTHETIC, "Idempotency-Key": str(uuid.uuid4())}
-        with self.client.post("/orders", json=body, headers=headers, name="POST /orders", catch_response=True) as response:
+        with self.client.post(
+            "/orders", json=body, headers=headers, name="POST /orders", catch_response=True
+        ) as response:
             if response.status_code != 202:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
                 return
             order_id = response.json()["order_id"]
         status, error = None, None
         while time.perf_counter() - started < SAGA_TIMEOUT_S:
-            view = self.client.get(f"/orders/{order_id}", name="GET /orders/[id]", headers=SYNTHETIC)
+            view = self.client.get(
+                f"/orders/{order_id}", name="GET /orders/[id]", headers=SYNTHETIC
+            )
             if view.status_code == 200 and view.json()["status"] in FINAL:
                 status = view.json()["status"]
                 break
@@ -70,7 +74,9 @@ class Shopper(FastHttpUser):
 
     @task(2)
     def declined_card(self) -> None:
-        self._place_and_follow(self._body(random.choice(PLENTIFUL), 1, "tok_chargeDeclined"), "declined")
+        self._place_and_follow(
+            self._body(random.choice(PLENTIFUL), 1, "tok_chargeDeclined"), "declined"
+        )
 
     @task(1)
     def out_of_stock(self) -> None:
@@ -79,7 +85,13 @@ class Shopper(FastHttpUser):
     @task(1)
     def invalid_request(self) -> None:
         body = self._body("NO-SUCH-SKU", 1)
-        with self.client.post("/orders", json=body, headers=SYNTHETIC, name="POST /orders (invalid)", catch_response=True) as response:
+        with self.client.post(
+            "/orders",
+            json=body,
+            headers=SYNTHETIC,
+            name="POST /orders (invalid)",
+            catch_response=True,
+        ) as response:
             if response.status_code == 422:
                 response.success()
             else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from opentelemetry import trace
 
 from shared import topology
 from shared.contracts import Envelope, EventData, PoisonMessageError, decode_event
+from shared.faults import crash_point
 from shared.settings import WarrenSettings
 
 log = structlog.get_logger(__name__)
@@ -177,6 +179,8 @@ def subscribe_events(
     broker: RabbitBroker,
     consumer_queue: topology.ConsumerQueue,
     handler: EventHandler,
+    *,
+    retry_delays: tuple[int, ...] | None = None,
 ) -> None:
     """Register ``handler`` as the consumer of ``consumer_queue`` with Warren's delivery rules.
 
@@ -184,7 +188,11 @@ def subscribe_events(
     replay from the DLQ). It returns the events to publish; they are published with confirms
     *before* the incoming message is acked, so a crash in between re-runs the handler, which
     re-emits the same events (same ids) rather than losing them.
+
+    ``retry_delays`` overrides the queue's default backoff (settings.retry_delays_seconds).
     """
+    if retry_delays is not None:
+        consumer_queue = replace(consumer_queue, retry_delays=retry_delays)
 
     @broker.subscriber(
         consumer_queue.queue, ack_policy=AckPolicy.MANUAL, title=f"{consumer_queue.name}:consume"
@@ -215,9 +223,10 @@ def subscribe_events(
         trace.get_current_span().set_attribute("order.id", envelope.correlation_id)
         try:
             outcome = await handler(envelope, payload)
+            crash_point(f"{consumer_queue.name}:after-handler")
             for event in outcome:
                 await publish_event(broker, event)
-        except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered
+        except Exception as exc:
             attempts = attempts_so_far + 1
             if attempts > len(consumer_queue.retry_delays):
                 bound.error("retries exhausted, dead-lettering", attempts=attempts, error=repr(exc))
@@ -233,7 +242,9 @@ def subscribe_events(
                 delay = await retry_later(
                     broker, message, consumer_queue, attempts=attempts, exception=exc
                 )
-                bound.warning("handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc))
+                bound.warning(
+                    "handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc)
+                )
             await message.ack()
             return
 

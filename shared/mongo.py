@@ -29,6 +29,6 @@ def service_database(client: AsyncMongoClient, settings: WarrenSettings) -> Asyn
 async def ping(client: AsyncMongoClient) -> bool:
     try:
         await client.admin.command("ping")
-    except Exception:  # noqa: BLE001 - any failure means "not ready"
+    except Exception:
         return False
     return True

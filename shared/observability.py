@@ -72,9 +72,7 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
     """Install the global tracer provider and instrument PyMongo. Returns None when disabled."""
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
-    resource = Resource.create(
-        {"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}
-    )
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)
     exporter_kind = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(

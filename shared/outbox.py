@@ -95,7 +95,7 @@ class OutboxRelay:
                 await self.publish_pending()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - keep relaying; the next sweep retries
+            except Exception as exc:
                 log.warning("outbox sweep failed; will retry", error=repr(exc))
 
     def start(self) -> None:

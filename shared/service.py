@@ -21,13 +21,16 @@ from shared.startup import wait_for_dependencies
 
 def health_routes(broker: RabbitBroker, client: AsyncMongoClient) -> list[tuple[str, object]]:
     @get(include_in_schema=False)
-    async def readyz(scope: object) -> AsgiResponse:  # noqa: ARG001
+    async def readyz(scope: object) -> AsgiResponse:
         checks = {"broker": await broker.ping(2.0), "database": await mongo.ping(client)}
         status = 200 if all(checks.values()) else 503
         body = json.dumps({"ready": status == 200, **checks}).encode()
         return AsgiResponse(body, status, headers={"content-type": "application/json"})
 
-    return [("/healthz", make_ping_asgi(broker, timeout=2.0, include_in_schema=False)), ("/readyz", readyz)]
+    return [
+        ("/healthz", make_ping_asgi(broker, timeout=2.0, include_in_schema=False)),
+        ("/readyz", readyz),
+    ]
 
 
 def make_service_app(
@@ -36,12 +39,13 @@ def make_service_app(
     *,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    retry_delays: tuple[int, ...] | None = None,
 ) -> AsgiFastStream:
     """Connect, declare the topology, run ``on_startup`` (indexes...), then start consuming."""
 
     async def startup() -> None:
         await wait_for_dependencies(broker, client)
-        await topology.declare_topology(broker)
+        await topology.declare_topology(broker, retry_delays)
         if on_startup is not None:
             await on_startup()
 

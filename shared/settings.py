@@ -20,6 +20,9 @@ class WarrenSettings(BaseSettings):
     # Unacknowledged messages a consumer may hold at once: small, so that competing
     # consumers share work fairly and a crash returns little to the queue.
     prefetch: int = Field(default=10, ge=1)
+    # Backoff before each retry of a failed message (JSON list in the environment, e.g.
+    # RETRY_DELAYS_SECONDS='[1, 5, 25]'); one more failure sends it to its DLQ.
+    retry_delays_seconds: tuple[int, ...] = (1, 5, 25)
     log_level: str = "INFO"
     # "console" for humans, "json" for machines (compose sets json).
     log_format: str = "console"

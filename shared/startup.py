@@ -12,7 +12,9 @@ log = structlog.get_logger(__name__)
 STARTUP_DEADLINE_SECONDS = 60
 
 
-async def wait_for_dependencies(broker: RabbitBroker | None, client: AsyncMongoClient | None) -> None:
+async def wait_for_dependencies(
+    broker: RabbitBroker | None, client: AsyncMongoClient | None
+) -> None:
     """Connect to RabbitMQ and ping MongoDB, retrying with backoff for up to a minute."""
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(STARTUP_DEADLINE_SECONDS),

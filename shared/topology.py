@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
@@ -96,8 +96,12 @@ class ConsumerQueue:
         }
         if self.quorum:
             arguments["x-delivery-limit"] = DELIVERY_LIMIT
-            return RabbitQueue(self.name, queue_type=QueueType.QUORUM, durable=True, arguments=arguments)
-        return RabbitQueue(self.name, queue_type=QueueType.CLASSIC, durable=True, arguments=arguments)
+            return RabbitQueue(
+                self.name, queue_type=QueueType.QUORUM, durable=True, arguments=arguments
+            )
+        return RabbitQueue(
+            self.name, queue_type=QueueType.CLASSIC, durable=True, arguments=arguments
+        )
 
     @property
     def dlq(self) -> RabbitQueue:
@@ -188,11 +192,16 @@ async def declare_consumer_queue(broker: Any, consumer_queue: ConsumerQueue) -> 
     await dlq.bind(dead_letter, routing_key=consumer_queue.name)
 
 
-async def declare_topology(broker: Any) -> None:
-    """Declare every exchange, queue and binding (idempotent). ``broker`` is a connected RabbitBroker."""
+async def declare_topology(broker: Any, retry_delays: tuple[int, ...] | None = None) -> None:
+    """Declare every exchange, queue and binding (idempotent). ``broker`` is a connected RabbitBroker.
+
+    ``retry_delays`` overrides the default backoff (the delay queues it needs are declared too).
+    """
     for exchange in exchanges():
         await broker.declare_exchange(exchange)
     for consumer_queue in ALL_QUEUES_WITH_DLQ:
+        if retry_delays is not None:
+            consumer_queue = replace(consumer_queue, retry_delays=retry_delays)
         await declare_consumer_queue(broker, consumer_queue)
     await broker.declare_queue(INVENTORY_QUOTES)
 

@@ -46,10 +46,14 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = TCPExecutor(
         [
             str(BIN / "nx-27017"),
-            "--data-dir", str(data_dir),
-            "--port", str(port),
-            "--log-file", str(data_dir / "server.log"),
-            "--pid-file", str(data_dir / "server.pid"),
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--log-file",
+            str(data_dir / "server.log"),
+            "--pid-file",
+            str(data_dir / "server.pid"),
         ],
         host="127.0.0.1",
         port=port,
@@ -70,7 +74,9 @@ def run_id() -> str:
 
 @pytest.fixture
 async def mongo_client(mongo_url: str) -> AsyncIterator[AsyncMongoClient]:
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url, serverSelectionTimeoutMS=5000, tz_aware=True)
+    client: AsyncMongoClient = AsyncMongoClient(
+        mongo_url, serverSelectionTimeoutMS=5000, tz_aware=True
+    )
     yield client
     await client.close()
 

@@ -37,7 +37,19 @@ def create_app(settings: InventorySettings | None = None) -> AsgiFastStream:
         assert isinstance(payload, PaymentSucceeded | PaymentFailed)
         return await handlers.settle_reservation(envelope, payload, repo)
 
-    messaging.subscribe_events(broker, topology.INVENTORY_ORDER_PLACED, on_order_placed)
-    messaging.subscribe_events(broker, topology.INVENTORY_PAYMENT_OUTCOMES, on_payment_outcome)
+    messaging.subscribe_events(
+        broker,
+        topology.INVENTORY_ORDER_PLACED,
+        on_order_placed,
+        retry_delays=settings.retry_delays_seconds,
+    )
+    messaging.subscribe_events(
+        broker,
+        topology.INVENTORY_PAYMENT_OUTCOMES,
+        on_payment_outcome,
+        retry_delays=settings.retry_delays_seconds,
+    )
 
-    return make_service_app(broker, client, on_startup=repo.create_indexes)
+    return make_service_app(
+        broker, client, retry_delays=settings.retry_delays_seconds, on_startup=repo.create_indexes
+    )

@@ -65,7 +65,11 @@ async def reserve_stock(
     existing = await repo.get_reservation(placed.order_id)
     if existing is not None:
         # Decided before (or compensated before the order arrived): re-announce, never redo.
-        return [Envelope.model_validate(existing["outcome_event"])] if existing["outcome_event"] else []
+        return (
+            [Envelope.model_validate(existing["outcome_event"])]
+            if existing["outcome_event"]
+            else []
+        )
 
     wanted = _merge_lines(placed.lines)
     held: dict[str, int] = {}

@@ -10,6 +10,7 @@ Invariant, per SKU: ``available + reserved + sold == initial``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -43,7 +44,11 @@ class StockRepository:
                 "holds": {},
             }
             # Not replace_one(upsert=True): the stand-in ignores the filter's _id there.
-            update = {"$set": {**fields, **levels}} if reset else {"$set": fields, "$setOnInsert": levels}
+            update = (
+                {"$set": {**fields, **levels}}
+                if reset
+                else {"$set": fields, "$setOnInsert": levels}
+            )
             await self.stock.update_one({"_id": item.sku}, update, upsert=True)
             count += 1
         return count
@@ -133,9 +138,7 @@ class StockRepository:
 
     async def record_tombstone(self, order_id: str, state: str) -> None:
         """Remember an outcome that arrived before the order did, so a late order is not reserved."""
-        try:
+        with contextlib.suppress(DuplicateKeyError):
             await self.reservations.insert_one(
                 {"_id": order_id, "state": state, "lines": {}, "outcome_event": None}
             )
-        except DuplicateKeyError:
-            pass

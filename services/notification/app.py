@@ -41,9 +41,20 @@ def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
             envelope, payload, repo, enqueue, mail_domain=settings.customer_mail_domain
         )
 
-    messaging.subscribe_events(broker, topology.NOTIFICATION_ORDER_EVENTS, on_order_event)
+    messaging.subscribe_events(
+        broker,
+        topology.NOTIFICATION_ORDER_EVENTS,
+        on_order_event,
+        retry_delays=settings.retry_delays_seconds,
+    )
 
     async def shutdown() -> None:
         celery_thread.shutdown(wait=True)
 
-    return make_service_app(broker, client, on_startup=repo.create_indexes, on_shutdown=shutdown)
+    return make_service_app(
+        broker,
+        client,
+        retry_delays=settings.retry_delays_seconds,
+        on_startup=repo.create_indexes,
+        on_shutdown=shutdown,
+    )

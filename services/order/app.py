@@ -17,8 +17,8 @@ from services.order.repository import EventStore, IdempotencyKeys, OrderViews
 from services.order.settings import OrderSettings
 from shared import messaging, mongo, topology
 from shared.contracts import Envelope, EventData, OrderLine, Quote, QuoteRequest
-from shared.outbox import OutboxRelay
 from shared.observability import setup_observability
+from shared.outbox import OutboxRelay
 from shared.startup import wait_for_dependencies
 
 
@@ -72,12 +72,19 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         return Quote.model_validate_json(reply.body)
         # --8<-- [end:ask-inventory]
 
-    deps = OrderDeps(store=store, views=views, keys=keys, quote=ask_inventory, wake_relay=relay.wake)
+    deps = OrderDeps(
+        store=store, views=views, keys=keys, quote=ask_inventory, wake_relay=relay.wake
+    )
 
     async def on_saga_event(envelope: Envelope, payload: EventData) -> list[Envelope]:
         return await handlers.follow_saga(envelope, payload, deps)
 
-    messaging.subscribe_events(broker, topology.ORDER_SAGA_REPLIES, on_saga_event)
+    messaging.subscribe_events(
+        broker,
+        topology.ORDER_SAGA_REPLIES,
+        on_saga_event,
+        retry_delays=settings.retry_delays_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -85,7 +92,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         await store.create_indexes()
         await views.create_indexes()
         await keys.create_indexes()
-        await topology.declare_topology(broker)
+        await topology.declare_topology(broker, settings.retry_delays_seconds)
         await broker.start()
         relay.start()
         relay.wake()  # publish whatever a previous run left pending

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -21,8 +22,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.clock import iso
 from services.order.domain import PUBLISHED_TYPES, NewEvent, Order, OrderEvent
+from shared.clock import iso
 
 IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
 
@@ -128,14 +129,15 @@ class OrderViews:
             "cancel_reason": order.cancel_reason,
             "placed_at": iso(order.placed_at) if order.placed_at else None,
             "updated_at": iso(order.updated_at) if order.updated_at else None,
-            "history": [{**entry, "occurred_at": iso(entry["occurred_at"])} for entry in order.history],
+            "history": [
+                {**entry, "occurred_at": iso(entry["occurred_at"])} for entry in order.history
+            ],
         }
-        try:
+        # A DuplicateKeyError means the stored view is at this version or newer: keep it.
+        with contextlib.suppress(DuplicateKeyError):
             await self.orders.update_one(
                 {"_id": order.id, "version": {"$lt": order.version}}, {"$set": view}, upsert=True
             )
-        except DuplicateKeyError:
-            pass  # the stored view is at this version or newer
         # --8<-- [end:views-save]
 
     async def get(self, order_id: str) -> dict[str, Any] | None:

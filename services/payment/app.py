@@ -34,5 +34,10 @@ def create_app(settings: PaymentSettings | None = None) -> AsgiFastStream:
             envelope, payload, repo, gateway, processed_by=settings.instance_id
         )
 
-    messaging.subscribe_events(broker, topology.PAYMENT_STOCK_RESERVED, on_stock_reserved)
-    return make_service_app(broker, client)
+    messaging.subscribe_events(
+        broker,
+        topology.PAYMENT_STOCK_RESERVED,
+        on_stock_reserved,
+        retry_delays=settings.retry_delays_seconds,
+    )
+    return make_service_app(broker, client, retry_delays=settings.retry_delays_seconds)

@@ -69,7 +69,7 @@ class SimulatedGateway:
     async def charge(self, order_id: str, amount_cents: int, token: str) -> ChargeResult:
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
-        if self.error_rate and random.random() < self.error_rate:  # noqa: S311 - a demo knob
+        if self.error_rate and random.random() < self.error_rate:
             raise GatewayUnavailableError("gateway timed out (simulated)")
         succeeded, reason = self._decide(order_id, token)
         document = {

@@ -18,8 +18,14 @@ from tests.support.system import BIN, System
 FINAL = {"CONFIRMED", "CANCELLED"}
 
 
-def order_body(sku: str, quantity: int = 1, token: str = "tok_visa", customer: str = "bugs-bunny") -> dict[str, Any]:
-    return {"customer_id": customer, "lines": [{"sku": sku, "quantity": quantity}], "payment_token": token}
+def order_body(
+    sku: str, quantity: int = 1, token: str = "tok_visa", customer: str = "bugs-bunny"
+) -> dict[str, Any]:
+    return {
+        "customer_id": customer,
+        "lines": [{"sku": sku, "quantity": quantity}],
+        "payment_token": token,
+    }
 
 
 async def place(api: httpx.AsyncClient, body: dict[str, Any], key: str | None = None) -> str:
@@ -29,13 +35,18 @@ async def place(api: httpx.AsyncClient, body: dict[str, Any], key: str | None = 
     return response.json()["order_id"]
 
 
-async def final_order(api: httpx.AsyncClient, order_id: str, timeout: float = 20.0) -> dict[str, Any]:
+async def final_order(
+    api: httpx.AsyncClient, order_id: str, timeout: float = 20.0
+) -> dict[str, Any]:
     async def probe() -> dict[str, Any]:
         response = await api.get(f"/orders/{order_id}")
         return response.json() if response.status_code == 200 else {}
 
     return await eventually(
-        probe, until=lambda o: o.get("status") in FINAL, timeout=timeout, what=f"order {order_id} final"
+        probe,
+        until=lambda o: o.get("status") in FINAL,
+        timeout=timeout,
+        what=f"order {order_id} final",
     )
 
 
@@ -50,7 +61,10 @@ async def emails_for(system: System, order_id: str, count: int) -> list[Any]:
         return system.emails_for(order_id)
 
     return await eventually(
-        probe, until=lambda mails: len(mails) >= count, timeout=20, what=f"{count} emails for {order_id}"
+        probe,
+        until=lambda mails: len(mails) >= count,
+        timeout=20,
+        what=f"{count} emails for {order_id}",
     )
 
 
@@ -64,9 +78,14 @@ async def test_a_good_order_is_confirmed_stock_is_sold_and_the_customer_is_email
 
     assert order["status"] == "CONFIRMED", system.logs("order")
     assert order["total_cents"] == 2 * 1999
-    assert [h["type"] for h in order["history"]] == ["order.placed", "order.stock-reserved", "order.confirmed"]
+    assert [h["type"] for h in order["history"]] == [
+        "order.placed",
+        "order.stock-reserved",
+        "order.confirmed",
+    ]
     after = await eventually(
-        lambda: stock(mongo, system, "RABBIT-PLUSH"), until=lambda s: s["sold"] == before["sold"] + 2
+        lambda: stock(mongo, system, "RABBIT-PLUSH"),
+        until=lambda s: s["sold"] == before["sold"] + 2,
     )
     assert after["available"] == before["available"] - 2
     assert after["available"] + after["reserved"] + after["sold"] == after["initial"]
@@ -127,7 +146,9 @@ async def test_malformed_requests_are_422_with_the_field_at_fault(api: httpx.Asy
     bad_quantity = await api.post("/orders", json=order_body("RABBIT-PLUSH", 0))
     assert bad_quantity.status_code == 422
     assert bad_quantity.json()["detail"][0]["loc"][-1] == "quantity"
-    not_json = await api.post("/orders", content=b"{nope", headers={"content-type": "application/json"})
+    not_json = await api.post(
+        "/orders", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert not_json.status_code == 422
 
 
@@ -146,7 +167,9 @@ async def test_a_repeated_idempotency_key_returns_the_same_order(
     assert listing.json()["total"] == 1
     events = mongo[system.database("order")]["order_events"]
     assert await events.count_documents({"order_id": first, "type": "order.placed"}) == 1
-    reused = await api.post("/orders", json=order_body("HOP-SOCKS", 2), headers={"Idempotency-Key": key})
+    reused = await api.post(
+        "/orders", json=order_body("HOP-SOCKS", 2), headers={"Idempotency-Key": key}
+    )
     assert reused.status_code == 422
 
 
@@ -154,11 +177,15 @@ async def test_both_payment_consumers_take_work(
     system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
 ) -> None:
     order_ids = await asyncio.gather(*(place(api, order_body("WARREN-MAP")) for _ in range(30)))
-    orders = await asyncio.gather(*(final_order(api, order_id, timeout=30) for order_id in order_ids))
+    orders = await asyncio.gather(
+        *(final_order(api, order_id, timeout=30) for order_id in order_ids)
+    )
 
     assert {o["status"] for o in orders} == {"CONFIRMED"}
     payments = mongo[system.database("payment")]["payments"]
-    workers = {doc["processed_by"] async for doc in payments.find({"_id": {"$in": list(order_ids)}})}
+    workers = {
+        doc["processed_by"] async for doc in payments.find({"_id": {"$in": list(order_ids)}})
+    }
     assert len(workers) == 2, workers
 
 
@@ -168,7 +195,9 @@ async def test_customer_orders_are_listed_newest_first(api: httpx.AsyncClient) -
     page = (await api.get("/orders", params={"customer_id": customer, "limit": 2})).json()
     assert page["total"] == 3
     assert [item["order_id"] for item in page["items"]] == ids[::-1][:2]
-    rest = (await api.get("/orders", params={"customer_id": customer, "limit": 2, "offset": 2})).json()
+    rest = (
+        await api.get("/orders", params={"customer_id": customer, "limit": 2, "offset": 2})
+    ).json()
     assert [item["order_id"] for item in rest["items"]] == ids[:1]
 
 
@@ -179,7 +208,11 @@ async def test_an_unknown_order_is_404(api: httpx.AsyncClient) -> None:
 async def test_health_endpoints_report_broker_and_database(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).status_code == 200
     ready = await api.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"ready": True, "broker": True, "database": True}
+    assert ready.status_code == 200 and ready.json() == {
+        "ready": True,
+        "broker": True,
+        "database": True,
+    }
 
 
 async def test_with_inventory_down_orders_get_503_quickly_then_work_again(
@@ -203,7 +236,10 @@ async def test_with_inventory_down_orders_get_503_quickly_then_work_again(
 async def test_the_read_model_is_rebuilt_identically_by_replaying_events(
     system: System, api: httpx.AsyncClient
 ) -> None:
-    order_ids = [await place(api, order_body("MOON-RABBIT", token=t)) for t in ("tok_visa", "tok_chargeDeclined")]
+    order_ids = [
+        await place(api, order_body("MOON-RABBIT", token=t))
+        for t in ("tok_visa", "tok_chargeDeclined")
+    ]
     before = [await final_order(api, order_id) for order_id in order_ids]
 
     result = subprocess.run(

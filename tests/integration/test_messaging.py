@@ -35,12 +35,16 @@ class FlakyHandler:
 
 
 def confirmed(order_id: str = "o-1") -> Envelope:
-    return Envelope.wrap(OrderConfirmed(order_id=order_id, customer_id="c", total_cents=1), source="test")
+    return Envelope.wrap(
+        OrderConfirmed(order_id=order_id, customer_id="c", total_cents=1), source="test"
+    )
 
 
 @pytest.fixture
 async def test_queue(rabbit_url: str) -> AsyncIterator[topology.ConsumerQueue]:
-    queue = topology.ConsumerQueue(f"test.{uuid.uuid4().hex[:8]}", routing_keys=(), retry_delays=(1, 1))
+    queue = topology.ConsumerQueue(
+        f"test.{uuid.uuid4().hex[:8]}", routing_keys=(), retry_delays=(1, 1)
+    )
     yield queue
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
@@ -49,7 +53,9 @@ async def test_queue(rabbit_url: str) -> AsyncIterator[topology.ConsumerQueue]:
         await channel.queue_delete(queue.dlq_name)
 
 
-async def run_consumer(rabbit_url: str, queue: topology.ConsumerQueue, handler: FlakyHandler) -> RabbitBroker:
+async def run_consumer(
+    rabbit_url: str, queue: topology.ConsumerQueue, handler: FlakyHandler
+) -> RabbitBroker:
     broker = messaging.make_broker(WarrenSettings(rabbit_url=rabbit_url, service_name="test"))
     await broker.connect()
     await topology.declare_consumer_queue(broker, queue)
@@ -58,11 +64,15 @@ async def run_consumer(rabbit_url: str, queue: topology.ConsumerQueue, handler: 
     return broker
 
 
-async def send(broker: RabbitBroker, queue: topology.ConsumerQueue, body: bytes | str, message_id: str) -> None:
+async def send(
+    broker: RabbitBroker, queue: topology.ConsumerQueue, body: bytes | str, message_id: str
+) -> None:
     await broker.publish(body, queue=queue.name, persist=True, message_id=message_id)
 
 
-async def dead_letters(rabbit_url: str, queue: topology.ConsumerQueue) -> list[aio_pika.abc.AbstractIncomingMessage]:
+async def dead_letters(
+    rabbit_url: str, queue: topology.ConsumerQueue
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
         channel = await connection.channel()
@@ -86,7 +96,9 @@ async def test_a_poison_message_is_dead_lettered_at_once_and_the_consumer_goes_o
         good = confirmed()
         await send(broker, test_queue, good.model_dump_json(), good.id)
 
-        await eventually(lambda: dead_letters(rabbit_url, test_queue), until=lambda m: len(m) == 1, timeout=5)
+        await eventually(
+            lambda: dead_letters(rabbit_url, test_queue), until=lambda m: len(m) == 1, timeout=5
+        )
         assert time.monotonic() - sent_at < 1.5
         await eventually(lambda: _list(handler.handled), until=lambda h: good.id in h, timeout=5)
     finally:
@@ -138,7 +150,9 @@ async def test_exhausted_retries_go_to_the_dlq_with_the_reason_and_can_be_replay
         monkeypatch.setattr(dlq, "_consumer_queue", lambda name: test_queue)
         monkeypatch.setenv("RABBIT_URL", rabbit_url)
         assert await dlq.replay_messages(test_queue.name, event.id) == 1
-        await eventually(lambda: _list(handler.handled), until=lambda h: h == [event.id], timeout=10)
+        await eventually(
+            lambda: _list(handler.handled), until=lambda h: h == [event.id], timeout=10
+        )
     finally:
         await broker.stop()
     assert await dead_letters(rabbit_url, test_queue) == []

@@ -10,7 +10,7 @@ stand-in from MongoDB's semantics fails the test instead of hiding behind it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import mongomock
 
@@ -47,7 +47,7 @@ class _AsyncCursor:
 class _AsyncCollection:
     """The subset of ``AsyncCollection`` the repositories use, over a mongomock collection."""
 
-    _ASYNC = {
+    _ASYNC: ClassVar[set[str]] = {
         "insert_one",
         "insert_many",
         "find_one",

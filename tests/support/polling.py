@@ -25,5 +25,7 @@ async def eventually(
         if until(result):
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {result!r}")
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {what}; last: {result!r}"
+            )
         await asyncio.sleep(interval)

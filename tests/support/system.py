@@ -59,9 +59,15 @@ class System:
 
     def logs(self, name: str, lines: int = 40) -> str:
         path = self.log_dir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
 
-    def _executor(self, name: str, command: list[str], *, health_port: int | None = None) -> Executor:
+    def _executor(
+        self, name: str, command: list[str], *, health_port: int | None = None
+    ) -> Executor:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._log_files.append(log)
         options: dict[str, Any] = {
@@ -74,7 +80,11 @@ class System:
         if health_port is None:
             return SimpleExecutor(command, **options)
         return HTTPExecutor(
-            command, url=f"http://127.0.0.1:{health_port}/readyz", method="GET", status=200, **options
+            command,
+            url=f"http://127.0.0.1:{health_port}/readyz",
+            method="GET",
+            status=200,
+            **options,
         )
 
     def start(self, name: str) -> None:
@@ -95,7 +105,10 @@ def build_system(rabbit_url: str, mongo_url: str, run_dir: Path, prefix: str) ->
     maildir = run_dir / "mail"
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("order", "inventory", "payment_1", "payment_2", "notification", "smtp")}
+    ports = {
+        name: free_port()
+        for name in ("order", "inventory", "payment_1", "payment_2", "notification", "smtp")
+    }
     env = {
         "RABBIT_URL": rabbit_url,
         "MONGO_URL": mongo_url,
@@ -109,7 +122,9 @@ def build_system(rabbit_url: str, mongo_url: str, run_dir: Path, prefix: str) ->
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
     }
-    system = System(api=f"http://127.0.0.1:{ports['order']}", env=env, maildir=maildir, log_dir=log_dir)
+    system = System(
+        api=f"http://127.0.0.1:{ports['order']}", env=env, maildir=maildir, log_dir=log_dir
+    )
     python, warren = str(BIN / "python"), str(BIN / "warren")
     smtp = TCPExecutor(
         [warren, "mail-sink", "--maildir", str(maildir), "--port", str(ports["smtp"])],
@@ -124,7 +139,9 @@ def build_system(rabbit_url: str, mongo_url: str, run_dir: Path, prefix: str) ->
         system.processes[name] = system._executor(
             name, [python, "-m", module, "--port", str(ports[name])], health_port=ports[name]
         )
-    system.processes["emails"] = system._executor("emails", [python, "-m", "services.notification.worker"])
+    system.processes["emails"] = system._executor(
+        "emails", [python, "-m", "services.notification.worker"]
+    )
     return system
 
 

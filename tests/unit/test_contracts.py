@@ -75,7 +75,10 @@ def test_causation_points_at_the_event_that_caused_it() -> None:
     placed = Envelope.wrap(carrot_order(), source="order")
     reserved = Envelope.wrap(
         StockReserved(
-            order_id="order-1", lines=carrot_order().lines, amount_cents=2500, payment_token="tok_visa"
+            order_id="order-1",
+            lines=carrot_order().lines,
+            amount_cents=2500,
+            payment_token="tok_visa",
         ),
         source="inventory",
         causation=placed,
@@ -102,7 +105,8 @@ def test_causation_points_at_the_event_that_caused_it() -> None:
             "unknown type",
         ),
         (
-            Envelope.wrap(carrot_order(), source="t").model_copy(update={"version": 99})
+            Envelope.wrap(carrot_order(), source="t")
+            .model_copy(update={"version": 99})
             .model_dump_json()
             .encode(),
             "unknown version",
@@ -118,7 +122,13 @@ def test_quote_sums_known_lines_and_names_unknown_ones() -> None:
     quote = Quote.model_validate(
         {
             "lines": [
-                {"sku": "CARROT-MUG", "quantity": 2, "known": True, "unit_price_cents": 1250, "available": 9},
+                {
+                    "sku": "CARROT-MUG",
+                    "quantity": 2,
+                    "known": True,
+                    "unit_price_cents": 1250,
+                    "available": 9,
+                },
                 {"sku": "NOPE", "quantity": 1, "known": False},
             ]
         }

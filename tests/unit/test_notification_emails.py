@@ -17,7 +17,9 @@ def test_each_lifecycle_event_has_its_email() -> None:
     assert placed is not None and "2 x CARROT-MUG" in placed.body and "25.00 EUR" in placed.body
     confirmed = compose(OrderConfirmed(order_id="12345678-aaaa", customer_id="c", total_cents=2500))
     assert confirmed is not None and "confirmed" in confirmed.subject
-    cancelled = compose(OrderCancelled(order_id="12345678-aaaa", customer_id="c", reason="card declined"))
+    cancelled = compose(
+        OrderCancelled(order_id="12345678-aaaa", customer_id="c", reason="card declined")
+    )
     assert cancelled is not None and "card declined" in cancelled.body
 
 

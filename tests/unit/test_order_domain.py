@@ -60,11 +60,15 @@ def feed(incoming: list[EventData]) -> Order:
     return order
 
 
-reserved = StockReserved(order_id=ORDER_ID, lines=LINES, amount_cents=2500, payment_token="tok_visa")
+reserved = StockReserved(
+    order_id=ORDER_ID, lines=LINES, amount_cents=2500, payment_token="tok_visa"
+)
 paid = PaymentSucceeded(order_id=ORDER_ID, payment_id="ch_1", amount_cents=2500)
 declined = PaymentFailed(order_id=ORDER_ID, reason="card declined")
 released = StockReleased(order_id=ORDER_ID, reason="payment failed: card declined")
-rejected = StockRejected(order_id=ORDER_ID, reason="insufficient stock", shortages={"CARROT-MUG": 2})
+rejected = StockRejected(
+    order_id=ORDER_ID, reason="insufficient stock", shortages={"CARROT-MUG": 2}
+)
 
 
 def test_a_paid_order_is_confirmed() -> None:
