@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Procfile commands (python, warren, nx-27017, honcho) resolve to the virtualenv.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
 
@@ -51,6 +53,9 @@ definitions: $(STAMP) ## Regenerate infra/rabbitmq/definitions.json from shared/
 compose-check: $(STAMP) ## Validate docker-compose.yml against the Compose schema
 	$(BIN)/check-jsonschema --schemafile $$( [ -f ../shared/compose-spec.schema.json ] && echo ../shared/compose-spec.schema.json || echo infra/compose-spec.schema.json ) docker-compose.yml
 
+docs: $(STAMP) ## Serve the tutorial on http://127.0.0.1:8088 (8000 is the order API)
+	$(BIN)/mkdocs serve -a 127.0.0.1:8088
+
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -61,4 +66,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-unit run demo seed definitions compose-check lint constraints clean
+.PHONY: help install test test-unit run demo seed definitions compose-check docs lint constraints clean

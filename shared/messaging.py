@@ -42,6 +42,8 @@ H_ORIGINAL_QUEUE = "x-warren-original-queue"
 H_FIRST_FAILURE = "x-warren-first-failure"
 H_DEAD_LETTERED_AT = "x-warren-dead-lettered-at"
 
+PUBLISH_TIMEOUT_SECONDS = 10.0
+
 EventHandler = Callable[[Envelope, EventData], Awaitable[Sequence[Envelope]]]
 """A service's business function: the event in, the events to publish out."""
 
@@ -82,6 +84,8 @@ async def publish_event(
         content_type="application/json",
         timestamp=envelope.occurred_at,
         headers=headers or {},
+        # Waiting for the confirm is bounded: while the broker is away, fail and retry later.
+        timeout=PUBLISH_TIMEOUT_SECONDS,
     )
 
 
@@ -110,6 +114,7 @@ async def _republish(
         message_type=raw.type,
         content_type=raw.content_type or "application/json",
         headers=headers,
+        timeout=PUBLISH_TIMEOUT_SECONDS,
     )
 
 

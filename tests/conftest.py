@@ -8,26 +8,17 @@ Environment:
 from __future__ import annotations
 
 import os
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from mirakuru import TCPExecutor
 from pymongo import AsyncMongoClient
 
 from tests.support.mongo_backends import AsyncMongomockDatabase
+from tests.support.system import mongo_standin, mongo_url_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -41,27 +32,10 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("MONGO_URL"):
         yield url
         return
-    data_dir = tmp_path_factory.mktemp("nx-27017")
-    port = free_port()
-    server = TCPExecutor(
-        [
-            str(BIN / "nx-27017"),
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--log-file",
-            str(data_dir / "server.log"),
-            "--pid-file",
-            str(data_dir / "server.pid"),
-        ],
-        host="127.0.0.1",
-        port=port,
-        timeout=30,
-    )
+    server = mongo_standin(tmp_path_factory.mktemp("nx-27017"))
     server.start()
     try:
-        yield f"mongodb://127.0.0.1:{port}"
+        yield mongo_url_of(server)
     finally:
         server.stop()
 

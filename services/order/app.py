@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -67,7 +67,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
             )
         except TimeoutError as exc:
             raise QuoteUnavailableError(f"no quote within {timeout:g}s") from exc
-        except (AMQPError, DeliveryError, ConnectionError) as exc:
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
             raise QuoteUnavailableError(f"broker unavailable ({type(exc).__name__})") from exc
         return Quote.model_validate_json(reply.body)
         # --8<-- [end:ask-inventory]

@@ -17,6 +17,7 @@ import structlog
 from services.order.domain import NewEvent, Order, react
 from services.order.repository import ConcurrencyError, EventStore, IdempotencyKeys, OrderViews
 from shared.contracts import Envelope, EventData, OrderLine, OrderPlaced, PricedLine, Quote
+from shared.faults import crash_point
 from shared.outbox import current_trace_context
 
 log = structlog.get_logger(__name__)
@@ -112,6 +113,7 @@ async def place_order(
     except ConcurrencyError:
         # The same Idempotency-Key, twice at the same moment: the other request won.
         return Placed(order_id=order_id, created=False)
+    crash_point("order.after-append")  # saved, not yet published: the outbox must cover this
     deps.wake_relay()
     await project(order_id, deps)
     log.info("order placed", order_id=order_id, total_cents=placed.total_cents)

@@ -93,6 +93,22 @@ class System:
     def stop(self, name: str) -> None:
         self.processes[name].stop()
 
+    def restart(self, name: str, **env: str) -> None:
+        """Stop ``name`` and start it again with ``env`` added to (or replacing) its environment."""
+        executor = self.processes[name]
+        if executor.running():
+            executor.stop()
+        executor._envvars = {**executor._envvars, **env}
+        executor.start()
+
+    def restart_after_crash(self, name: str) -> None:
+        """Start ``name`` again after it died (e.g. killed itself at a crash point)."""
+        executor = self.processes[name]
+        if executor.process is not None:
+            executor.process.wait(timeout=30)
+            executor.process = None
+        executor.start()
+
     def stop_all(self) -> None:
         for executor in reversed(list(self.processes.values())):
             if executor.running():
@@ -101,7 +117,39 @@ class System:
             log.close()
 
 
-def build_system(rabbit_url: str, mongo_url: str, run_dir: Path, prefix: str) -> System:
+def mongo_standin(data_dir: Path) -> TCPExecutor:
+    """The MongoDB stand-in (nx-27017) on a free port, keeping its data in ``data_dir``."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return TCPExecutor(
+        [
+            str(BIN / "nx-27017"),
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--log-file",
+            str(data_dir / "server.log"),
+            "--pid-file",
+            str(data_dir / "server.pid"),
+        ],
+        host="127.0.0.1",
+        port=port,
+        timeout=30,
+    )
+
+
+def mongo_url_of(server: TCPExecutor) -> str:
+    return f"mongodb://{server.host}:{server.port}"
+
+
+def build_system(
+    rabbit_url: str,
+    mongo_url: str,
+    run_dir: Path,
+    prefix: str,
+    extra_env: dict[str, str] | None = None,
+) -> System:
     maildir = run_dir / "mail"
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +169,7 @@ def build_system(rabbit_url: str, mongo_url: str, run_dir: Path, prefix: str) ->
         "PAYMENT_ERROR_RATE": "0",
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     system = System(
         api=f"http://127.0.0.1:{ports['order']}", env=env, maildir=maildir, log_dir=log_dir

@@ -1,0 +1,489 @@
+"""Nothing lost, nothing done twice: the system under duplicates, shuffles, poison, a database
+outage, processes killed mid-message, and a broker restart with orders in flight.
+
+These tests get a system of their own (its own MongoDB stand-in, which they stop and start,
+and a short retry backoff of 1 s, 2 s) so the faults never reach the other end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aio_pika
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from cli import dlq
+from cli.ledger import run_checks
+from shared import topology
+from shared.settings import WarrenSettings
+from tests.support.polling import eventually
+from tests.support.system import (
+    System,
+    build_system,
+    mongo_standin,
+    mongo_url_of,
+    reset_broker,
+    seed_catalog,
+)
+
+FINAL = {"CONFIRMED", "CANCELLED"}
+SERVICES = ("inventory", "payment_1", "payment_2", "notification", "emails", "order")
+
+
+@pytest.fixture(scope="module")
+async def faulty(
+    rabbit_url: str, tmp_path_factory: pytest.TempPathFactory, run_id: str
+) -> AsyncIterator[System]:
+    run_dir = tmp_path_factory.mktemp("faults")
+    database = mongo_standin(run_dir / "mongo")
+    database.start()
+    await reset_broker(rabbit_url)
+    system = build_system(
+        rabbit_url,
+        mongo_url_of(database),
+        run_dir,
+        f"faults{run_id}",
+        extra_env={"RETRY_DELAYS_SECONDS": "[1, 2]"},
+    )
+    system.processes["mongo"] = database
+    try:
+        system.start("smtp")
+        seed_catalog(system)
+        for name in SERVICES:
+            system.start(name)
+        yield system
+    finally:
+        system.stop_all()
+
+
+@pytest.fixture
+async def api(faulty: System) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=faulty.api, timeout=15.0) as client:
+        yield client
+
+
+@pytest.fixture
+async def mongo(faulty: System) -> AsyncIterator[AsyncMongoClient]:
+    client: AsyncMongoClient = AsyncMongoClient(
+        faulty.env["MONGO_URL"], tz_aware=True, serverSelectionTimeoutMS=20000
+    )
+    yield client
+    await client.close()
+
+
+def body(
+    sku: str = "RABBIT-PLUSH",
+    token: str = "tok_visa",
+    quantity: int = 1,
+    customer: str = "bugs-bunny",
+) -> dict[str, Any]:
+    return {
+        "customer_id": customer,
+        "lines": [{"sku": sku, "quantity": quantity}],
+        "payment_token": token,
+    }
+
+
+async def place(api: httpx.AsyncClient, order: dict[str, Any]) -> str:
+    response = await api.post("/orders", json=order)
+    assert response.status_code == 202, response.text
+    return response.json()["order_id"]
+
+
+async def status_of(api: httpx.AsyncClient, order_id: str) -> str:
+    response = await api.get(f"/orders/{order_id}")
+    return response.json()["status"] if response.status_code == 200 else "unknown"
+
+
+async def until_status(
+    api: httpx.AsyncClient, order_id: str, wanted: set[str], timeout: float = 30
+) -> str:
+    return await eventually(
+        lambda: status_of(api, order_id),
+        until=lambda s: s in wanted,
+        timeout=timeout,
+        what=f"{order_id} in {wanted}",
+    )
+
+
+async def ledger_holds(system: System, timeout: float = 30) -> None:
+    settings = WarrenSettings(
+        mongo_url=system.env["MONGO_URL"], mongo_db_prefix=system.env["MONGO_DB_PREFIX"]
+    )
+    checks = await eventually(
+        lambda: run_checks(settings),
+        until=lambda cs: all(c.ok for c in cs),
+        timeout=timeout,
+        what="the ledger to balance",
+    )
+    assert all(c.checked or c.name.startswith("one email") for c in checks)
+
+
+async def publish_raw(rabbit_url: str, routing_key: str, payload: bytes, message_id: str) -> None:
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(topology.EVENTS.name)
+        await exchange.publish(
+            aio_pika.Message(
+                payload, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            ),
+            routing_key=routing_key,
+        )
+
+
+async def bus_events_of(
+    mongo: AsyncMongoClient, system: System, order_id: str
+) -> list[dict[str, Any]]:
+    """Every event of one order as it went over the bus, rebuilt from the services' records."""
+    order_db = mongo[system.database("order")]
+    events = []
+    async for doc in order_db["order_events"].find({"order_id": order_id, "outbox": "published"}):
+        events.append(
+            {
+                "id": doc["_id"],
+                "type": doc["type"],
+                "version": 1,
+                "occurred_at": doc["occurred_at"].isoformat(),
+                "source": "order",
+                "correlation_id": order_id,
+                "causation_id": doc.get("causation_id"),
+                "sequence": doc["version"],
+                "data": doc["data"],
+            }
+        )
+    reservation = await mongo[system.database("inventory")]["reservations"].find_one(
+        {"_id": order_id}
+    )
+    payment = await mongo[system.database("payment")]["payments"].find_one({"_id": order_id})
+    for record, field in (
+        (reservation, "outcome_event"),
+        (reservation, "release_event"),
+        (payment, "outcome_event"),
+    ):
+        if record and record.get(field):
+            events.append(record[field])
+    return events
+
+
+# --- duplicates and shuffles ---------------------------------------------------------------------
+
+
+async def test_every_event_delivered_twice_and_shuffled_changes_nothing(
+    faulty: System, api: httpx.AsyncClient, mongo: AsyncMongoClient, rabbit_url: str
+) -> None:
+    import json
+
+    orders = [
+        await place(api, body("CARROT-MUG", "tok_visa", 2, "dup")),
+        await place(api, body("HAY-CUSHION", "tok_chargeDeclined", 1, "dup")),
+    ]
+    for order_id in orders:
+        await until_status(api, order_id, FINAL)
+    await ledger_holds(faulty)
+    stock_before = {
+        d["_id"]: d async for d in mongo[faulty.database("inventory")]["stock"].find({})
+    }
+    mails_before = len(faulty.emails())
+
+    replay = [
+        event for order_id in orders for event in await bus_events_of(mongo, faulty, order_id)
+    ]
+    assert len(replay) >= 7
+    duplicated = replay * 2
+    random.Random(7).shuffle(duplicated)
+    for event in duplicated:
+        await publish_raw(
+            rabbit_url, event["type"], json.dumps(event, default=str).encode(), event["id"]
+        )
+    # A fence: an order placed after the duplicates goes through the same queues behind them.
+    fence = await place(api, body("CLOVER-TEA", customer="fence"))
+    await until_status(api, fence, FINAL)
+    await eventually(
+        lambda: _count(faulty, fence), until=lambda n: n == 2, what="the fence's emails"
+    )
+
+    for order_id, status in zip(orders, ("CONFIRMED", "CANCELLED"), strict=True):
+        assert await status_of(api, order_id) == status
+    stock_after = {d["_id"]: d async for d in mongo[faulty.database("inventory")]["stock"].find({})}
+    for sku in ("CARROT-MUG", "HAY-CUSHION"):
+        assert stock_after[sku] == stock_before[sku]
+    charges = mongo[faulty.database("payment")]["gateway_charges"]
+    assert await charges.count_documents({"_id": {"$in": orders}, "status": "captured"}) == 1
+    assert len(faulty.emails()) == mails_before + 2  # only the fence's two
+    await ledger_holds(faulty)
+
+
+async def _count(system: System, order_id: str) -> int:
+    return len(system.emails_for(order_id))
+
+
+# --- poison ----------------------------------------------------------------------------------
+
+
+async def test_a_poison_event_is_dead_lettered_within_a_second_and_orders_keep_flowing(
+    faulty: System, api: httpx.AsyncClient, rabbit_url: str
+) -> None:
+    poison_id = f"poison-{uuid.uuid4()}"
+    sent = time.monotonic()
+    await publish_raw(
+        rabbit_url, "order.placed", b'{"type": "order.placed", "data": "not an order"}', poison_id
+    )
+
+    async def dead() -> list[dict[str, Any]]:
+        return await dlq.show_messages(topology.INVENTORY_ORDER_PLACED.name, 50)
+
+    previous = os.environ.get("RABBIT_URL")
+    os.environ["RABBIT_URL"] = rabbit_url
+    try:
+        shown = await eventually(
+            dead, until=lambda ms: any(m["message_id"] == poison_id for m in ms), timeout=5
+        )
+        assert time.monotonic() - sent < 1.5
+        [message] = [m for m in shown if m["message_id"] == poison_id]
+        assert message["reason"].startswith("poison:")
+        assert message["headers"]["x-warren-original-queue"] == "inventory.order-placed"
+        # pub/sub: notification got the same poison, and dead-lettered it too
+        notified = await dlq.show_messages(topology.NOTIFICATION_ORDER_EVENTS.name, 50)
+        assert any(m["message_id"] == poison_id for m in notified)
+        order_id = await place(api, body())
+        assert await until_status(api, order_id, FINAL) == "CONFIRMED"
+        await dlq.purge_queue(topology.INVENTORY_ORDER_PLACED.name)
+        await dlq.purge_queue(topology.NOTIFICATION_ORDER_EVENTS.name)
+    finally:
+        if previous is None:
+            os.environ.pop("RABBIT_URL", None)
+        else:
+            os.environ["RABBIT_URL"] = previous
+
+
+# --- the database goes away ----------------------------------------------------------------------
+
+
+def _retry_lines(system: System, name: str, order_id: str) -> list[str]:
+    log = (system.log_dir / f"{name}.log").read_text(errors="replace")
+    return [line for line in log.splitlines() if "will retry" in line and order_id in line]
+
+
+async def test_a_database_outage_is_retried_with_backoff_then_processed(
+    faulty: System, api: httpx.AsyncClient
+) -> None:
+    # Slow payments down so the outage can start while an order waits to be charged.
+    for name in ("payment_1", "payment_2"):
+        faulty.restart(name, PAYMENT_LATENCY_MS="1500")
+    try:
+        order_id = await place(api, body("EAR-MUFFS"))
+        await until_status(api, order_id, {"RESERVED"})
+        faulty.stop("mongo")
+        outage_started = time.monotonic()
+        await eventually(
+            lambda: _async(
+                _retry_lines(faulty, "payment_1", order_id)
+                + _retry_lines(faulty, "payment_2", order_id)
+            ),
+            until=lambda lines: len(lines) >= 1,
+            timeout=15,
+            what="a retry while the database is down",
+        )
+        faulty.start("mongo")
+        assert await until_status(api, order_id, FINAL, timeout=40) == "CONFIRMED"
+        retries = _retry_lines(faulty, "payment_1", order_id) + _retry_lines(
+            faulty, "payment_2", order_id
+        )
+        # Backoff, not a hot loop: a handful of attempts over the outage, not hundreds.
+        assert 1 <= len(retries) <= 2, retries
+        assert time.monotonic() - outage_started > 1
+    finally:
+        if not faulty.processes["mongo"].running():
+            faulty.start("mongo")
+        for name in ("payment_1", "payment_2"):
+            faulty.restart(name, PAYMENT_LATENCY_MS="0")
+    await ledger_holds(faulty)
+
+
+async def test_retries_exhausted_go_to_the_dlq_and_a_replay_completes_the_order(
+    faulty: System, api: httpx.AsyncClient, rabbit_url: str
+) -> None:
+    for name in ("payment_1", "payment_2"):
+        faulty.restart(name, PAYMENT_LATENCY_MS="1500")
+    previous = os.environ.get("RABBIT_URL")
+    os.environ["RABBIT_URL"] = rabbit_url
+    try:
+        order_id = await place(api, body("TUNNEL-KIT"))
+        await until_status(api, order_id, {"RESERVED"})
+        faulty.stop("mongo")
+
+        async def dead() -> list[dict[str, Any]]:
+            return await dlq.show_messages(topology.PAYMENT_STOCK_RESERVED.name, 50)
+
+        # 3 attempts (first + retries after 1 s and 2 s), each failing on the database.
+        [message] = await eventually(
+            dead, until=lambda ms: len(ms) == 1, timeout=40, what="the DLQ"
+        )
+        assert message["reason"] == "retries exhausted"
+        assert message["headers"]["x-warren-attempts"] == 3
+        assert message["correlation_id"] == order_id
+        faulty.start("mongo")
+        assert await status_of(api, order_id) == "RESERVED"
+
+        for name in ("payment_1", "payment_2"):
+            faulty.restart(name, PAYMENT_LATENCY_MS="0")
+        assert await dlq.replay_messages(topology.PAYMENT_STOCK_RESERVED.name, None) == 1
+        assert await until_status(api, order_id, FINAL) == "CONFIRMED"
+    finally:
+        if previous is None:
+            os.environ.pop("RABBIT_URL", None)
+        else:
+            os.environ["RABBIT_URL"] = previous
+        if not faulty.processes["mongo"].running():
+            faulty.start("mongo")
+        for name in ("payment_1", "payment_2"):
+            faulty.restart(name, PAYMENT_LATENCY_MS="0")
+    await ledger_holds(faulty)
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+# --- processes killed between "saved" and "published" -------------------------------------------
+
+
+async def test_inventory_killed_after_saving_its_decision_still_announces_it(
+    faulty: System, api: httpx.AsyncClient, mongo: AsyncMongoClient, tmp_path: Path
+) -> None:
+    marker = tmp_path / "inventory-crashed"
+    faulty.restart(
+        "inventory",
+        WARREN_CRASH_AT="inventory.order-placed:after-handler",
+        WARREN_CRASH_MARKER=str(marker),
+    )
+    try:
+        order_id = await place(api, body("BURROW-LAMP"))
+        await eventually(lambda: _async(marker.exists()), timeout=15, what="inventory to crash")
+        assert await status_of(api, order_id) == "PENDING"
+        reservations = mongo[faulty.database("inventory")]["reservations"]
+        saved = await reservations.find_one({"_id": order_id})
+        assert saved is not None and saved["state"] == "reserved"  # saved, but never published
+
+        faulty.restart_after_crash("inventory")
+        assert await until_status(api, order_id, FINAL) == "CONFIRMED"
+        payment = await mongo[faulty.database("payment")]["payments"].find_one({"_id": order_id})
+        # The redelivered order.placed re-announced the *same* stock.reserved event.
+        assert payment["outcome_event"]["causation_id"] == saved["outcome_event"]["id"]
+    finally:
+        faulty.restart("inventory", WARREN_CRASH_AT="")
+    await ledger_holds(faulty)
+
+
+async def test_order_service_killed_after_saving_an_order_still_publishes_it(
+    faulty: System, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    marker = tmp_path / "order-crashed"
+    faulty.restart("order", WARREN_CRASH_AT="order.after-append", WARREN_CRASH_MARKER=str(marker))
+    customer = f"crash-{uuid.uuid4().hex[:6]}"
+    try:
+        with pytest.raises(httpx.TransportError):
+            await api.post("/orders", json=body("MOON-RABBIT", customer=customer))
+        assert marker.exists()
+        faulty.restart_after_crash("order")
+        page = (await api.get("/orders", params={"customer_id": customer})).json()
+        assert page["total"] == 1  # the order was saved before the crash
+        order_id = page["items"][0]["order_id"]
+        assert await until_status(api, order_id, FINAL) == "CONFIRMED"  # the outbox published it
+    finally:
+        faulty.restart("order", WARREN_CRASH_AT="")
+    await ledger_holds(faulty)
+
+
+# --- the broker restarts ---------------------------------------------------------------------
+
+
+def _local_rabbitmqctl(rabbit_url: str) -> bool:
+    host = urlparse(rabbit_url).hostname
+    return (
+        host in ("127.0.0.1", "localhost")
+        and shutil.which("rabbitmqctl") is not None
+        and os.geteuid() == 0
+    )
+
+
+def _amqp_answers(rabbit_url: str) -> bool:
+    url = urlparse(rabbit_url)
+    try:
+        socket.create_connection((url.hostname, url.port or 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+async def test_a_broker_restart_with_200_orders_in_flight_loses_nothing(
+    faulty: System, rabbit_url: str
+) -> None:
+    if not _local_rabbitmqctl(rabbit_url):
+        pytest.skip("needs the local RabbitMQ and rabbitmqctl as root (stop_app/start_app)")
+    accepted: list[str] = []
+    refused = 0
+
+    async def shopper(client: httpx.AsyncClient, n: int) -> None:
+        nonlocal refused
+        for _ in range(n):
+            try:
+                response = await client.post(
+                    "/orders",
+                    json=body(random.choice(["RABBIT-PLUSH", "WARREN-MAP", "LETTUCE-BAG"])),
+                )
+            except httpx.TransportError:
+                refused += 1
+                continue
+            if response.status_code == 202:
+                accepted.append(response.json()["order_id"])
+            else:
+                assert response.status_code == 503, response.text
+                refused += 1
+
+    async with httpx.AsyncClient(base_url=faulty.api, timeout=15.0) as client:
+        load = asyncio.gather(*(shopper(client, 20) for _ in range(10)))
+        await eventually(
+            lambda: _async(len(accepted)),
+            until=lambda n: n >= 60,
+            timeout=30,
+            what="orders in flight",
+        )
+        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
+        await eventually(
+            lambda: _async(_amqp_answers(rabbit_url)), until=lambda up: not up, timeout=30
+        )
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+        await eventually(
+            lambda: _async(_amqp_answers(rabbit_url)), timeout=60, what="RabbitMQ back"
+        )
+        await load
+        assert len(accepted) + refused == 200
+        assert len(accepted) >= 60
+
+        async def not_final() -> list[str]:
+            statuses = await asyncio.gather(*(status_of(client, o) for o in accepted))
+            return [o for o, s in zip(accepted, statuses, strict=True) if s not in FINAL]
+
+        await eventually(
+            not_final, until=lambda left: not left, timeout=120, what="every accepted order final"
+        )
+    await ledger_holds(faulty, timeout=60)
+    # The services reconnected by themselves: a new order goes through.
+    async with httpx.AsyncClient(base_url=faulty.api, timeout=15.0) as client:
+        order_id = await place(client, body())
+        assert await until_status(client, order_id, FINAL) == "CONFIRMED"
