@@ -37,8 +37,9 @@ run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it al
 	@echo "  Emails (Maildir)   .run/mail/new      -- try: make demo"
 	@echo "  MongoDB stand-in   mongodb://127.0.0.1:27017"
 	@echo "  RabbitMQ           amqp://127.0.0.1:5672 (management UI, if enabled: http://127.0.0.1:15672)"
+	@echo "  Traces             .run/spans.jsonl   -- try: warren traces show <order id>"
 	@echo ""
-	$(BIN)/honcho start
+	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=500 $(BIN)/honcho start
 
 demo: $(STAMP) ## Place a sample order and follow it to its final state (needs `make run` or compose)
 	$(BIN)/warren demo

@@ -30,6 +30,7 @@ from opentelemetry import trace
 from shared import topology
 from shared.contracts import Envelope, EventData, PoisonMessageError, decode_event
 from shared.faults import crash_point
+from shared.observability import order_context
 from shared.settings import WarrenSettings
 
 log = structlog.get_logger(__name__)
@@ -225,12 +226,12 @@ def subscribe_events(
             event_id=envelope.id,
             order_id=envelope.correlation_id,
         )
-        trace.get_current_span().set_attribute("order.id", envelope.correlation_id)
         try:
-            outcome = await handler(envelope, payload)
-            crash_point(f"{consumer_queue.name}:after-handler")
-            for event in outcome:
-                await publish_event(broker, event)
+            with order_context(envelope.correlation_id):
+                outcome = await handler(envelope, payload)
+                crash_point(f"{consumer_queue.name}:after-handler")
+                for event in outcome:
+                    await publish_event(broker, event)
         except Exception as exc:
             attempts = attempts_so_far + 1
             if attempts > len(consumer_queue.retry_delays):

@@ -13,16 +13,54 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 _configured_for: str | None = None
+
+
+ORDER_ID = "order.id"
+# Direct reply-to gives every request its own reply queue name; keep it out of span names.
+_REPLY_QUEUE = re.compile(r"amq\.rabbitmq\.reply-to\.\S+")
+
+
+class OrderSpanProcessor(SpanProcessor):
+    """Tags every span with ``order.id`` (carried as W3C baggage across every hop) and keeps
+    span names stable (no per-request reply-queue names)."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        order_id = baggage.get_baggage(ORDER_ID, parent_context)
+        if order_id:
+            span.set_attribute(ORDER_ID, str(order_id))
+        if "amq.rabbitmq.reply-to" in span.name:
+            span.update_name(_REPLY_QUEUE.sub("(direct reply-to)", span.name))
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+
+@contextmanager
+def order_context(order_id: str) -> Iterator[None]:
+    """Everything inside belongs to ``order_id``: the current span, the spans started inside,
+    the messages published inside (baggage), and the log lines (``order_id``)."""
+    trace.get_current_span().set_attribute(ORDER_ID, order_id)
+    token = otel_context.attach(baggage.set_baggage(ORDER_ID, order_id))
+    try:
+        with structlog.contextvars.bound_contextvars(order_id=order_id):
+            yield
+    finally:
+        otel_context.detach(token)
 
 
 def _add_trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +111,10 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based,
+    # always on).
     provider = TracerProvider(resource=resource)
+    provider.add_span_processor(OrderSpanProcessor())
     exporter_kind = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"

@@ -20,13 +20,15 @@ from typing import Any
 
 import structlog
 from opentelemetry import context as otel_context
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.clock import utcnow_iso
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 PENDING = "pending"
 PUBLISHED = "published"
@@ -72,10 +74,15 @@ class OutboxRelay:
             )
             batch = [doc async for doc in cursor]
             for doc in batch:
-                # Publish inside the trace the event was recorded in.
+                # Publish inside the trace the event was recorded in, as a visible relay step.
                 token = otel_context.attach(propagate.extract(doc.get("trace_context") or {}))
                 try:
-                    await self.publish(doc)
+                    with _tracer.start_as_current_span(
+                        f"outbox relay {doc.get('type', 'event')}",
+                        kind=SpanKind.INTERNAL,
+                        attributes={"messaging.message.id": str(doc["_id"])},
+                    ):
+                        await self.publish(doc)
                 finally:
                     otel_context.detach(token)
                 await self.collection.update_one(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
 from faststream.asgi import AsgiFastStream
@@ -32,8 +34,11 @@ def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
     CeleryInstrumentor().instrument()
 
     async def enqueue(notification_id: str) -> None:
+        # Run in the current context (trace, baggage): run_in_executor would not carry it over.
+        context = contextvars.copy_context()
         await asyncio.get_running_loop().run_in_executor(
-            celery_thread, lambda: celery.send_task(TASK_NAME, args=[notification_id])
+            celery_thread,
+            functools.partial(context.run, celery.send_task, TASK_NAME, args=[notification_id]),
         )
 
     async def on_order_event(envelope: Envelope, payload: EventData) -> list[Envelope]:

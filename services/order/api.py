@@ -6,11 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from services.order import handlers
 from services.order.handlers import OrderDeps
 from shared.contracts import OrderLine
+from shared.observability import ORDER_ID
 
 
 def get_deps(request: Request) -> OrderDeps:
@@ -126,6 +128,7 @@ async def place_order(
 @router.get("/orders/{order_id}", response_model=OrderView)
 async def get_order(order_id: str, deps: Deps) -> OrderView:
     """The order's status, lines, total and the history of its events."""
+    trace.get_current_span().set_attribute(ORDER_ID, order_id)
     doc = await deps.views.get(order_id)
     if doc is None:
         raise HTTPException(status_code=404, detail=f"no order {order_id}")

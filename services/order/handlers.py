@@ -18,6 +18,7 @@ from services.order.domain import NewEvent, Order, react
 from services.order.repository import ConcurrencyError, EventStore, IdempotencyKeys, OrderViews
 from shared.contracts import Envelope, EventData, OrderLine, OrderPlaced, PricedLine, Quote
 from shared.faults import crash_point
+from shared.observability import order_context
 from shared.outbox import current_trace_context
 
 log = structlog.get_logger(__name__)
@@ -89,7 +90,14 @@ async def place_order(
         order_id = binding["order_id"]
         if await deps.store.exists(order_id):
             return Placed(order_id=order_id, created=False)
+    with order_context(order_id):
+        return await _accept(order_id, command, deps, idempotency_key)
 
+
+async def _accept(
+    order_id: str, command: PlaceOrder, deps: OrderDeps, idempotency_key: str | None
+) -> Placed:
+    """Quote, then record ``order.placed`` (in the event store, which is also the outbox)."""
     quote = await deps.quote(command.lines)
     if quote.unknown_skus:
         if idempotency_key:
