@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 import typer
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from rich.console import Console
 from rich.table import Table
 
@@ -30,8 +32,10 @@ from shared.settings import WarrenSettings
 
 app = typer.Typer(help="Dead-letter queues: list, show, replay, purge.", no_args_is_help=True)
 console = Console()
+_tracer = trace.get_tracer(__name__)
 
 H_REPLAYED_AT = "x-warren-replayed-at"
+H_ORIGINAL_TRACEPARENT = "x-warren-original-traceparent"
 H_REPLAY_COUNT = "x-warren-replay-count"
 
 
@@ -71,6 +75,36 @@ def _original_queue(message: AbstractIncomingMessage, fallback: str) -> str:
     if isinstance(deaths, list) and deaths and deaths[0].get("queue"):
         return str(deaths[0]["queue"])
     return fallback
+
+
+@contextmanager
+def _replay_span(
+    headers: dict[str, Any], queue_name: str, message: AbstractIncomingMessage
+) -> Iterator[None]:
+    """A replay starts a new trace that *links* to the message's original trace.
+
+    The original ``traceparent`` is kept as ``x-warren-original-traceparent``; the replayed
+    copy carries the replay's own context, so its processing shows up under the replay.
+    """
+    original = propagate.extract({k: str(v) for k, v in headers.items() if isinstance(v, str)})
+    original_span = trace.get_current_span(original).get_span_context()
+    if "traceparent" in headers:
+        headers[H_ORIGINAL_TRACEPARENT] = headers.pop("traceparent")
+    links = [trace.Link(original_span)] if original_span.is_valid else []
+    attributes = {
+        "messaging.system": "rabbitmq",
+        "messaging.destination.name": queue_name,
+        "messaging.message.id": message.message_id or "",
+    }
+    if message.correlation_id:
+        attributes["order.id"] = message.correlation_id
+    with _tracer.start_as_current_span(
+        f"dlq replay {queue_name}", context=Context(), links=links, attributes=attributes
+    ):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        headers.update(carrier)
+        yield
 
 
 async def _take(
@@ -141,19 +175,20 @@ async def replay_messages(queue_name: str, message_id: str | None) -> int:
             headers[H_ATTEMPTS] = 0  # a fresh retry budget
             headers[H_REPLAYED_AT] = datetime.now(UTC).isoformat()
             headers[H_REPLAY_COUNT] = int(headers.get(H_REPLAY_COUNT, 0)) + 1
-            await requeue.publish(
-                aio_pika.Message(
-                    message.body,
-                    headers=headers,
-                    message_id=message.message_id,
-                    correlation_id=message.correlation_id,
-                    content_type=message.content_type,
-                    type=message.type,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=_original_queue(message, consumer_queue.name),
-                mandatory=True,
-            )
+            with _replay_span(headers, consumer_queue.name, message):
+                await requeue.publish(
+                    aio_pika.Message(
+                        message.body,
+                        headers=headers,
+                        message_id=message.message_id,
+                        correlation_id=message.correlation_id,
+                        content_type=message.content_type,
+                        type=message.type,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=_original_queue(message, consumer_queue.name),
+                    mandatory=True,
+                )
             await message.ack()  # only after the broker confirmed the copy
             replayed += 1
     return replayed

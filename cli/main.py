@@ -6,6 +6,7 @@ Every command reads the same settings as the services (environment variables and
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import time
@@ -34,6 +35,22 @@ app.add_typer(traces.app, name="traces")
 app.command("ledger")(ledger.ledger)
 
 console = Console()
+
+
+@app.callback()
+def _observe() -> None:
+    """Trace the CLI's own work (e.g. DLQ replays) when OTEL_* variables say where to send it."""
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_TRACES_EXPORTER"):
+        from shared.observability import setup_observability, shutdown_tracing
+
+        setup_observability("warren-cli", level=os.environ.get("LOG_LEVEL", "WARNING"))
+        # The DLQ tool talks to RabbitMQ through aio-pika directly (the services use FastStream,
+        # whose own middleware traces them).
+        from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
+
+        AioPikaInstrumentor().instrument()
+        atexit.register(shutdown_tracing)
+
 
 DEFINITIONS = Path("infra/rabbitmq/definitions.json")
 

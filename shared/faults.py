@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 
+# --8<-- [start:crash-point]
 def crash_point(name: str) -> None:
     if os.environ.get("WARREN_CRASH_AT") != name:
         return
@@ -24,3 +25,4 @@ def crash_point(name: str) -> None:
     except FileExistsError:
         return  # crashed here once already
     os.kill(os.getpid(), signal.SIGKILL)
+    # --8<-- [end:crash-point]

@@ -21,11 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from faststream import AckPolicy
+from faststream import AckPolicy, BaseMiddleware
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 from shared import topology
 from shared.contracts import Envelope, EventData, PoisonMessageError, decode_event
@@ -50,6 +52,28 @@ EventHandler = Callable[[Envelope, EventData], Awaitable[Sequence[Envelope]]]
 
 
 # --8<-- [start:make-broker]
+_BAGGAGE = W3CBaggagePropagator()
+
+
+class BaggageMiddleware(BaseMiddleware):
+    """Carry OpenTelemetry baggage (``order.id``) in message headers, both ways.
+
+    FastStream's telemetry middleware propagates the trace context but not the global baggage;
+    with this one outside it, every span on both sides of a hop knows its order.
+    """
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        token = otel_context.attach(_BAGGAGE.extract(msg.headers or {}))
+        try:
+            return await call_next(msg)
+        finally:
+            otel_context.detach(token)
+
+    async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+        _BAGGAGE.inject(cmd.headers)
+        return await call_next(cmd)
+
+
 def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> RabbitBroker:
     """The one broker factory: confirms on, unroutable messages raise, telemetry on."""
     return RabbitBroker(
@@ -63,12 +87,17 @@ def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> Rab
         graceful_timeout=10.0,
         # Keep retrying the connection after start-up; services reconnect by themselves.
         reconnect_interval=2.0,
-        middlewares=(RabbitTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),),
+        # Baggage first: it is attached before the telemetry middleware starts the consumer span.
+        middlewares=(
+            BaggageMiddleware,
+            RabbitTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),
+        ),
         logger=logging.getLogger("faststream.broker"),
     )
     # --8<-- [end:make-broker]
 
 
+# --8<-- [start:publish-event]
 async def publish_event(
     broker: RabbitBroker, envelope: Envelope, *, headers: dict[str, Any] | None = None
 ) -> None:
@@ -88,6 +117,7 @@ async def publish_event(
         # Waiting for the confirm is bounded: while the broker is away, fail and retry later.
         timeout=PUBLISH_TIMEOUT_SECONDS,
     )
+    # --8<-- [end:publish-event]
 
 
 def _now_iso() -> str:
@@ -119,6 +149,7 @@ async def _republish(
     )
 
 
+# --8<-- [start:dead-letter]
 async def dead_letter(
     broker: RabbitBroker,
     message: RabbitMessage,
@@ -147,8 +178,10 @@ async def dead_letter(
     await _republish(
         broker, message, exchange=topology.DEAD_LETTER, routing_key=queue_name, headers=headers
     )
+    # --8<-- [end:dead-letter]
 
 
+# --8<-- [start:retry-later]
 async def retry_later(
     broker: RabbitBroker,
     message: RabbitMessage,
@@ -178,6 +211,7 @@ async def retry_later(
         headers=headers,
     )
     return delay
+    # --8<-- [end:retry-later]
 
 
 # --8<-- [start:subscribe-events]

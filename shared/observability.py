@@ -40,7 +40,12 @@ class OrderSpanProcessor(SpanProcessor):
     span names stable (no per-request reply-queue names)."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        order_id = baggage.get_baggage(ORDER_ID, parent_context)
+        # From the baggage of the parent context or of the current one (FastStream starts its
+        # consumer span from a fresh context), else from the parent span itself.
+        order_id = baggage.get_baggage(ORDER_ID, parent_context) or baggage.get_baggage(ORDER_ID)
+        if not order_id:
+            parent_attributes = getattr(trace.get_current_span(parent_context), "attributes", None)
+            order_id = (parent_attributes or {}).get(ORDER_ID)
         if order_id:
             span.set_attribute(ORDER_ID, str(order_id))
         if "amq.rabbitmq.reply-to" in span.name:

@@ -59,6 +59,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    # --8<-- [start:relay]
     def wake(self) -> None:
         """Ask for a sweep now (cheap; call after every write that adds pending events)."""
         self._wake.set()
@@ -104,6 +105,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 log.warning("outbox sweep failed; will retry", error=repr(exc))
+        # --8<-- [end:relay]
 
     def start(self) -> None:
         if self._task is None:

@@ -45,6 +45,7 @@ RETRY_DELAYS_SECONDS: tuple[int, ...] = (1, 5, 25)
 DELIVERY_LIMIT = 10
 
 
+# --8<-- [start:retry-queues]
 def retry_exchange(delay_seconds: int) -> RabbitExchange:
     """Fanout exchange in front of the delay queue for one backoff step."""
     return RabbitExchange(f"shop.retry.{delay_seconds}s", type=ExchangeType.FANOUT, durable=True)
@@ -66,11 +67,13 @@ def retry_queue(delay_seconds: int) -> RabbitQueue:
             "x-dead-letter-exchange": REQUEUE.name,
         },
     )
+    # --8<-- [end:retry-queues]
 
 
 # --- consumer queues -------------------------------------------------------------------------
 
 
+# --8<-- [start:consumer-queue]
 @dataclass(frozen=True)
 class ConsumerQueue:
     """One durable queue per consumer and purpose, with its own dead-letter queue."""
@@ -109,6 +112,7 @@ class ConsumerQueue:
         # which must not count towards a quorum queue's delivery limit (20 by default on
         # RabbitMQ 4), past which the message would be dropped.
         return RabbitQueue(self.dlq_name, queue_type=QueueType.CLASSIC, durable=True)
+        # --8<-- [end:consumer-queue]
 
 
 # --8<-- [start:consumer-queues]
@@ -175,6 +179,7 @@ def queue_by_name(name: str) -> ConsumerQueue:
     raise KeyError(f"no consumer queue named {name!r}")
 
 
+# --8<-- [start:declare-consumer-queue]
 async def declare_consumer_queue(broker: Any, consumer_queue: ConsumerQueue) -> None:
     """Declare one consumer queue with its bindings, its DLQ and its delay queues (idempotent)."""
     events = await broker.declare_exchange(EVENTS)
@@ -190,6 +195,7 @@ async def declare_consumer_queue(broker: Any, consumer_queue: ConsumerQueue) -> 
     await queue.bind(requeue, routing_key=consumer_queue.name)
     dlq = await broker.declare_queue(consumer_queue.dlq)
     await dlq.bind(dead_letter, routing_key=consumer_queue.name)
+    # --8<-- [end:declare-consumer-queue]
 
 
 async def declare_topology(broker: Any, retry_delays: tuple[int, ...] | None = None) -> None:

@@ -62,6 +62,7 @@ class StockRepository:
 
     # --- holds: one order's quantity of one SKU ------------------------------------------
 
+    # --8<-- [start:holds]
     async def hold(self, sku: str, order_id: str, quantity: int) -> bool:
         """Move ``quantity`` from available to reserved for ``order_id``.
 
@@ -91,6 +92,7 @@ class StockRepository:
                 "$unset": {f"holds.{order_id}": ""},
             },
         )
+        # --8<-- [end:holds]
 
     async def commit_hold(self, sku: str, order_id: str, quantity: int) -> None:
         """Turn a held quantity into sold (a no-op if the order holds nothing here)."""
@@ -107,6 +109,7 @@ class StockRepository:
     async def get_reservation(self, order_id: str) -> dict[str, Any] | None:
         return await self.reservations.find_one({"_id": order_id})
 
+    # --8<-- [start:record-decision]
     async def record_decision(
         self, order_id: str, *, state: str, lines: Mapping[str, int], event: dict[str, Any]
     ) -> dict[str, Any]:
@@ -119,6 +122,7 @@ class StockRepository:
             assert existing is not None
             return existing
         return document
+        # --8<-- [end:record-decision]
 
     async def begin_release(self, order_id: str, event: dict[str, Any]) -> dict[str, Any] | None:
         """Mark a reserved order as releasing and fix the id of its ``stock.released`` event.

@@ -11,6 +11,7 @@ from shared.contracts import Envelope, EventData, OrderCancelled, OrderConfirmed
 Enqueue = Callable[[str], Awaitable[None]]
 
 
+# --8<-- [start:notify-customer]
 async def notify_customer(
     envelope: Envelope,
     event: EventData,
@@ -41,3 +42,4 @@ async def notify_customer(
     if notification["state"] != "sent":
         await enqueue(envelope.id)
     return []
+    # --8<-- [end:notify-customer]

@@ -23,6 +23,7 @@ class NotificationRepository:
         await self.notifications.create_index([("order_id", ASCENDING)])
         await self.notifications.create_index([("state", ASCENDING)])
 
+    # --8<-- [start:record]
     async def record(self, notification: dict[str, Any]) -> dict[str, Any]:
         """Insert once; returns the stored notification (the existing one on a duplicate)."""
         try:
@@ -34,3 +35,4 @@ class NotificationRepository:
             assert existing is not None
             return existing
         return {**notification, "state": "queued"}
+        # --8<-- [end:record]

@@ -23,6 +23,7 @@ from shared.outbox import OutboxRelay
 from shared.startup import wait_for_dependencies
 
 
+# --8<-- [start:publish-stored-event]
 def _publish_stored_event(broker: Any) -> Any:
     async def publish(doc: dict[str, Any]) -> None:
         envelope = Envelope.model_validate(
@@ -41,6 +42,7 @@ def _publish_stored_event(broker: Any) -> Any:
         await messaging.publish_event(broker, envelope)
 
     return publish
+    # --8<-- [end:publish-stored-event]
 
 
 def create_app(settings: OrderSettings | None = None) -> FastAPI:

@@ -114,6 +114,7 @@ async def _accept(
         total_cents=quote.total_cents,
         payment_token=command.payment_token,
     )
+    # --8<-- [start:record-order-placed]
     try:
         await deps.store.append(
             order_id, 0, [NewEvent.of(placed)], trace_context=current_trace_context()
@@ -123,6 +124,7 @@ async def _accept(
         return Placed(order_id=order_id, created=False)
     crash_point("order.after-append")  # saved, not yet published: the outbox must cover this
     deps.wake_relay()
+    # --8<-- [end:record-order-placed]
     await project(order_id, deps)
     log.info("order placed", order_id=order_id, total_cents=placed.total_cents)
     return Placed(order_id=order_id, created=True)

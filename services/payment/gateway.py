@@ -66,6 +66,7 @@ class SimulatedGateway:
             return False, "card declined (simulated decline rate)"
         return True, ""
 
+    # --8<-- [start:gateway-charge]
     async def charge(self, order_id: str, amount_cents: int, token: str) -> ChargeResult:
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
@@ -89,3 +90,4 @@ class SimulatedGateway:
             charge_id=document["charge_id"],
             reason=document["reason"],
         )
+        # --8<-- [end:gateway-charge]

@@ -19,6 +19,7 @@ async def system(
     running = build_system(rabbit_url, mongo_url, tmp_path_factory.mktemp("system"), f"e2e{run_id}")
     try:
         running.start("smtp")
+        running.start("traces")
         seed_catalog(running)
         for name in ("inventory", "payment_1", "payment_2", "notification", "emails", "order"):
             running.start(name)

@@ -61,6 +61,7 @@ async def faulty(
     system.processes["mongo"] = database
     try:
         system.start("smtp")
+        system.start("traces")
         seed_catalog(system)
         for name in SERVICES:
             system.start(name)

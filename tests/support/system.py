@@ -51,6 +51,15 @@ class System:
     def database(self, service: str) -> str:
         return f"{self.env['MONGO_DB_PREFIX']}_{service}"
 
+    @property
+    def spans_file(self) -> Path:
+        return self.log_dir.parent / "spans.jsonl"
+
+    def spans(self) -> list[dict[str, Any]]:
+        from cli.traces import load_spans
+
+        return load_spans(self.spans_file)
+
     def emails(self) -> list[Message]:
         return list(mailbox.Maildir(self.maildir, create=False))
 
@@ -155,7 +164,7 @@ def build_system(
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = {
         name: free_port()
-        for name in ("order", "inventory", "payment_1", "payment_2", "notification", "smtp")
+        for name in ("order", "inventory", "payment_1", "payment_2", "notification", "smtp", "otlp")
     }
     env = {
         "RABBIT_URL": rabbit_url,
@@ -169,6 +178,9 @@ def build_system(
         "PAYMENT_ERROR_RATE": "0",
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
+        # Every span goes to this run's own OTLP receiver (warren traces collect), quickly.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['otlp']}",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
         **(extra_env or {}),
     }
     system = System(
@@ -183,6 +195,21 @@ def build_system(
         timeout=30,
     )
     system.processes["smtp"] = smtp
+    system.processes["traces"] = TCPExecutor(
+        [
+            warren,
+            "traces",
+            "collect",
+            "--output",
+            str(system.spans_file),
+            "--port",
+            str(ports["otlp"]),
+        ],
+        host="127.0.0.1",
+        port=ports["otlp"],
+        envvars=env,
+        timeout=30,
+    )
     for name in ("inventory", "payment_1", "payment_2", "notification", "order"):
         module = "services." + name.split("_")[0]
         system.processes[name] = system._executor(

@@ -1,0 +1,244 @@
+"""One trace per order: real exporters in real processes, received by the harness's OTLP receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+from typing import Any
+
+import aio_pika
+import httpx
+from pymongo import AsyncMongoClient
+
+from shared import topology
+from tests.support.polling import eventually
+from tests.support.system import BIN, System
+
+FINAL = {"CONFIRMED", "CANCELLED"}
+SERVICES = {"order", "inventory", "payment", "notification", "notification-worker"}
+
+
+async def place_and_finish(api: httpx.AsyncClient, token: str) -> tuple[str, str]:
+    body = {
+        "customer_id": "tracer",
+        "lines": [{"sku": "CLOVER-TEA", "quantity": 1}],
+        "payment_token": token,
+    }
+    response = await api.post("/orders", json=body)
+    assert response.status_code == 202
+    order_id = response.json()["order_id"]
+
+    async def status() -> str:
+        return (await api.get(f"/orders/{order_id}")).json()["status"]
+
+    await eventually(status, until=lambda s: s in FINAL, timeout=20)
+    return order_id, response.headers["X-Trace-Id"]
+
+
+def order_traces(system: System, order_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The order's spans by trace, leaving out the GET /orders/{id} polls that read it."""
+    spans = system.spans()
+    roots = {s["trace_id"]: s["name"] for s in spans if not s["parent_span_id"]}
+    by_trace: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        if span["attributes"].get("order.id") == order_id and not roots.get(
+            span["trace_id"], ""
+        ).startswith("GET "):
+            by_trace.setdefault(span["trace_id"], [])
+    for span in spans:
+        if span["trace_id"] in by_trace:
+            by_trace[span["trace_id"]].append(span)
+    return by_trace
+
+
+async def complete_trace(
+    system: System, order_id: str, expect_names: set[str]
+) -> list[dict[str, Any]]:
+    """Wait until the order's trace holds spans with all ``expect_names`` (exports are batched)."""
+
+    async def probe() -> dict[str, list[dict[str, Any]]]:
+        return order_traces(system, order_id)
+
+    def complete(traces: dict[str, list[dict[str, Any]]]) -> bool:
+        names = {s["name"] for spans in traces.values() for s in spans}
+        services = {s["service"] for spans in traces.values() for s in spans}
+        return expect_names <= names and services >= SERVICES
+
+    traces = await eventually(probe, until=complete, timeout=20, what=f"the trace of {order_id}")
+    assert len(traces) == 1, f"order {order_id} is spread over {len(traces)} traces"
+    return next(iter(traces.values()))
+
+
+def parent_of(spans: list[dict[str, Any]], span: dict[str, Any]) -> dict[str, Any]:
+    [parent] = [s for s in spans if s["span_id"] == span["parent_span_id"]]
+    return parent
+
+
+def ancestors(spans: list[dict[str, Any]], span: dict[str, Any]) -> list[dict[str, Any]]:
+    chain = []
+    while span["parent_span_id"]:
+        span = parent_of(spans, span)
+        chain.append(span)
+    return chain
+
+
+def named(spans: list[dict[str, Any]], name: str, service: str) -> dict[str, Any]:
+    found = [s for s in spans if s["name"] == name and s["service"] == service]
+    assert found, (
+        f"no span {name!r} from {service}; have {sorted({(s['service'], s['name']) for s in spans})}"
+    )
+    return found[0]
+
+
+async def test_one_order_is_one_connected_trace_across_every_hop(
+    system: System, api: httpx.AsyncClient
+) -> None:
+    order_id, trace_id = await place_and_finish(api, "tok_visa")
+    spans = await complete_trace(
+        system,
+        order_id,
+        {
+            "shop.events.order.confirmed process",
+            "run/notification.send_email",
+            "shop.events.payment.succeeded process",
+        },
+    )
+
+    assert spans[0]["trace_id"] == trace_id  # the API's X-Trace-Id names this trace
+    assert all(s["attributes"].get("order.id") == order_id for s in spans)
+    root = [s for s in spans if not s["parent_span_id"]]
+    assert [(r["service"], r["name"]) for r in root] == [("order", "POST /orders")]
+
+    # request-reply: inventory answers the quote inside the POST's trace
+    quote = named(spans, "default.inventory.quotes process", "inventory")
+    assert parent_of(spans, quote)["service"] == "order"
+    # the outbox relay continues the trace the event was recorded in
+    relay = named(spans, "outbox relay order.placed", "order")
+    assert parent_of(spans, relay)["name"] == "POST /orders"
+    # each broker hop: the consumer's span is a child of the producer's
+    for consumer, producer in [
+        ("inventory", "order"),  # order.placed
+        ("notification", "order"),  # order.placed
+    ]:
+        span = named(spans, "shop.events.order.placed process", consumer)
+        assert relay in ancestors(spans, span) and parent_of(spans, span)["service"] == producer
+    payment = named(spans, "shop.events.stock.reserved process", "payment")
+    assert parent_of(spans, payment)["service"] == "inventory"
+    confirmed_at_order = named(spans, "shop.events.payment.succeeded process", "order")
+    assert parent_of(spans, confirmed_at_order)["service"] == "payment"
+    # the Celery task runs inside the trace of the event that asked for the email
+    task = named(spans, "run/notification.send_email", "notification-worker")
+    assert parent_of(spans, task)["name"] == "apply_async/notification.send_email"
+    assert parent_of(spans, parent_of(spans, task))["service"] == "notification"
+    # the database calls are in it too
+    assert any(s["scope"].endswith("pymongo") for s in spans)
+    # stable names: no per-request reply queue
+    assert not any("amq.rabbitmq.reply-to" in s["name"] for s in spans)
+
+
+async def test_a_declined_orders_trace_shows_the_compensation(
+    system: System, api: httpx.AsyncClient
+) -> None:
+    order_id, _ = await place_and_finish(api, "tok_chargeDeclined")
+    spans = await complete_trace(
+        system,
+        order_id,
+        {"shop.events.stock.released process", "shop.events.order.cancelled process"},
+    )
+    release = named(spans, "shop.events.stock.released publish", "inventory")
+    assert (
+        parent_of(spans, parent_of(spans, release))["name"] == "shop.events.payment.failed process"
+    )
+    counts = Counter(s["name"] for s in spans if s["kind"] == "consumer")
+    assert counts["shop.events.payment.failed process"] == 2  # order and inventory both hear it
+
+
+async def test_a_replayed_dead_letter_links_to_its_original_trace(
+    system: System, api: httpx.AsyncClient, rabbit_url: str, mongo: AsyncMongoClient
+) -> None:
+    order_id, original_trace = await place_and_finish(api, "tok_visa")
+    await complete_trace(system, order_id, {"run/notification.send_email"})
+    # Dead-letter a copy of the order's order.confirmed event, as the consumer would have.
+    stored = await mongo[system.database("order")]["order_events"].find_one(
+        {"order_id": order_id, "type": "order.confirmed"}
+    )
+    envelope = {
+        "id": stored["_id"],
+        "type": stored["type"],
+        "source": "order",
+        "correlation_id": order_id,
+        "sequence": stored["version"],
+        "occurred_at": stored["occurred_at"].isoformat(),
+        "data": stored["data"],
+    }
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(topology.DEAD_LETTER.name)
+        await exchange.publish(
+            aio_pika.Message(
+                json.dumps(envelope).encode(),
+                message_id=stored["_id"],
+                correlation_id=order_id,
+                headers={
+                    "traceparent": stored["trace_context"]["traceparent"],
+                    "x-warren-reason": "retries exhausted",
+                    "x-warren-original-queue": topology.NOTIFICATION_ORDER_EVENTS.name,
+                },
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=topology.NOTIFICATION_ORDER_EVENTS.name,
+        )
+
+    replay = subprocess.run(
+        [
+            str(BIN / "warren"),
+            "dlq",
+            "replay",
+            topology.NOTIFICATION_ORDER_EVENTS.name,
+            "--id",
+            stored["_id"],
+        ],
+        env={**os.environ, **system.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stderr
+
+    def replayed_trace() -> dict[str, list[dict[str, Any]]]:
+        spans = system.spans()
+        replays = [
+            s
+            for s in spans
+            if s["name"].startswith("dlq replay")
+            and s["attributes"].get("messaging.message.id") == stored["_id"]
+        ]
+        return {
+            r["trace_id"]: [s for s in spans if s["trace_id"] == r["trace_id"]] for r in replays
+        }
+
+    async def probe() -> dict[str, list[dict[str, Any]]]:
+        return replayed_trace()
+
+    traces = await eventually(
+        probe,
+        until=lambda t: any(
+            any(s["service"] == "notification" and s["kind"] == "consumer" for s in v)
+            for v in t.values()
+        ),
+        timeout=20,
+        what="the replay's trace",
+    )
+    [(replay_trace, spans)] = traces.items()
+    assert replay_trace != original_trace
+    [replay_span] = [s for s in spans if s["name"].startswith("dlq replay")]
+    assert replay_span["links"][0]["trace_id"] == original_trace
+    assert replay_span["service"] == "warren-cli"
+    consumer = next(s for s in spans if s["service"] == "notification" and s["kind"] == "consumer")
+    assert replay_span in ancestors(spans, consumer)
+    # The duplicate was recognised: still one email per event.
+    emails = system.emails_for(order_id)
+    assert len(emails) == len({m["Message-ID"] for m in emails}) == 2
