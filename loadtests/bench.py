@@ -1,0 +1,592 @@
+"""``make bench``: what this machine can do, measured in one run so the numbers can be compared.
+
+1. **raw broker** -- aio-pika publishing persistent 200-byte messages with confirms, then
+   consuming them with acks (msg/s): the ceiling of RabbitMQ + the client here;
+2. **FastStream hop** -- a bare subscriber that consumes and publishes (persistent, confirmed);
+3. **saga, traced** -- the whole system (as `make run` starts it, spans exported to a local
+   OTLP receiver); offered load is stepped up until it is no longer *sustained*: every accepted
+   order must reach its final state, and the p99 end-to-end latency stay under 2 s (no growing
+   backlog). Then p50/p95/p99 at 50 % and 80 % of that rate;
+4. **saga, untraced** -- the same with ``OTEL_SDK_DISABLED=true``, for the cost of tracing;
+5. **database ceiling** -- the saga's own database operations (the real handlers, no broker)
+   against the MongoDB stand-in, as fast as they go;
+6. **burst** -- 3x the sustained rate for a few seconds, with queue depths sampled until
+   they drain (peak shaving).
+
+End-to-end latency is POST start -> the order's ``order.confirmed`` / ``order.cancelled`` seen
+on the bus (a private queue bound to ``shop.events``), so following orders adds no HTTP load.
+
+Prints a table, writes JSON and two PNGs under ``reports/``. Takes 5-10 minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import typer
+from pymongo import AsyncMongoClient, monitoring
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+REPO = Path(__file__).resolve().parents[1]
+SKUS = ["RABBIT-PLUSH", "CARROT-MUG", "WARREN-MAP", "CLOVER-TEA", "HOP-SOCKS", "LETTUCE-BAG"]
+# Broker deliveries per confirmed order: quote request + reply, order.placed x2 (inventory,
+# notification), stock.reserved x2, payment.succeeded x2, order.confirmed x1, 2 Celery tasks.
+DELIVERIES_PER_ORDER = 11
+SUSTAINED_P99_MS = 2000.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# --- 1. raw broker -------------------------------------------------------------------------------
+
+
+async def raw_broker(url: str, count: int, size: int = 200, window: int = 256) -> dict[str, float]:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(f"bench.raw.{uuid.uuid4().hex[:6]}", durable=True)
+        body = b"x" * size
+        started = time.perf_counter()
+        for offset in range(0, count, window):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=queue.name,
+                    )
+                    for _ in range(min(window, count - offset))
+                )
+            )
+        publish_rate = count / (time.perf_counter() - started)
+
+        consumer = await connection.channel()
+        await consumer.set_qos(prefetch_count=window)
+        consumed = 0
+        started = time.perf_counter()
+        queue_for_consumer = await consumer.get_queue(queue.name)
+        async with queue_for_consumer.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                consumed += 1
+                if consumed == count:
+                    break
+        consume_rate = count / (time.perf_counter() - started)
+        await queue.delete(if_unused=False, if_empty=False)
+    return {"publish_msg_s": publish_rate, "consume_msg_s": consume_rate, "messages": count}
+
+
+# --- 2. a bare FastStream hop --------------------------------------------------------------------
+
+
+async def faststream_hop(url: str, count: int) -> dict[str, float]:
+    from faststream.rabbit import RabbitQueue
+
+    from shared.messaging import make_broker
+    from shared.settings import WarrenSettings
+
+    suffix = uuid.uuid4().hex[:6]
+    source, target = RabbitQueue(f"bench.hop.in.{suffix}", durable=True), f"bench.hop.out.{suffix}"
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue(source.name, durable=True)
+        out = await channel.declare_queue(target, durable=True)
+        for offset in range(0, count, 256):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(
+                            b'{"n": 1}', delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                        ),
+                        routing_key=source.name,
+                    )
+                    for _ in range(min(256, count - offset))
+                )
+            )
+        broker = make_broker(WarrenSettings(rabbit_url=url, service_name="bench"), prefetch=64)
+
+        @broker.subscriber(source)
+        async def hop(body: dict[str, Any]) -> None:
+            await broker.publish(body, queue=target, persist=True)
+
+        started = time.perf_counter()
+        await broker.start()
+        while True:
+            probe = await channel.declare_queue(target, durable=True, passive=True)
+            if probe.declaration_result.message_count >= count:
+                break
+            await asyncio.sleep(0.05)
+        rate = count / (time.perf_counter() - started)
+        await broker.stop()
+        await channel.queue_delete(source.name)
+        await out.delete(if_unused=False, if_empty=False)
+    return {"hop_msg_s": rate, "messages": count}
+
+
+# --- 3/4. the saga ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    offered: float
+    seconds: float
+    accepted: int = 0
+    refused: int = 0
+    completed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def sustained(self) -> bool:
+        return (
+            self.accepted > 0
+            and self.completed == self.accepted
+            and percentile(self.latencies_ms, 99) < SUSTAINED_P99_MS
+            and self.accepted >= 0.95 * self.offered * self.seconds
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "offered_orders_s": self.offered,
+            "accepted": self.accepted,
+            "refused": self.refused,
+            "completed": self.completed,
+            "p50_ms": percentile(self.latencies_ms, 50),
+            "p95_ms": percentile(self.latencies_ms, 95),
+            "p99_ms": percentile(self.latencies_ms, 99),
+            "sustained": self.sustained,
+        }
+
+
+class FinalEvents:
+    """Watches shop.events for orders reaching their final state."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.seen: dict[str, float] = {}
+
+    async def start(self) -> None:
+        from shared import topology
+
+        self.connection = await aio_pika.connect(self.url)
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=500)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        for key in ("order.confirmed", "order.cancelled"):
+            await queue.bind(topology.EVENTS.name, routing_key=key)
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            self.seen.setdefault(message.correlation_id or "", time.perf_counter())
+            await message.ack()
+
+        await queue.consume(on_message)
+
+    async def stop(self) -> None:
+        await self.connection.close()
+
+
+async def offer(api: str, final: FinalEvents, rate: float, seconds: float, label: str) -> Stage:
+    stage = Stage(offered=rate, seconds=seconds)
+    started_at: dict[str, float] = {}
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=api, timeout=10.0, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            body = {
+                "customer_id": f"bench-{i % 100}",
+                "lines": [{"sku": SKUS[i % len(SKUS)], "quantity": 1}],
+                "payment_token": "tok_visa",
+            }
+            try:
+                response = await client.post(
+                    "/orders", json=body, headers={"baggage": "synthetic_request=true"}
+                )
+            except httpx.HTTPError:
+                stage.refused += 1
+                return
+            if response.status_code == 202:
+                started_at[response.json()["order_id"]] = t0
+                stage.accepted += 1
+            else:
+                stage.refused += 1
+
+        total = int(rate * seconds)
+        begin = time.perf_counter()
+        tasks = []
+        for i in range(total):
+            delay = begin + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline and not all(o in final.seen for o in started_at):
+        await asyncio.sleep(0.1)
+    stage.latencies_ms = [
+        (final.seen[o] - t0) * 1000 for o, t0 in started_at.items() if o in final.seen
+    ]
+    stage.completed = len(stage.latencies_ms)
+    s = stage.summary()
+    console.print(
+        f"  {label} {rate:6.0f}/s offered: accepted {s['accepted']}, completed {s['completed']},"
+        f" p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms -> {'sustained' if stage.sustained else 'NOT sustained'}"
+    )
+    return stage
+
+
+def reseed(env: dict[str, str]) -> None:
+    subprocess.run(
+        [str(REPO / ".venv/bin/warren"), "seed", "--reset"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+
+
+async def saga(
+    url: str, run_dir: Path, traced: bool, rates: list[float], seconds: float
+) -> dict[str, Any]:
+    from tests.support.system import build_system, mongo_standin, mongo_url_of
+
+    label = "traced" if traced else "untraced"
+    database = mongo_standin(run_dir / f"mongo-{label}")
+    database.start()
+    extra = {"PAYMENT_LATENCY_MS": "0", "PAYMENT_DECLINE_RATE": "0", "LOG_LEVEL": "WARNING"}
+    if not traced:
+        extra["OTEL_SDK_DISABLED"] = "true"
+    system = build_system(
+        url, mongo_url_of(database), run_dir / label, f"bench{uuid.uuid4().hex[:6]}", extra
+    )
+    final = FinalEvents(url)
+    result: dict[str, Any] = {"traced": traced, "stages": []}
+    try:
+        system.start("smtp")
+        if traced:
+            system.start("traces")
+        reseed(system.env)
+        for name in ("inventory", "payment_1", "payment_2", "notification", "emails", "order"):
+            system.start(name)
+        await final.start()
+        await offer(system.api, final, 10, 3, f"{label} warm-up")
+        best = 0.0
+        for rate in rates:
+            reseed(system.env)
+            stage = await offer(system.api, final, rate, seconds, label)
+            result["stages"].append(stage.summary())
+            if not stage.sustained:
+                break
+            best = rate
+        result["max_sustained_orders_s"] = best
+        for share in (0.5, 0.8):
+            if best:
+                reseed(system.env)
+                stage = await offer(
+                    system.api, final, best * share, seconds, f"{label} at {share:.0%}"
+                )
+                result[f"at_{int(share * 100)}pct"] = stage.summary()
+        if traced and best:
+            result["burst"] = await burst(system.api, url, final, best * 3, 5, system.env)
+    finally:
+        await final.stop()
+        system.stop_all()
+        database.stop()
+    return result
+
+
+async def burst(
+    api: str, url: str, final: FinalEvents, rate: float, seconds: float, env: dict[str, str]
+) -> dict[str, Any]:
+    """Offer 3x the sustained rate for a few seconds; sample queue depths until they drain."""
+    from shared import topology
+
+    reseed(env)
+    samples: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+    connection = await aio_pika.connect(url)
+
+    async def sample() -> None:
+        channel = await connection.channel()
+        begin = time.perf_counter()
+        while not stop.is_set():
+            row: dict[str, Any] = {"t": time.perf_counter() - begin}
+            for q in topology.CONSUMER_QUEUES:
+                declared = await channel.declare_queue(q.name, passive=True)
+                row[q.name] = declared.declaration_result.message_count
+            samples.append(row)
+            await asyncio.sleep(0.25)
+
+    sampler = asyncio.create_task(sample())
+    stage = await offer(api, final, rate, seconds, "burst")
+    await asyncio.sleep(1)  # one more second of samples after the drain
+    stop.set()
+    await sampler
+    await connection.close()
+    return {"stage": stage.summary(), "queue_depths": samples}
+
+
+# --- 5. the database's own ceiling -----------------------------------------------------------------
+
+
+class OpCounter(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name not in ("ping", "hello", "isMaster", "endSessions"):
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) -> dict[str, float]:
+    """Run each order's database work through the real handlers, without the broker."""
+    from services.inventory import handlers as inventory
+    from services.inventory.catalog import CATALOG, CatalogItem
+    from services.inventory.repository import StockRepository
+    from services.notification.handlers import notify_customer
+    from services.notification.repository import NotificationRepository
+    from services.order import handlers as order
+    from services.order.repository import EventStore, IdempotencyKeys, OrderViews
+    from services.payment.gateway import SimulatedGateway
+    from services.payment.handlers import charge_reserved_order
+    from services.payment.repository import PaymentRepository
+    from shared.contracts import Envelope, OrderLine, PaymentSucceeded, QuoteRequest
+    from tests.support.system import mongo_standin, mongo_url_of
+
+    server = mongo_standin(run_dir / "mongo-ceiling")
+    server.start()
+    counter = OpCounter()
+    client: AsyncMongoClient = AsyncMongoClient(
+        mongo_url_of(server), event_listeners=[counter], tz_aware=True
+    )
+    try:
+        db = client["ceiling"]
+        stock = StockRepository(db)
+        await stock.seed([CatalogItem(i.sku, i.name, i.price_cents, 10**6) for i in CATALOG])
+        store, views, keys = EventStore(db), OrderViews(db), IdempotencyKeys(db)
+        for repo in (store, views, keys, stock):
+            await repo.create_indexes()
+        payments, gateway, notes = (
+            PaymentRepository(db),
+            SimulatedGateway(db),
+            NotificationRepository(db),
+        )
+
+        async def quote(lines: tuple[OrderLine, ...]) -> Any:
+            return await inventory.quote(QuoteRequest(lines=lines), stock)
+
+        deps = order.OrderDeps(
+            store=store, views=views, keys=keys, quote=quote, wake_relay=lambda: None
+        )
+
+        async def no_enqueue(_: str) -> None:
+            return None
+
+        async def one(i: int) -> None:
+            placed = await order.place_order(
+                order.PlaceOrder(
+                    f"c{i}", (OrderLine(sku=SKUS[i % len(SKUS)], quantity=1),), "tok_visa"
+                ),
+                deps,
+            )
+            [event_doc] = [d async for d in store.events.find({"order_id": placed.order_id})]
+            await store.events.update_one(
+                {"_id": event_doc["_id"]}, {"$set": {"outbox": "published"}}
+            )
+            envelope = Envelope.model_validate(
+                {
+                    "id": event_doc["_id"],
+                    "type": "order.placed",
+                    "source": "order",
+                    "correlation_id": placed.order_id,
+                    "data": event_doc["data"],
+                }
+            )
+            [reserved] = await inventory.reserve_stock(envelope, envelope.payload(), stock)  # type: ignore[arg-type]
+            await notify_customer(envelope, envelope.payload(), notes, no_enqueue, mail_domain="x")
+            [paid] = await charge_reserved_order(reserved, reserved.payload(), payments, gateway)  # type: ignore[arg-type]
+            await order.follow_saga(reserved, reserved.payload(), deps)
+            assert isinstance(paid.payload(), PaymentSucceeded)
+            await inventory.settle_reservation(paid, paid.payload(), stock)  # type: ignore[arg-type]
+            await order.follow_saga(paid, paid.payload(), deps)
+
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def limited(i: int) -> None:
+            async with semaphore:
+                await one(i)
+
+        await one(-1)  # warm up
+        counter.count = 0
+        started = time.perf_counter()
+        await asyncio.gather(*(limited(i) for i in range(orders)))
+        elapsed = time.perf_counter() - started
+        return {
+            "orders_s": orders / elapsed,
+            "ops_s": counter.count / elapsed,
+            "ops_per_order": counter.count / orders,
+        }
+    finally:
+        await client.close()
+        server.stop()
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def plot(results: dict[str, Any], latency_png: Path, burst_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, style in (("saga_traced", "-"), ("saga_untraced", "--")):
+        stages = results.get(key, {}).get("stages", [])
+        if not stages:
+            continue
+        offered = [s["offered_orders_s"] for s in stages]
+        for q, marker in (("p50_ms", "o"), ("p95_ms", "s"), ("p99_ms", "^")):
+            ax.plot(
+                offered,
+                [s[q] for s in stages],
+                style,
+                marker=marker,
+                label=f"{key.split('_')[1]} {q[:3]}",
+            )
+    ax.axhline(
+        SUSTAINED_P99_MS, color="grey", linewidth=0.8, linestyle=":", label="sustained limit (p99)"
+    )
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (orders/s)")
+    ax.set_ylabel("end-to-end latency, POST -> final state (ms)")
+    ax.set_title("Warren saga: latency against offered load")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(latency_png, dpi=110)
+
+    samples = results.get("saga_traced", {}).get("burst", {}).get("queue_depths", [])
+    if samples:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for name in [k for k in samples[0] if k != "t"]:
+            ax.plot([s["t"] for s in samples], [s[name] for s in samples], label=name)
+        ax.set_xlabel("seconds since the burst started")
+        ax.set_ylabel("messages ready")
+        ax.set_title("A burst absorbed by the queues and drained (peak shaving)")
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(burst_png, dpi=110)
+
+
+def report(results: dict[str, Any]) -> None:
+    raw, hop = results["raw_broker"], results["faststream_hop"]
+    traced, untraced, db = (
+        results["saga_traced"],
+        results["saga_untraced"],
+        results["database_ceiling"],
+    )
+    table = Table("measure", "value", title="Warren benchmark (one run, this machine)")
+    table.add_row("raw broker publish (confirms, persistent)", f"{raw['publish_msg_s']:,.0f} msg/s")
+    table.add_row("raw broker consume (acks)", f"{raw['consume_msg_s']:,.0f} msg/s")
+    table.add_row("FastStream consume -> publish hop", f"{hop['hop_msg_s']:,.0f} msg/s")
+    table.add_row("saga, traced: max sustained", f"{traced['max_sustained_orders_s']:.0f} orders/s")
+    table.add_row(
+        "saga, untraced: max sustained", f"{untraced['max_sustained_orders_s']:.0f} orders/s"
+    )
+    for share in ("at_50pct", "at_80pct"):
+        if share in traced:
+            s = traced[share]
+            table.add_row(
+                f"traced latency {share[3:5]}% of max ({s['offered_orders_s']:.0f}/s)",
+                f"p50 {s['p50_ms']:.0f} / p95 {s['p95_ms']:.0f} / p99 {s['p99_ms']:.0f} ms",
+            )
+    table.add_row(
+        "database stand-in ceiling (saga's mix)",
+        f"{db['orders_s']:.0f} orders/s ({db['ops_s']:,.0f} ops/s, {db['ops_per_order']:.0f} ops/order)",
+    )
+    ratios = results["ratios"]
+    table.add_row("saga deliveries/s / raw consume msg/s", f"{ratios['saga_vs_raw_broker']:.1%}")
+    table.add_row("saga / database ceiling", f"{ratios['saga_vs_database']:.1%}")
+    table.add_row("traced / untraced throughput", f"{ratios['traced_vs_untraced']:.1%}")
+    console.print(table)
+
+
+def main(
+    output: Path = typer.Option(
+        Path("reports/bench.json"), help="Where to write the JSON results."
+    ),
+    messages: int = typer.Option(20000, help="Messages for the raw broker measurement."),
+    hop_messages: int = typer.Option(5000, help="Messages for the FastStream hop."),
+    rates: str = typer.Option("25,50,75,100,125,150,200,250", help="Offered orders/s, stepped up."),
+    stage_seconds: float = typer.Option(10.0, help="Seconds per load step."),
+    ceiling_orders: int = typer.Option(1000, help="Orders for the database ceiling."),
+) -> None:
+    """Measure the raw broker, a FastStream hop, the saga (traced and untraced) and the database."""
+    url = os.environ.get("RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/warren-bench-{uuid.uuid4().hex[:6]}"))
+    steps = [float(r) for r in rates.split(",")]
+
+    async def run() -> dict[str, Any]:
+        from shared import topology
+
+        await topology.delete_queues(url)  # a clean broker: no backlog from earlier runs
+        results: dict[str, Any] = {
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}
+        }
+        console.print("[bold]1/5[/] raw broker (aio-pika)")
+        results["raw_broker"] = await raw_broker(url, messages)
+        console.print("[bold]2/5[/] FastStream consume -> publish hop")
+        results["faststream_hop"] = await faststream_hop(url, hop_messages)
+        console.print("[bold]3/5[/] saga, traced")
+        results["saga_traced"] = await saga(url, run_dir, True, steps, stage_seconds)
+        console.print("[bold]4/5[/] saga, untraced")
+        results["saga_untraced"] = await saga(url, run_dir, False, steps, stage_seconds)
+        console.print("[bold]5/5[/] database stand-in ceiling")
+        results["database_ceiling"] = await database_ceiling(run_dir, ceiling_orders)
+        traced = results["saga_traced"]["max_sustained_orders_s"]
+        untraced = results["saga_untraced"]["max_sustained_orders_s"]
+        results["ratios"] = {
+            "saga_vs_raw_broker": traced
+            * DELIVERIES_PER_ORDER
+            / results["raw_broker"]["consume_msg_s"],
+            "saga_vs_database": traced / results["database_ceiling"]["orders_s"],
+            "traced_vs_untraced": traced / untraced if untraced else float("nan"),
+        }
+        return results
+
+    results = asyncio.run(run())
+    output.write_text(json.dumps(results, indent=2, default=str))
+    plot(results, output.with_name("bench-latency.png"), output.with_name("bench-burst.png"))
+    report(results)
+    console.print(
+        f"wrote {output}, {output.with_name('bench-latency.png')}, {output.with_name('bench-burst.png')}"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)
