@@ -368,7 +368,7 @@ async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) ->
     from services.notification.handlers import notify_customer
     from services.notification.repository import NotificationRepository
     from services.order import handlers as order
-    from services.order.repository import EventStore, IdempotencyKeys, OrderViews
+    from services.order.repository import EventStore, IdempotencyKeys, OrderViews, event_key
     from services.payment.gateway import SimulatedGateway
     from services.payment.handlers import charge_reserved_order
     from services.payment.repository import PaymentRepository
@@ -398,7 +398,7 @@ async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) ->
             return await inventory.quote(QuoteRequest(lines=lines), stock)
 
         deps = order.OrderDeps(
-            store=store, views=views, keys=keys, quote=quote, wake_relay=lambda: None
+            store=store, views=views, keys=keys, quote=quote, wake_relay=lambda keys: None
         )
 
         async def no_enqueue(_: str) -> None:
@@ -411,13 +411,13 @@ async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) ->
                 ),
                 deps,
             )
-            [event_doc] = [d async for d in store.events.find({"order_id": placed.order_id})]
+            event_doc = await store.events.find_one({"_id": event_key(placed.order_id, 1)})
             await store.events.update_one(
                 {"_id": event_doc["_id"]}, {"$set": {"outbox": "published"}}
             )
             envelope = Envelope.model_validate(
                 {
-                    "id": event_doc["_id"],
+                    "id": event_doc["event_id"],
                     "type": "order.placed",
                     "source": "order",
                     "correlation_id": placed.order_id,

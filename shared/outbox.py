@@ -1,21 +1,24 @@
 """The outbox relay: publishes events that were saved with ``outbox: "pending"``.
 
-A service saves an event and its "to publish" mark in one single-document write, then
-:meth:`OutboxRelay.wake` s the relay. The relay publishes pending events with publisher
-confirms, oldest first, and only then marks each one published. It also sweeps every
-``sweep_interval`` seconds, so an event whose wake-up was lost (the process died right after
-the write, the broker was down) still goes out after a restart.
+A service saves an event and its "to publish" mark in one single-document write, then hands
+the event's key to :meth:`OutboxRelay.wake`. The relay publishes those events at once, by key
+(cheap), with publisher confirms, and only then marks each one published. Every
+``sweep_interval`` seconds it also sweeps for anything still pending, oldest first -- an event
+whose wake-up was lost (the process died right after the write, the broker was down) still
+goes out, after a restart if need be.
 
 Delivery is at-least-once: a crash between the confirm and the mark publishes the event again
-with the same id, and consumers are idempotent. Within a sweep, a failure stops the sweep, so
-an order's later event is never published before an earlier one.
+with the same id, and consumers are idempotent. Order is kept per order: after any failure the
+relay publishes only through sweeps (oldest first, stopping at the first failure) until a sweep
+gets through everything, so a later event never overtakes an earlier one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -49,62 +52,87 @@ class OutboxRelay:
         collection: AsyncCollection,
         publish: PublishFn,
         *,
-        sweep_interval: float = 1.0,
+        sweep_interval: float = 2.0,
         batch_size: int = 200,
     ) -> None:
         self.collection = collection
         self.publish = publish
         self.sweep_interval = sweep_interval
         self.batch_size = batch_size
+        self._fresh: list[str] = []  # keys handed over by wake(), in write order
+        self._degraded = False  # a publish failed: only sweeps until one gets through
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # --8<-- [start:relay]
-    def wake(self) -> None:
-        """Ask for a sweep now (cheap; call after every write that adds pending events)."""
+    def wake(self, keys: Sequence[str] = ()) -> None:
+        """Publish these just-saved events now (and sweep, if no keys are given)."""
+        self._fresh.extend(keys)
         self._wake.set()
 
+    async def _publish(self, docs: list[dict[str, Any]]) -> int:
+        for doc in docs:
+            # Publish inside the trace the event was recorded in, as a visible relay step.
+            token = otel_context.attach(propagate.extract(doc.get("trace_context") or {}))
+            try:
+                with _tracer.start_as_current_span(
+                    f"outbox relay {doc.get('type', 'event')}",
+                    kind=SpanKind.INTERNAL,
+                    attributes={"messaging.message.id": str(doc.get("event_id", doc["_id"]))},
+                ):
+                    await self.publish(doc)
+            finally:
+                otel_context.detach(token)
+            await self.collection.update_one(
+                {"_id": doc["_id"], "outbox": PENDING},
+                {"$set": {"outbox": PUBLISHED, "published_at": utcnow_iso()}},
+            )
+        return len(docs)
+
+    async def publish_fresh(self) -> int:
+        """Publish the events handed over by :meth:`wake`, by key, in the order written."""
+        keys, self._fresh = self._fresh, []
+        if not keys or self._degraded:
+            return 0  # while degraded, the sweep publishes them, in order
+        found = {doc["_id"]: doc async for doc in self.collection.find({"_id": {"$in": keys}})}
+        docs = [found[k] for k in keys if k in found and found[k].get("outbox") == PENDING]
+        try:
+            return await self._publish(docs)
+        except Exception:
+            self._degraded = True
+            raise
+
     async def publish_pending(self) -> int:
-        """Publish pending events, oldest first. Returns how many went out."""
+        """Sweep: publish every pending event, oldest first. Returns how many went out."""
         published = 0
         while True:
             cursor = (
                 self.collection.find({"outbox": PENDING})
-                .sort([("occurred_at", ASCENDING), ("version", ASCENDING)])
+                .sort([("occurred_at", ASCENDING), ("_id", ASCENDING)])
                 .limit(self.batch_size)
             )
             batch = [doc async for doc in cursor]
-            for doc in batch:
-                # Publish inside the trace the event was recorded in, as a visible relay step.
-                token = otel_context.attach(propagate.extract(doc.get("trace_context") or {}))
-                try:
-                    with _tracer.start_as_current_span(
-                        f"outbox relay {doc.get('type', 'event')}",
-                        kind=SpanKind.INTERNAL,
-                        attributes={"messaging.message.id": str(doc["_id"])},
-                    ):
-                        await self.publish(doc)
-                finally:
-                    otel_context.detach(token)
-                await self.collection.update_one(
-                    {"_id": doc["_id"], "outbox": PENDING},
-                    {"$set": {"outbox": PUBLISHED, "published_at": utcnow_iso()}},
-                )
-                published += 1
+            published += await self._publish(batch)
             if len(batch) < self.batch_size:
+                self._degraded = False
                 return published
 
     async def run(self) -> None:
+        next_sweep = time.monotonic()
         while True:
+            timeout = max(0.0, next_sweep - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.sweep_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             self._wake.clear()
             try:
-                await self.publish_pending()
+                await self.publish_fresh()
+                if time.monotonic() >= next_sweep or self._degraded:
+                    next_sweep = time.monotonic() + self.sweep_interval
+                    await self.publish_pending()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("outbox sweep failed; will retry", error=repr(exc))
+                log.warning("outbox relay failed; the next sweep retries", error=repr(exc))
         # --8<-- [end:relay]
 
     def start(self) -> None:

@@ -28,7 +28,7 @@ def _publish_stored_event(broker: Any) -> Any:
     async def publish(doc: dict[str, Any]) -> None:
         envelope = Envelope.model_validate(
             {
-                "id": doc["_id"],
+                "id": doc["event_id"],
                 "type": doc["type"],
                 "version": 1,
                 "occurred_at": doc["occurred_at"],
@@ -98,7 +98,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         await topology.declare_topology(broker, settings.retry_delays_seconds)
         await broker.start()
         relay.start()
-        relay.wake()  # publish whatever a previous run left pending
+        relay.wake()  # sweep now: publish whatever a previous run left pending
         try:
             yield
         finally:

@@ -9,13 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
-from services.order.domain import NewEvent, Order, react
-from services.order.repository import ConcurrencyError, EventStore, IdempotencyKeys, OrderViews
+from services.order.domain import NewEvent, Order, OrderEvent, react
+from services.order.repository import (
+    ConcurrencyError,
+    EventStore,
+    IdempotencyKeys,
+    OrderViews,
+    event_key,
+)
 from shared.contracts import Envelope, EventData, OrderLine, OrderPlaced, PricedLine, Quote
 from shared.faults import crash_point
 from shared.observability import order_context
@@ -33,8 +39,8 @@ class OrderDeps:
     keys: IdempotencyKeys
     # Asks inventory for a quote (request-reply); raises QuoteUnavailableError.
     quote: QuoteFn
-    # Tells the outbox relay there is something to publish.
-    wake_relay: Callable[[], None]
+    # Hands the outbox relay the keys of events just saved, to publish at once.
+    wake_relay: Callable[[Sequence[str]], None]
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,9 @@ class IdempotencyConflictError(Exception):
     """The Idempotency-Key was already used with a different request body."""
 
 
-async def project(order_id: str, deps: OrderDeps) -> Order:
-    """Bring the read model of one order up to date with its events."""
-    order = Order.from_events(order_id, await deps.store.load(order_id))
+async def project(order_id: str, events: Sequence[OrderEvent], deps: OrderDeps) -> Order:
+    """Bring the read model of one order up to date with its events (all of them, in order)."""
+    order = Order.from_events(order_id, list(events))
     await deps.views.save(order)
     return order
 
@@ -116,16 +122,16 @@ async def _accept(
     )
     # --8<-- [start:record-order-placed]
     try:
-        await deps.store.append(
+        appended = await deps.store.append(
             order_id, 0, [NewEvent.of(placed)], trace_context=current_trace_context()
         )
     except ConcurrencyError:
         # The same Idempotency-Key, twice at the same moment: the other request won.
         return Placed(order_id=order_id, created=False)
     crash_point("order.after-append")  # saved, not yet published: the outbox must cover this
-    deps.wake_relay()
+    deps.wake_relay([event_key(order_id, event.version) for event in appended])
     # --8<-- [end:record-order-placed]
-    await project(order_id, deps)
+    await project(order_id, appended, deps)
     log.info("order placed", order_id=order_id, total_cents=placed.total_cents)
     return Placed(order_id=order_id, created=True)
 
@@ -147,7 +153,7 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
         if not decided:
             break
         try:
-            await deps.store.append(
+            appended = await deps.store.append(
                 order_id,
                 order.version,
                 decided,
@@ -156,11 +162,13 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
             )
         except ConcurrencyError:
             continue  # someone else moved the order on: decide again from the new state
-        deps.wake_relay()
+        deps.wake_relay([event_key(order_id, event.version) for event in appended])
+        events += appended
         break
     else:
         raise ConcurrencyError(f"order {order_id}: too much contention")
-    order = await project(order_id, deps)
+    # Also on a duplicate: a crash may have come between an earlier append and its projection.
+    order = await project(order_id, events, deps)
     log.info("saga step", order_id=order_id, on=envelope.type, status=order.status.value)
     return []
     # --8<-- [end:follow-saga]

@@ -1,10 +1,13 @@
 """The order service's collections.
 
-* ``order_events`` -- the event store, and the source of truth. Append-only; a unique index
-  on ``(order_id, version)`` makes two writers racing for the same version collide instead of
-  forking the stream (optimistic concurrency). It is also the **outbox**: an event to publish
-  is stored with ``outbox: "pending"`` in the same single-document insert that records it,
-  so it cannot be lost between "saved" and "published"; the relay flips it to "published".
+* ``order_events`` -- the event store, and the source of truth. Append-only. Each event's
+  ``_id`` is its natural key, ``"<order id>:<version, 6 digits>"``: two writers racing for the
+  same version collide on it instead of forking the stream (optimistic concurrency), and an
+  order's events are read by exact keys -- fast on MongoDB and on the stand-in alike, which
+  scans a collection for any other filter. The event's own id (the envelope id on the bus) is
+  ``event_id``. The store is also the **outbox**: an event to publish is stored with
+  ``outbox: "pending"`` in the same single-document insert that records it, so it cannot be
+  lost between "saved" and "published"; the relay flips it to "published".
 * ``orders`` -- the read model (CQRS): one document per order, a projection of its events,
   rebuildable at any time by replaying ``order_events``.
 * ``idempotency_keys`` -- ``Idempotency-Key`` header -> order id, expiring after a day.
@@ -32,9 +35,18 @@ class ConcurrencyError(Exception):
     """Another writer appended to this order's stream first; reload and decide again."""
 
 
+# Versions are read in batches of exact keys: an order has a handful of events.
+_LOAD_BATCH = 8
+
+
+def event_key(order_id: str, version: int) -> str:
+    """The natural key of an event: sorts by order, then version."""
+    return f"{order_id}:{version:06d}"
+
+
 def _to_event(doc: dict[str, Any]) -> OrderEvent:
     return OrderEvent(
-        id=doc["_id"],
+        id=doc["event_id"],
         order_id=doc["order_id"],
         version=doc["version"],
         type=doc["type"],
@@ -50,9 +62,7 @@ class EventStore:
         self.events = db["order_events"]
 
     async def create_indexes(self) -> None:
-        await self.events.create_index(
-            [("order_id", ASCENDING), ("version", ASCENDING)], unique=True
-        )
+        # (order, version) is unique through _id; this index serves the outbox sweep.
         await self.events.create_index([("outbox", ASCENDING), ("occurred_at", ASCENDING)])
 
     async def append(
@@ -70,12 +80,16 @@ class EventStore:
         half-way, the stream is still a valid prefix, and the next attempt carries on.
         """
         now = datetime.now(UTC)
+        # BSON dates keep milliseconds: round here so the events returned equal the stored ones.
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         appended: list[OrderEvent] = []
         for offset, new in enumerate(new_events, start=1):
+            version = expected_version + offset
             doc = {
-                "_id": str(uuid.uuid4()),
+                "_id": event_key(order_id, version),
+                "event_id": str(uuid.uuid4()),
                 "order_id": order_id,
-                "version": expected_version + offset,
+                "version": version,
                 "type": new.type,
                 "data": new.data,
                 "occurred_at": now,
@@ -93,16 +107,25 @@ class EventStore:
         # --8<-- [end:event-store]
 
     async def load(self, order_id: str) -> list[OrderEvent]:
-        cursor = self.events.find({"order_id": order_id}).sort("version", ASCENDING)
-        return [_to_event(doc) async for doc in cursor]
+        """The order's stream, version 1 onwards, read by exact keys."""
+        events: list[OrderEvent] = []
+        while True:
+            first = len(events) + 1
+            keys = [event_key(order_id, v) for v in range(first, first + _LOAD_BATCH)]
+            batch = sorted(
+                [_to_event(doc) async for doc in self.events.find({"_id": {"$in": keys}})],
+                key=lambda event: event.version,
+            )
+            events += batch
+            if len(batch) < _LOAD_BATCH:
+                return events
 
     async def exists(self, order_id: str) -> bool:
-        return await self.events.find_one({"order_id": order_id}, {"_id": 1}) is not None
+        return await self.events.find_one({"_id": event_key(order_id, 1)}, {"_id": 1}) is not None
 
     async def all_events(self) -> AsyncIterator[OrderEvent]:
         """Every event, grouped by order and in version order (for replays)."""
-        cursor = self.events.find({}).sort([("order_id", ASCENDING), ("version", ASCENDING)])
-        async for doc in cursor:
+        async for doc in self.events.find({}).sort("_id", ASCENDING):
             yield _to_event(doc)
 
 

@@ -9,4 +9,4 @@ class OrderSettings(WarrenSettings):
     # How long POST /orders waits for inventory's quote before answering 503.
     quote_timeout_seconds: float = Field(default=2.0, gt=0)
     # The outbox relay is woken after every write; this sweep catches anything missed.
-    outbox_sweep_seconds: float = Field(default=1.0, gt=0)
+    outbox_sweep_seconds: float = Field(default=2.0, gt=0)

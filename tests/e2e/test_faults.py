@@ -155,7 +155,7 @@ async def bus_events_of(
     async for doc in order_db["order_events"].find({"order_id": order_id, "outbox": "published"}):
         events.append(
             {
-                "id": doc["_id"],
+                "id": doc["event_id"],
                 "type": doc["type"],
                 "version": 1,
                 "occurred_at": doc["occurred_at"].isoformat(),

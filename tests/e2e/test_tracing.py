@@ -165,7 +165,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
         {"order_id": order_id, "type": "order.confirmed"}
     )
     envelope = {
-        "id": stored["_id"],
+        "id": stored["event_id"],
         "type": stored["type"],
         "source": "order",
         "correlation_id": order_id,
@@ -180,7 +180,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
         await exchange.publish(
             aio_pika.Message(
                 json.dumps(envelope).encode(),
-                message_id=stored["_id"],
+                message_id=stored["event_id"],
                 correlation_id=order_id,
                 headers={
                     "traceparent": stored["trace_context"]["traceparent"],
@@ -199,7 +199,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
             "replay",
             topology.NOTIFICATION_ORDER_EVENTS.name,
             "--id",
-            stored["_id"],
+            stored["event_id"],
         ],
         env={**os.environ, **system.env},
         capture_output=True,
@@ -214,7 +214,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
             s
             for s in spans
             if s["name"].startswith("dlq replay")
-            and s["attributes"].get("messaging.message.id") == stored["_id"]
+            and s["attributes"].get("messaging.message.id") == stored["event_id"]
         ]
         return {
             r["trace_id"]: [s for s in spans if s["trace_id"] == r["trace_id"]] for r in replays

@@ -16,7 +16,13 @@ from services.inventory.repository import StockRepository
 from services.notification.repository import NotificationRepository
 from services.order.domain import NewEvent, Order
 from services.order.handlers import rebuild_projections
-from services.order.repository import ConcurrencyError, EventStore, IdempotencyKeys, OrderViews
+from services.order.repository import (
+    ConcurrencyError,
+    EventStore,
+    IdempotencyKeys,
+    OrderViews,
+    event_key,
+)
 from services.payment import handlers as payment
 from services.payment.gateway import SimulatedGateway
 from services.payment.repository import PaymentRepository
@@ -274,3 +280,32 @@ async def test_a_notification_is_recorded_once_per_event(db: Any) -> None:
     second = await repo.record(note)
     assert first["state"] == "queued" and second["state"] == "sent"
     assert await db["notifications"].count_documents({}) == 1
+
+
+async def test_the_relay_publishes_woken_events_by_key_and_falls_back_to_sweeps_after_a_failure(
+    db: Any,
+) -> None:
+    store = EventStore(db)
+    first = await store.append("o1", 0, [order_placed("o1")])
+    second = await store.append("o2", 0, [order_placed("o2")])
+    published: list[str] = []
+    broker_up = False
+
+    async def publish(doc: dict[str, Any]) -> None:
+        if not broker_up:
+            raise ConnectionError("broker unreachable")
+        published.append(doc["order_id"])
+
+    relay = OutboxRelay(store.events, publish)
+    relay.wake([event_key("o1", first[0].version)])
+    try:
+        await relay.publish_fresh()
+    except ConnectionError:
+        pass
+    broker_up = True
+    relay.wake([event_key("o2", second[0].version)])
+    assert await relay.publish_fresh() == 0  # degraded: only sweeps now, oldest first
+    assert await relay.publish_pending() == 2
+    assert published == ["o1", "o2"]
+    relay.wake([event_key("o1", 1)])  # already published: nothing to do
+    assert await relay.publish_fresh() == 0
