@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared import topology
-from shared.messaging import H_ATTEMPTS, H_ORIGINAL_QUEUE, H_REASON
+from shared.messaging import H_ATTEMPTS, H_DEAD_LETTERED_AT, H_ORIGINAL_QUEUE, H_REASON
 from shared.settings import WarrenSettings
 
 app = typer.Typer(help="Dead-letter queues: list, show, replay, purge.", no_args_is_help=True)
@@ -52,19 +52,21 @@ def _consumer_queue(name: str) -> topology.ConsumerQueue:
 async def _channel() -> AsyncIterator[AbstractChannel]:
     connection = await aio_pika.connect(WarrenSettings().rabbit_url)
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
+        # A replay to a queue that no longer exists must fail, not ack the dead letter away.
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         yield channel
 
 
 def _reason(message: AbstractIncomingMessage) -> str:
+    """Why it is here: Warren's own reason if Warren dead-lettered it, else the broker's."""
     headers = message.headers or {}
-    if H_REASON in headers:
-        return str(headers[H_REASON])
+    if H_DEAD_LETTERED_AT in headers:
+        return str(headers.get(H_REASON, "unknown"))
     deaths = headers.get("x-death")
     if isinstance(deaths, list) and deaths:
-        first = deaths[0]
-        return f"broker: {first.get('reason')} (from {first.get('queue')})"
-    return "unknown"
+        latest = deaths[0]  # the broker puts the most recent death first
+        return f"broker: {latest.get('reason')} (from {latest.get('queue')})"
+    return str(headers.get(H_REASON, "unknown"))
 
 
 def _original_queue(message: AbstractIncomingMessage, fallback: str) -> str:

@@ -239,13 +239,14 @@ def mail_sink(
     port: int = typer.Option(1025, help="SMTP port."),
 ) -> None:
     """Run a local SMTP server that keeps every email in a Maildir (the local stand-in for Mailpit)."""
-    import mailbox
     import threading
 
     from aiosmtpd.controller import Controller
     from aiosmtpd.handlers import Mailbox
 
-    mailbox.Maildir(maildir, create=True)
+    # Maildir(create=True) leaves an existing empty folder without tmp/new/cur: make them.
+    for part in ("tmp", "new", "cur"):
+        (maildir / part).mkdir(parents=True, exist_ok=True)
     controller = Controller(Mailbox(maildir), hostname=host, port=port)
     controller.start()
     console.print(f"SMTP sink on {host}:{port}, mail kept in {maildir}/new")

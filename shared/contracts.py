@@ -179,7 +179,8 @@ def decode_event(body: bytes | str | dict[str, Any]) -> tuple[Envelope, EventDat
         )
         return envelope, envelope.payload()
     except (ValidationError, UnknownEventError, ValueError) as exc:
-        raise PoisonMessageError(str(exc).splitlines()[0][:500]) from exc
+        # The whole message (which fields failed, and why), on one line for the DLQ header.
+        raise PoisonMessageError(" | ".join(str(exc).splitlines())[:1000]) from exc
 
 
 class PoisonMessageError(Exception):

@@ -1,6 +1,9 @@
 """Fault injection for the delivery-guarantee tests: crash a process at a named point, once.
 
-Inert unless ``WARREN_CRASH_AT`` names the point. Set it to e.g. ``inventory.after-save`` and
+Inert unless ``WARREN_CRASH_AT`` names the point: ``order.after-append`` (an order saved, its
+``order.placed`` not yet published) or ``<queue>:after-handler`` (a consumer saved its state,
+its outcome not yet published nor the message acked), e.g.
+``inventory.order-placed:after-handler``. Set it, and
 set ``WARREN_CRASH_MARKER`` to a file path: the first time the process reaches that point it
 creates the marker and kills itself with SIGKILL (no cleanup, no ack, no flush), exactly as a
 power cut would; after a restart the marker exists and the point does nothing.

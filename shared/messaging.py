@@ -93,6 +93,8 @@ def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> Rab
             RabbitTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),
         ),
         logger=logging.getLogger("faststream.broker"),
+        # FastStream's own "Received"/"Processed" lines at DEBUG: our handler logs say more.
+        log_level=logging.DEBUG,
     )
     # --8<-- [end:make-broker]
 

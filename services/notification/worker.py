@@ -20,13 +20,14 @@ import os
 import smtplib
 import sys
 import time
+import uuid
 from email.message import EmailMessage
 from functools import cache
 from typing import Any
 
 import structlog
 import typer
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 from pymongo import MongoClient
 
@@ -63,28 +64,33 @@ def _collection(mongo_url: str, db_name: str) -> Any:
 
 
 # --8<-- [start:claim]
-def deliver(notification_id: str, settings: NotificationSettings) -> str:
+def _claim(notifications: Any, notification_id: str, task_id: str) -> dict[str, Any] | None:
+    """Take the notification for this task: queued, already ours (a redelivery or retry of
+    the same task), or abandoned by a worker that died mid-send. None if someone else has it."""
+    now = time.time()
+    for condition in (
+        {"state": "queued"},
+        {"state": "sending", "claimed_by": task_id},
+        {"state": "sending", "claimed_at": {"$lt": now - STALE_CLAIM_SECONDS}},
+    ):
+        claimed = notifications.find_one_and_update(
+            {"_id": notification_id, **condition},
+            {"$set": {"state": "sending", "claimed_at": now, "claimed_by": task_id}},
+        )
+        if claimed is not None:
+            return claimed
+    return None
+
+
+def deliver(notification_id: str, settings: NotificationSettings, task_id: str = "") -> str:
     """Send one notification's email unless it was sent already. Returns what happened."""
     notifications = _collection(settings.mongo_url, settings.mongo_db)
-    now = time.time()
-    claimed = notifications.find_one_and_update(
-        {"_id": notification_id, "state": "queued"},
-        {"$set": {"state": "sending", "claimed_at": now}},
-    )
+    claimed = _claim(notifications, notification_id, task_id or uuid.uuid4().hex)
     if claimed is None:
-        current = notifications.find_one({"_id": notification_id})
+        current = notifications.find_one({"_id": notification_id}, {"state": 1})
         if current is None:
             return "unknown"
-        if current["state"] == "sent":
-            return "already sent"
-        if current["state"] == "sending" and now - current["claimed_at"] < STALE_CLAIM_SECONDS:
-            return "being sent"
-        claimed = notifications.find_one_and_update(
-            {"_id": notification_id, "state": "sending", "claimed_at": current["claimed_at"]},
-            {"$set": {"claimed_at": now}},
-        )
-        if claimed is None:
-            return "being sent"
+        return "already sent" if current["state"] == "sent" else "being sent by another task"
     # --8<-- [end:claim]
 
     message = EmailMessage()
@@ -95,8 +101,15 @@ def deliver(notification_id: str, settings: NotificationSettings) -> str:
     message["X-Warren-Order-Id"] = claimed["order_id"]
     message["X-Warren-Event-Type"] = claimed["event_type"]
     message.set_content(claimed["body"])
-    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10) as smtp:
-        smtp.send_message(message)
+    try:
+        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10) as smtp:
+            smtp.send_message(message)
+    except Exception:
+        # Not sent: give the claim back so that the retry (or any task) can take it.
+        notifications.update_one(
+            {"_id": notification_id, "state": "sending"}, {"$set": {"state": "queued"}}
+        )
+        raise
 
     notifications.update_one(
         {"_id": notification_id}, {"$set": {"state": "sent", "sent_at": utcnow_iso()}}
@@ -111,6 +124,8 @@ def make_celery(settings: NotificationSettings) -> Celery:
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A task that failed for good is rejected, not acked: it goes to notification.emails.dlq.
+        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         broker_transport_options={"confirm_publish": True},
         broker_connection_retry_on_startup=True,
@@ -125,14 +140,15 @@ def make_celery(settings: NotificationSettings) -> Celery:
     )
 
     @app.task(
+        bind=True,
         name=TASK_NAME,
         autoretry_for=(smtplib.SMTPException, OSError),
         retry_backoff=2,
         retry_backoff_max=60,
         max_retries=8,
     )
-    def send_email(notification_id: str) -> str:
-        return deliver(notification_id, settings)
+    def send_email(self: Task, notification_id: str) -> str:
+        return deliver(notification_id, settings, task_id=self.request.id or "")
 
     return app
     # --8<-- [end:make-celery]

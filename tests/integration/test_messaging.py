@@ -170,3 +170,37 @@ async def test_an_unroutable_publish_raises_instead_of_vanishing(rabbit_url: str
 
 async def _list(items: list[str]) -> list[str]:
     return list(items)
+
+
+async def test_replaying_to_a_queue_that_is_gone_fails_and_keeps_the_dead_letter(
+    rabbit_url: str, test_queue: topology.ConsumerQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli import dlq
+
+    broker = messaging.make_broker(WarrenSettings(rabbit_url=rabbit_url))
+    await broker.connect()
+    try:
+        await topology.declare_consumer_queue(broker, test_queue)
+        event = confirmed()
+        await broker.publish(
+            event.model_dump_json(),
+            exchange=topology.DEAD_LETTER,
+            routing_key=test_queue.name,
+            persist=True,
+            message_id=event.id,
+            headers={
+                "x-warren-reason": "retries exhausted",
+                "x-warren-dead-lettered-at": "2026-11-26T00:00:00Z",
+                "x-warren-original-queue": f"gone-{uuid.uuid4().hex[:6]}",
+            },
+        )
+    finally:
+        await broker.stop()
+    monkeypatch.setattr(dlq, "_consumer_queue", lambda name: test_queue)
+    monkeypatch.setenv("RABBIT_URL", rabbit_url)
+    with pytest.raises(DeliveryError):
+        await dlq.replay_messages(test_queue.name, event.id)
+    [kept] = await dead_letters(rabbit_url, test_queue)
+    assert kept.message_id == event.id
+    [shown] = await dlq.show_messages(test_queue.name, 5)
+    assert shown["reason"] == "retries exhausted"

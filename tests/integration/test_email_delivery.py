@@ -1,0 +1,103 @@
+"""The Celery task that sends emails: once, even when SMTP fails or a worker dies mid-send."""
+
+from __future__ import annotations
+
+import mailbox
+import smtplib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from pymongo import MongoClient
+
+from services.notification.settings import NotificationSettings
+from services.notification.worker import deliver
+from tests.support.system import free_port
+
+
+@pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    maildir = tmp_path / "mail"
+    mailbox.Maildir(maildir, create=True)
+    port = free_port()
+    controller = Controller(Mailbox(maildir), hostname="127.0.0.1", port=port)
+    controller.start()
+    yield port, maildir
+    controller.stop()
+
+
+@pytest.fixture
+def settings(mongo_url: str, smtp: tuple[int, Path]) -> NotificationSettings:
+    return NotificationSettings(
+        mongo_url=mongo_url, mongo_db_prefix=f"mail{uuid.uuid4().hex[:6]}", smtp_port=smtp[0]
+    )
+
+
+def queued(settings: NotificationSettings, **fields: object) -> str:
+    notification_id = str(uuid.uuid4())
+    MongoClient(settings.mongo_url)[settings.mongo_db]["notifications"].insert_one(
+        {
+            "_id": notification_id,
+            "order_id": "o-1",
+            "event_type": "order.confirmed",
+            "to": "bugs@warren.example",
+            "subject": "Your order is confirmed",
+            "body": "Hello",
+            "state": "queued",
+            **fields,
+        }
+    )
+    return notification_id
+
+
+def state(settings: NotificationSettings, notification_id: str) -> str:
+    doc = MongoClient(settings.mongo_url)[settings.mongo_db]["notifications"].find_one(
+        {"_id": notification_id}
+    )
+    return doc["state"]
+
+
+def sent(maildir: Path) -> list[str]:
+    return [m["Message-ID"] for m in mailbox.Maildir(maildir, create=False)]
+
+
+def test_an_email_is_sent_once(settings: NotificationSettings, smtp: tuple[int, Path]) -> None:
+    notification_id = queued(settings)
+    assert deliver(notification_id, settings, task_id="t1") == "sent"
+    assert deliver(notification_id, settings, task_id="t1") == "already sent"
+    assert deliver(notification_id, settings, task_id="t2") == "already sent"
+    assert sent(smtp[1]) == [f"<{notification_id}@warren>"]
+
+
+def test_an_smtp_failure_gives_the_claim_back_so_the_retry_sends_it(
+    settings: NotificationSettings, smtp: tuple[int, Path]
+) -> None:
+    notification_id = queued(settings)
+    down = settings.model_copy(update={"smtp_port": free_port()})  # nobody listens there
+    with pytest.raises((OSError, smtplib.SMTPException)):
+        deliver(notification_id, down, task_id="t1")
+    assert state(settings, notification_id) == "queued"
+    assert deliver(notification_id, settings, task_id="t1") == "sent"
+    assert sent(smtp[1]) == [f"<{notification_id}@warren>"]
+
+
+def test_a_task_redelivered_after_its_worker_died_mid_send_sends_it(
+    settings: NotificationSettings, smtp: tuple[int, Path]
+) -> None:
+    import time
+
+    notification_id = queued(settings, state="sending", claimed_by="t1", claimed_at=time.time())
+    assert deliver(notification_id, settings, task_id="t2") == "being sent by another task"
+    assert deliver(notification_id, settings, task_id="t1") == "sent"  # the same task, back
+    assert state(settings, notification_id) == "sent"
+
+
+def test_an_abandoned_claim_is_taken_over_after_a_while(
+    settings: NotificationSettings, smtp: tuple[int, Path]
+) -> None:
+    notification_id = queued(settings, state="sending", claimed_by="t1", claimed_at=0.0)
+    assert deliver(notification_id, settings, task_id="t9") == "sent"
+    assert len(sent(smtp[1])) == 1
