@@ -45,6 +45,22 @@ demo: $(STAMP) ## Place a sample order and follow it to its final state (needs `
 	$(BIN)/warren demo
 	$(BIN)/warren demo --token tok_chargeDeclined
 
+USERS ?= 20
+SPAWN_RATE ?= 5
+DURATION ?= 1m
+HOST ?= http://127.0.0.1:8000
+
+load: $(STAMP) ## Locust, headless, against `make run` or compose (USERS, SPAWN_RATE, DURATION, HOST)
+	@mkdir -p reports
+	$(BIN)/locust -f loadtests/locustfile.py --headless --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--run-time $(DURATION) --host $(HOST) \
+		--html reports/locust.html --csv reports/locust
+	@echo "reports: reports/locust.html, reports/locust_stats.csv (SAGA rows = end-to-end time)"
+
+bench: $(STAMP) ## Benchmark: raw broker, FastStream hop, saga traced/untraced, database ceiling (5-10 min)
+	@scripts/ensure-rabbitmq.sh
+	$(BIN)/python -m loadtests.bench --output reports/bench.json
+
 seed: $(STAMP) ## (Re)load the demo catalog, resetting stock levels
 	$(BIN)/warren seed --reset
 
@@ -67,4 +83,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-unit run demo seed definitions compose-check docs lint constraints clean
+.PHONY: help install test test-unit run demo load bench seed definitions compose-check docs lint constraints clean

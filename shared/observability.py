@@ -31,23 +31,31 @@ _configured_for: str | None = None
 
 
 ORDER_ID = "order.id"
+# Load-test traffic carries the baggage synthetic_request=true (loadtests/locustfile.py).
+SYNTHETIC = "synthetic_request"
 # Direct reply-to gives every request its own reply queue name; keep it out of span names.
 _REPLY_QUEUE = re.compile(r"amq\.rabbitmq\.reply-to\.\S+")
 
 
 class OrderSpanProcessor(SpanProcessor):
-    """Tags every span with ``order.id`` (carried as W3C baggage across every hop) and keeps
-    span names stable (no per-request reply-queue names)."""
+    """Tags every span with ``order.id`` and ``synthetic_request`` (both carried as W3C baggage
+    across every hop; load tests set the latter) and keeps span names stable (no per-request
+    reply-queue names)."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        # From the baggage of the parent context or of the current one (FastStream starts its
-        # consumer span from a fresh context), else from the parent span itself.
-        order_id = baggage.get_baggage(ORDER_ID, parent_context) or baggage.get_baggage(ORDER_ID)
-        if not order_id:
-            parent_attributes = getattr(trace.get_current_span(parent_context), "attributes", None)
-            order_id = (parent_attributes or {}).get(ORDER_ID)
-        if order_id:
-            span.set_attribute(ORDER_ID, str(order_id))
+        parent_attributes = (
+            getattr(trace.get_current_span(parent_context), "attributes", None) or {}
+        )
+        for key in (ORDER_ID, SYNTHETIC):
+            # From the baggage of the parent context or of the current one (FastStream starts
+            # its consumer span from a fresh context), else from the parent span itself.
+            value = (
+                baggage.get_baggage(key, parent_context)
+                or baggage.get_baggage(key)
+                or parent_attributes.get(key)
+            )
+            if value:
+                span.set_attribute(key, str(value))
         if "amq.rabbitmq.reply-to" in span.name:
             span.update_name(_REPLY_QUEUE.sub("(direct reply-to)", span.name))
 

@@ -20,13 +20,15 @@ FINAL = {"CONFIRMED", "CANCELLED"}
 SERVICES = {"order", "inventory", "payment", "notification", "notification-worker"}
 
 
-async def place_and_finish(api: httpx.AsyncClient, token: str) -> tuple[str, str]:
+async def place_and_finish(
+    api: httpx.AsyncClient, token: str, headers: dict[str, str] | None = None
+) -> tuple[str, str]:
     body = {
         "customer_id": "tracer",
         "lines": [{"sku": "CLOVER-TEA", "quantity": 1}],
         "payment_token": token,
     }
-    response = await api.post("/orders", json=body)
+    response = await api.post("/orders", json=body, headers=headers or {})
     assert response.status_code == 202
     order_id = response.json()["order_id"]
 
@@ -96,7 +98,10 @@ def named(spans: list[dict[str, Any]], name: str, service: str) -> dict[str, Any
 async def test_one_order_is_one_connected_trace_across_every_hop(
     system: System, api: httpx.AsyncClient
 ) -> None:
-    order_id, trace_id = await place_and_finish(api, "tok_visa")
+    # Tagged as load-test traffic would be: the tag must reach every span too.
+    order_id, trace_id = await place_and_finish(
+        api, "tok_visa", headers={"baggage": "synthetic_request=true"}
+    )
     spans = await complete_trace(
         system,
         order_id,
@@ -109,6 +114,7 @@ async def test_one_order_is_one_connected_trace_across_every_hop(
 
     assert spans[0]["trace_id"] == trace_id  # the API's X-Trace-Id names this trace
     assert all(s["attributes"].get("order.id") == order_id for s in spans)
+    assert all(s["attributes"].get("synthetic_request") == "true" for s in spans)
     root = [s for s in spans if not s["parent_span_id"]]
     assert [(r["service"], r["name"]) for r in root] == [("order", "POST /orders")]
 
