@@ -79,6 +79,7 @@ def _original_queue(message: AbstractIncomingMessage, fallback: str) -> str:
     return fallback
 
 
+# --8<-- [start:replay-span]
 @contextmanager
 def _replay_span(
     headers: dict[str, Any], queue_name: str, message: AbstractIncomingMessage
@@ -107,6 +108,7 @@ def _replay_span(
         propagate.inject(carrier)
         headers.update(carrier)
         yield
+        # --8<-- [end:replay-span]
 
 
 async def _take(

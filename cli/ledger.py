@@ -3,6 +3,8 @@
 * every accepted order is in a final state (CONFIRMED or CANCELLED);
 * for every SKU, available + reserved + sold == initial, and reserved == the sum of its holds;
 * one captured charge per confirmed order, and none for a cancelled one;
+* every final order's stock is settled: sold (reservation committed) if confirmed, given back
+  (rejected or released) if cancelled, and no hold left;
 * one notification per (order, event), each sent once.
 
 An operations tool, so it reads all four databases; the services never do that.
@@ -94,6 +96,28 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
         for order_id in captured.keys() - statuses.keys():
             charges.failures.append(f"charge for unknown order {order_id}")
 
+        reservations = {
+            doc["_id"]: doc["state"]
+            async for doc in inventory_db["reservations"].find({}, {"state": 1})
+        }
+        held_by = {
+            order_id
+            async for doc in inventory_db["stock"].find({}, {"holds": 1})
+            for order_id in (doc.get("holds") or {})
+        }
+        settled = Check("stock settled as the order ended (sold if confirmed, back if cancelled)")
+        expected = {"CONFIRMED": {"committed"}, "CANCELLED": {"rejected", "released"}}
+        for order_id, status in statuses.items():
+            if status not in expected:
+                continue
+            settled.checked += 1
+            if reservations.get(order_id) not in expected[status]:
+                settled.failures.append(
+                    f"{status.lower()} order {order_id} has reservation {reservations.get(order_id)}"
+                )
+            if order_id in held_by:
+                settled.failures.append(f"{status.lower()} order {order_id} still holds stock")
+
         emails = Check("one email per notified event, sent")
         per_event: Counter[tuple[str, str]] = Counter()
         async for doc in notification_db["notifications"].find({}):
@@ -106,7 +130,7 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
         for (order_id, event_type), count in per_event.items():
             if count != 1:
                 emails.failures.append(f"{count} notifications for {event_type} of {order_id}")
-        return [final, stock, charges, emails]
+        return [final, stock, charges, settled, emails]
     finally:
         await client.close()
 

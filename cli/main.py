@@ -37,6 +37,7 @@ app.command("ledger")(ledger.ledger)
 console = Console()
 
 
+# --8<-- [start:cli-tracing]
 @app.callback()
 def _observe() -> None:
     """Trace the CLI's own work (e.g. DLQ replays) when OTEL_* variables say where to send it."""
@@ -50,6 +51,7 @@ def _observe() -> None:
 
         AioPikaInstrumentor().instrument()
         atexit.register(shutdown_tracing)
+        # --8<-- [end:cli-tracing]
 
 
 DEFINITIONS = Path("infra/rabbitmq/definitions.json")

@@ -153,6 +153,7 @@ class Stage:
     completed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
+    # --8<-- [start:sustained]
     @property
     def sustained(self) -> bool:
         return (
@@ -161,6 +162,7 @@ class Stage:
             and percentile(self.latencies_ms, 99) < SUSTAINED_P99_MS
             and self.accepted >= 0.95 * self.offered * self.seconds
         )
+        # --8<-- [end:sustained]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -175,6 +177,7 @@ class Stage:
         }
 
 
+# --8<-- [start:final-events]
 class FinalEvents:
     """Watches shop.events for orders reaching their final state."""
 
@@ -197,6 +200,7 @@ class FinalEvents:
             await message.ack()
 
         await queue.consume(on_message)
+        # --8<-- [end:final-events]
 
     async def stop(self) -> None:
         await self.connection.close()

@@ -28,6 +28,7 @@ PLENTIFUL = ["RABBIT-PLUSH", "CARROT-MUG", "WARREN-MAP", "CLOVER-TEA", "HOP-SOCK
 SYNTHETIC = {"baggage": "synthetic_request=true"}
 
 
+# --8<-- [start:place-and-follow]
 class Shopper(FastHttpUser):
     wait_time = between(0.5, 2.0)
 
@@ -60,6 +61,7 @@ class Shopper(FastHttpUser):
             exception=error,
             context={},
         )
+        # --8<-- [end:place-and-follow]
 
     def _body(self, sku: str, quantity: int, token: str = "tok_visa") -> dict:
         return {
@@ -68,6 +70,7 @@ class Shopper(FastHttpUser):
             "payment_token": token,
         }
 
+    # --8<-- [start:mix]
     @task(16)
     def good_order(self) -> None:
         self._place_and_follow(self._body(random.choice(PLENTIFUL), random.randint(1, 3)), "good")
@@ -81,6 +84,7 @@ class Shopper(FastHttpUser):
     @task(1)
     def out_of_stock(self) -> None:
         self._place_and_follow(self._body("LAST-CARROT", 2), "out-of-stock")
+        # --8<-- [end:mix]
 
     @task(1)
     def invalid_request(self) -> None:

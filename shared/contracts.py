@@ -128,7 +128,10 @@ class Envelope(Contract):
     correlation_id: str
     # The id of the event that caused this one (None for the first event of a saga).
     causation_id: str | None = None
-    # Position of this event in its aggregate's stream, so consumers can order or ignore.
+    # Position of this event among those its source emitted for this order: the order stream's
+    # version for order events; 1 then 2 for inventory (decision, then settlement). Consumers
+    # do not rely on arrival order -- their state machines and guards make it unnecessary --
+    # but the sequence lets a reader (or a log) put an order's events back in order.
     sequence: int = 1
     data: dict[str, Any]
     # --8<-- [end:envelope]

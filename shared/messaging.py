@@ -17,7 +17,6 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -25,14 +24,15 @@ from faststream import AckPolicy, BaseMiddleware
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 from shared import topology
+from shared.clock import utcnow_iso
 from shared.contracts import Envelope, EventData, PoisonMessageError, decode_event
 from shared.faults import crash_point
-from shared.observability import order_context
+from shared.observability import TAGGED_BAGGAGE, order_context
 from shared.settings import WarrenSettings
 
 log = structlog.get_logger(__name__)
@@ -52,18 +52,26 @@ EventHandler = Callable[[Envelope, EventData], Awaitable[Sequence[Envelope]]]
 
 
 # --8<-- [start:make-broker]
+# --8<-- [start:baggage-middleware]
 _BAGGAGE = W3CBaggagePropagator()
 
 
 class BaggageMiddleware(BaseMiddleware):
-    """Carry OpenTelemetry baggage (``order.id``) in message headers, both ways.
+    """Carry OpenTelemetry baggage (``order.id``, ``synthetic_request``) in message headers.
 
-    FastStream's telemetry middleware propagates the trace context but not the global baggage;
-    with this one outside it, every span on both sides of a hop knows its order.
+    FastStream's telemetry middleware propagates the trace context but not the global baggage,
+    and starts each consumer span from a fresh context. Inside it, this one attaches the
+    message's baggage (so spans, logs and the events stored by the handler carry it on) and
+    tags the consumer span itself.
     """
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        token = otel_context.attach(_BAGGAGE.extract(msg.headers or {}))
+        context = _BAGGAGE.extract(msg.headers or {})  # on top of the current context
+        span = trace.get_current_span()
+        for key, value in baggage.get_all(context).items():
+            if key in TAGGED_BAGGAGE:
+                span.set_attribute(key, str(value))
+        token = otel_context.attach(context)
         try:
             return await call_next(msg)
         finally:
@@ -72,6 +80,7 @@ class BaggageMiddleware(BaseMiddleware):
     async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
         _BAGGAGE.inject(cmd.headers)
         return await call_next(cmd)
+        # --8<-- [end:baggage-middleware]
 
 
 def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> RabbitBroker:
@@ -87,11 +96,13 @@ def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> Rab
         graceful_timeout=10.0,
         # Keep retrying the connection after start-up; services reconnect by themselves.
         reconnect_interval=2.0,
-        # Baggage first: it is attached before the telemetry middleware starts the consumer span.
+        # --8<-- [start:broker-middlewares]
+        # Telemetry first (outermost); the baggage middleware then runs inside its consumer span.
         middlewares=(
-            BaggageMiddleware,
             RabbitTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),
+            BaggageMiddleware,  # listed last: runs inside the telemetry middleware's span
         ),
+        # --8<-- [end:broker-middlewares]
         logger=logging.getLogger("faststream.broker"),
         # FastStream's own "Received"/"Processed" lines at DEBUG: our handler logs say more.
         log_level=logging.DEBUG,
@@ -120,10 +131,6 @@ async def publish_event(
         timeout=PUBLISH_TIMEOUT_SECONDS,
     )
     # --8<-- [end:publish-event]
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 async def _republish(
@@ -173,8 +180,8 @@ async def dead_letter(
             ),
             H_ORIGINAL_QUEUE: queue_name,
             H_ATTEMPTS: attempts,
-            H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or _now_iso(),
-            H_DEAD_LETTERED_AT: _now_iso(),
+            H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or utcnow_iso(),
+            H_DEAD_LETTERED_AT: utcnow_iso(),
         }
     )
     await _republish(
@@ -202,7 +209,7 @@ async def retry_later(
             H_REASON: "retrying after a failure",
             H_EXCEPTION: "".join(traceback.format_exception_only(exception)).strip()[:2000],
             H_ORIGINAL_QUEUE: queue_name,
-            H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or _now_iso(),
+            H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or utcnow_iso(),
         }
     )
     await _republish(
@@ -240,7 +247,24 @@ def subscribe_events(
         consumer_queue.queue, ack_policy=AckPolicy.MANUAL, title=f"{consumer_queue.name}:consume"
     )
     async def consume(message: RabbitMessage) -> None:
-        attempts_so_far = int((message.headers or {}).get(H_ATTEMPTS, 0))
+        try:
+            await _handle(message)
+        except Exception as exc:
+            # Even retrying or dead-lettering failed (the broker is going away, a confirm timed
+            # out): hand the message back rather than leave it unacked. A reject counts towards
+            # the quorum queue's delivery limit, so this cannot loop forever.
+            log.error(
+                "could not settle a message; requeueing it",
+                queue=consumer_queue.name,
+                error=repr(exc),
+            )
+            await message.reject(requeue=True)
+
+    async def _handle(message: RabbitMessage) -> None:
+        try:
+            attempts_so_far = int((message.headers or {}).get(H_ATTEMPTS, 0))
+        except (TypeError, ValueError):
+            attempts_so_far = 0
         try:
             envelope, payload = decode_event(message.body)
         except PoisonMessageError as exc:
@@ -287,7 +311,7 @@ def subscribe_events(
                 bound.warning(
                     "handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc)
                 )
-            await message.ack()
+            await message.ack()  # only now: the copy in the delay queue or DLQ is confirmed
             return
 
         await message.ack()

@@ -15,6 +15,8 @@ def make_client(settings: WarrenSettings) -> AsyncMongoClient:
         settings.mongo_url,
         serverSelectionTimeoutMS=3000,
         connectTimeoutMS=3000,
+        # No operation waits for ever on a database that stalls: it fails, and is retried.
+        timeoutMS=10_000,
         tz_aware=True,
         appname=settings.service_name,
     )

@@ -33,10 +33,13 @@ _configured_for: str | None = None
 ORDER_ID = "order.id"
 # Load-test traffic carries the baggage synthetic_request=true (loadtests/locustfile.py).
 SYNTHETIC = "synthetic_request"
+# Baggage copied onto every span as attributes.
+TAGGED_BAGGAGE = (ORDER_ID, SYNTHETIC)
 # Direct reply-to gives every request its own reply queue name; keep it out of span names.
 _REPLY_QUEUE = re.compile(r"amq\.rabbitmq\.reply-to\.\S+")
 
 
+# --8<-- [start:order-span-processor]
 class OrderSpanProcessor(SpanProcessor):
     """Tags every span with ``order.id`` and ``synthetic_request`` (both carried as W3C baggage
     across every hop; load tests set the latter) and keeps span names stable (no per-request
@@ -46,7 +49,7 @@ class OrderSpanProcessor(SpanProcessor):
         parent_attributes = (
             getattr(trace.get_current_span(parent_context), "attributes", None) or {}
         )
-        for key in (ORDER_ID, SYNTHETIC):
+        for key in TAGGED_BAGGAGE:
             # From the baggage of the parent context or of the current one (FastStream starts
             # its consumer span from a fresh context), else from the parent span itself.
             value = (
@@ -61,8 +64,10 @@ class OrderSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         pass
+        # --8<-- [end:order-span-processor]
 
 
+# --8<-- [start:order-context]
 @contextmanager
 def order_context(order_id: str) -> Iterator[None]:
     """Everything inside belongs to ``order_id``: the current span, the spans started inside,
@@ -74,6 +79,7 @@ def order_context(order_id: str) -> Iterator[None]:
             yield
     finally:
         otel_context.detach(token)
+        # --8<-- [end:order-context]
 
 
 def _add_trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

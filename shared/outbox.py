@@ -71,6 +71,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def _publish(self, docs: list[dict[str, Any]]) -> int:
+        # --8<-- [start:relay-span]
         for doc in docs:
             # Publish inside the trace the event was recorded in, as a visible relay step.
             token = otel_context.attach(propagate.extract(doc.get("trace_context") or {}))
@@ -83,6 +84,7 @@ class OutboxRelay:
                     await self.publish(doc)
             finally:
                 otel_context.detach(token)
+            # --8<-- [end:relay-span]
             await self.collection.update_one(
                 {"_id": doc["_id"], "outbox": PENDING},
                 {"$set": {"outbox": PUBLISHED, "published_at": utcnow_iso()}},
@@ -103,19 +105,29 @@ class OutboxRelay:
             raise
 
     async def publish_pending(self) -> int:
-        """Sweep: publish every pending event, oldest first. Returns how many went out."""
+        """Sweep: publish every pending event, oldest first. Returns how many went out.
+
+        An event that fails holds back the later events of *its* order only; other orders go
+        on. If anything failed, the relay stays on sweeps until one gets through everything.
+        """
         published = 0
-        while True:
-            cursor = (
-                self.collection.find({"outbox": PENDING})
-                .sort([("occurred_at", ASCENDING), ("_id", ASCENDING)])
-                .limit(self.batch_size)
-            )
-            batch = [doc async for doc in cursor]
-            published += await self._publish(batch)
-            if len(batch) < self.batch_size:
-                self._degraded = False
-                return published
+        held_back: set[str] = set()  # orders with an event that failed in this sweep
+        cursor = (
+            self.collection.find({"outbox": PENDING})
+            .sort([("occurred_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(self.batch_size)
+        )
+        batch = [doc async for doc in cursor]
+        for doc in batch:
+            if doc.get("order_id") in held_back:
+                continue
+            try:
+                published += await self._publish([doc])
+            except Exception as exc:
+                held_back.add(doc.get("order_id", doc["_id"]))
+                log.warning("outbox event not published", event_key=doc["_id"], error=repr(exc))
+        self._degraded = bool(held_back) or len(batch) == self.batch_size
+        return published
 
     async def run(self) -> None:
         next_sweep = time.monotonic()
@@ -127,6 +139,8 @@ class OutboxRelay:
             try:
                 await self.publish_fresh()
                 if time.monotonic() >= next_sweep or self._degraded:
+                    # Sweep on schedule; while degraded, keep sweeping (paced by the wake-ups
+                    # and the schedule) until a sweep gets through everything.
                     next_sweep = time.monotonic() + self.sweep_interval
                     await self.publish_pending()
             except asyncio.CancelledError:

@@ -9,6 +9,7 @@ two ids.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import structlog
@@ -57,25 +58,34 @@ def _merge_lines(lines: Sequence[PricedLine]) -> dict[str, int]:
     return dict(sorted(merged.items()))
 
 
+class DecisionInProgressError(Exception):
+    """Another delivery of the same order is deciding its reservation right now; retry later."""
+
+
 # --8<-- [start:reserve-stock]
 async def reserve_stock(
     envelope: Envelope, placed: OrderPlaced, repo: StockRepository
 ) -> list[Envelope]:
-    """Reserve every line of a placed order, or none of them."""
-    existing = await repo.get_reservation(placed.order_id)
-    if existing is not None:
-        # Decided before (or compensated before the order arrived): re-announce, never redo.
-        return (
-            [Envelope.model_validate(existing["outcome_event"])]
-            if existing["outcome_event"]
-            else []
-        )
+    """Reserve every line of a placed order, or none of them.
+
+    First claim the decision, so that two deliveries of the same order (a redelivery while the
+    first is still running) never hold stock side by side; then hold line by line; then record
+    the outcome together with the event that announces it.
+    """
+    order_id, owner = placed.order_id, str(uuid.uuid4())
+    claim = await repo.claim_decision(order_id, owner)
+    if claim["state"] != "deciding":
+        # Decided before: re-announce the same event, never decide again.
+        return [Envelope.model_validate(claim["outcome_event"])]
+    if claim["owner"] != owner:
+        raise DecisionInProgressError(f"order {order_id} is being decided by another delivery")
 
     wanted = _merge_lines(placed.lines)
     held: dict[str, int] = {}
     shortages: dict[str, int] = {}
     for sku, quantity in wanted.items():
-        if await repo.hold(sku, placed.order_id, quantity):
+        # "Held" includes a hold left by an earlier attempt of ours that died half-way.
+        if await repo.hold(sku, order_id, quantity):
             held[sku] = quantity
         else:
             shortages[sku] = quantity
@@ -84,11 +94,9 @@ async def reserve_stock(
     if shortages:
         # All or nothing: give back what this order managed to hold.
         for sku, quantity in held.items():
-            await repo.release_hold(sku, placed.order_id, quantity)
+            await repo.release_hold(sku, order_id, quantity)
         event = Envelope.wrap(
-            StockRejected(
-                order_id=placed.order_id, reason="insufficient stock", shortages=shortages
-            ),
+            StockRejected(order_id=order_id, reason="insufficient stock", shortages=shortages),
             source=SOURCE,
             causation=envelope,
         )
@@ -96,7 +104,7 @@ async def reserve_stock(
     else:
         event = Envelope.wrap(
             StockReserved(
-                order_id=placed.order_id,
+                order_id=order_id,
                 lines=placed.lines,
                 amount_cents=placed.total_cents,
                 payment_token=placed.payment_token,
@@ -106,11 +114,13 @@ async def reserve_stock(
         )
         state = "reserved"
 
-    decision = await repo.record_decision(
-        placed.order_id, state=state, lines=wanted, event=event.model_dump(mode="json")
-    )
-    log.info("reservation decided", order_id=placed.order_id, state=decision["state"])
-    return [Envelope.model_validate(decision["outcome_event"])]
+    if not await repo.record_decision(
+        order_id, owner, state=state, lines=wanted, event=event.model_dump(mode="json")
+    ):
+        # Our claim expired and another delivery took over: let it (or its record) stand.
+        raise DecisionInProgressError(f"order {order_id}: lost the claim while deciding")
+    log.info("reservation decided", order_id=order_id, state=state)
+    return [event]
     # --8<-- [end:reserve-stock]
 
 
@@ -121,13 +131,12 @@ async def settle_reservation(
     """Payment decided: commit the held stock (sold), or release it (compensation)."""
     order_id = outcome.order_id
     reservation = await repo.get_reservation(order_id)
-    if reservation is None:
-        # The payment outcome overtook the order: remember it so the order is never reserved.
-        log.warning("payment outcome before reservation", order_id=order_id, type=envelope.type)
-        await repo.record_tombstone(
-            order_id, "committed" if isinstance(outcome, PaymentSucceeded) else "released"
+    if reservation is None or reservation["state"] == "deciding":
+        # Payment only charges after stock.reserved, which is sent after the decision is
+        # recorded: this cannot happen in the saga. Retry (and end in the DLQ) if it does.
+        raise DecisionInProgressError(
+            f"payment outcome for order {order_id} before its reservation"
         )
-        return []
 
     lines: dict[str, int] = reservation["lines"]
     if isinstance(outcome, PaymentSucceeded):
@@ -143,6 +152,7 @@ async def settle_reservation(
             StockReleased(order_id=order_id, reason=f"payment failed: {outcome.reason}"),
             source=SOURCE,
             causation=envelope,
+            sequence=2,
         )
         reservation = await repo.begin_release(order_id, release.model_dump(mode="json")) or {}
     if reservation.get("state") == "releasing":

@@ -10,7 +10,7 @@ Invariant, per SKU: ``available + reserved + sold == initial``.
 
 from __future__ import annotations
 
-import contextlib
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,6 +19,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.inventory.catalog import CatalogItem
+
+# How long a claim to decide an order's reservation holds before another delivery may take
+# it over (the claimant died mid-way). Deciding takes milliseconds.
+DECISION_LEASE_SECONDS = 30.0
 
 
 class StockRepository:
@@ -110,18 +114,45 @@ class StockRepository:
         return await self.reservations.find_one({"_id": order_id})
 
     # --8<-- [start:record-decision]
-    async def record_decision(
-        self, order_id: str, *, state: str, lines: Mapping[str, int], event: dict[str, Any]
+    async def claim_decision(
+        self, order_id: str, owner: str, *, lease_seconds: float = DECISION_LEASE_SECONDS
     ) -> dict[str, Any]:
-        """Record the reservation's outcome once; returns the decision that stands."""
-        document = {"_id": order_id, "state": state, "lines": dict(lines), "outcome_event": event}
+        """Claim the right to decide this order's reservation, before touching any stock.
+
+        Returns the reservation as it stands: ``state == "deciding"`` and ``owner == owner``
+        means the caller may go ahead; a decided state means it was decided before; another
+        owner with a live lease means a duplicate delivery is deciding right now. A lease left
+        by a process that died mid-way is taken over once it expires.
+        """
+        now = time.time()
+        claim = {"state": "deciding", "owner": owner, "lease_until": now + lease_seconds}
         try:
-            await self.reservations.insert_one(document)
+            await self.reservations.insert_one({"_id": order_id, **claim})
+            return {"_id": order_id, **claim}
         except DuplicateKeyError:
-            existing = await self.get_reservation(order_id)
-            assert existing is not None
-            return existing
-        return document
+            pass
+        await self.reservations.update_one(
+            {"_id": order_id, "state": "deciding", "lease_until": {"$lt": now}}, {"$set": claim}
+        )
+        current = await self.get_reservation(order_id)
+        assert current is not None
+        return current
+
+    async def record_decision(
+        self,
+        order_id: str,
+        owner: str,
+        *,
+        state: str,
+        lines: Mapping[str, int],
+        event: dict[str, Any],
+    ) -> bool:
+        """Record the outcome (with the event that announces it), if ``owner`` still decides."""
+        result = await self.reservations.update_one(
+            {"_id": order_id, "state": "deciding", "owner": owner},
+            {"$set": {"state": state, "lines": dict(lines), "outcome_event": event}},
+        )
+        return result.modified_count == 1
         # --8<-- [end:record-decision]
 
     async def begin_release(self, order_id: str, event: dict[str, Any]) -> dict[str, Any] | None:
@@ -139,10 +170,3 @@ class StockRepository:
         await self.reservations.update_one(
             {"_id": order_id, "state": from_state}, {"$set": {"state": to_state}}
         )
-
-    async def record_tombstone(self, order_id: str, state: str) -> None:
-        """Remember an outcome that arrived before the order did, so a late order is not reserved."""
-        with contextlib.suppress(DuplicateKeyError):
-            await self.reservations.insert_one(
-                {"_id": order_id, "state": state, "lines": {}, "outcome_event": None}
-            )

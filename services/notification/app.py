@@ -18,6 +18,8 @@ from shared.contracts import Envelope, EventData
 from shared.observability import setup_observability
 from shared.service import make_service_app
 
+ENQUEUE_TIMEOUT_SECONDS = 10.0
+
 
 def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
     settings = settings or NotificationSettings()
@@ -29,6 +31,7 @@ def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
     # Celery's client is blocking: one thread publishes tasks, off the event loop.
     celery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-publish")
 
+    # --8<-- [start:celery-caller]
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
     CeleryInstrumentor().instrument()
@@ -36,10 +39,13 @@ def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
     async def enqueue(notification_id: str) -> None:
         # Run in the current context (trace, baggage): run_in_executor would not carry it over.
         context = contextvars.copy_context()
-        await asyncio.get_running_loop().run_in_executor(
+        publish = asyncio.get_running_loop().run_in_executor(
             celery_thread,
             functools.partial(context.run, celery.send_task, TASK_NAME, args=[notification_id]),
         )
+        # Bounded: a broker that never confirms fails this message (retried), not the service.
+        await asyncio.wait_for(publish, timeout=ENQUEUE_TIMEOUT_SECONDS)
+        # --8<-- [end:celery-caller]
 
     async def on_order_event(envelope: Envelope, payload: EventData) -> list[Envelope]:
         return await handlers.notify_customer(

@@ -1,6 +1,10 @@
-"""The Celery side of notification: workers that deliver emails over SMTP, each exactly once.
+"""The Celery side of notification: workers that deliver each email over SMTP, once.
 
 Run a worker with ``python -m services.notification.worker`` (``--ping`` checks one answers).
+
+Delivery is at-least-once with one email per notification in practice: a worker that dies
+after the SMTP server accepted the message but before it was marked sent will send it again
+after the claim expires; ``Message-ID`` (the notification id) lets a mail system drop that copy.
 
 Celery's defaults lose work on a crash, so this app turns them around:
 
@@ -30,6 +34,7 @@ import typer
 from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 from pymongo import MongoClient
+from tenacity import retry, stop_after_attempt, wait_exponential
 
 from services.notification.settings import NotificationSettings
 from shared import topology
@@ -58,9 +63,9 @@ def email_queue() -> Queue:
 @cache
 def _collection(mongo_url: str, db_name: str) -> Any:
     # One client per worker process, made after the fork (PyMongo clients are not fork-safe).
-    return MongoClient(mongo_url, serverSelectionTimeoutMS=3000, tz_aware=True)[db_name][
-        "notifications"
-    ]
+    return MongoClient(mongo_url, serverSelectionTimeoutMS=3000, timeoutMS=10_000, tz_aware=True)[
+        db_name
+    ]["notifications"]
 
 
 # --8<-- [start:claim]
@@ -101,21 +106,30 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
     message["X-Warren-Order-Id"] = claimed["order_id"]
     message["X-Warren-Event-Type"] = claimed["event_type"]
     message.set_content(claimed["body"])
+    accepted = False
     try:
         with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10) as smtp:
             smtp.send_message(message)
+            accepted = True
+            _mark_sent(notifications, notification_id)  # before QUIT, which may still fail
     except Exception:
-        # Not sent: give the claim back so that the retry (or any task) can take it.
-        notifications.update_one(
-            {"_id": notification_id, "state": "sending"}, {"$set": {"state": "queued"}}
-        )
-        raise
+        if not accepted:
+            # Not sent: give the claim back so that the retry (or any task) can take it.
+            notifications.update_one(
+                {"_id": notification_id, "state": "sending"}, {"$set": {"state": "queued"}}
+            )
+            raise
+        # Sent: a failure after that (QUIT, closing) must not cause a second email.
+    log.info("email sent", notification_id=notification_id, order_id=claimed["order_id"])
+    return "sent"
 
+
+@retry(stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.2, max=3), reraise=True)
+def _mark_sent(notifications: Any, notification_id: str) -> None:
+    """Record the send; retried, because failing here would send the email again later."""
     notifications.update_one(
         {"_id": notification_id}, {"$set": {"state": "sent", "sent_at": utcnow_iso()}}
     )
-    log.info("email sent", notification_id=notification_id, order_id=claimed["order_id"])
-    return "sent"
 
 
 # --8<-- [start:make-celery]
@@ -154,6 +168,7 @@ def make_celery(settings: NotificationSettings) -> Celery:
     # --8<-- [end:make-celery]
 
 
+# --8<-- [start:instrument-worker]
 def _instrument_worker(**_: Any) -> None:
     # Runs in each worker process after the fork: telemetry must be set up there.
     settings = NotificationSettings()
@@ -161,6 +176,7 @@ def _instrument_worker(**_: Any) -> None:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
     CeleryInstrumentor().instrument()
+    # --8<-- [end:instrument-worker]
 
 
 def main(
@@ -173,7 +189,9 @@ def main(
     if ping:
         replies = app.control.ping(timeout=2.0)
         sys.exit(0 if replies else 1)
+    # --8<-- [start:connect-worker-init]
     signals.worker_process_init.connect(_instrument_worker, weak=False)
+    # --8<-- [end:connect-worker-init]
     app.worker_main(
         [
             "worker",

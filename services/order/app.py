@@ -128,6 +128,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         ready = all(checks.values())
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
+    # --8<-- [start:trace-id-header]
     @app.middleware("http")
     async def trace_id_header(request: Request, call_next: Any) -> Response:
         """Every answer names its trace: paste the X-Trace-Id into Jaeger's search box."""
@@ -141,4 +142,5 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"]
     )
+    # --8<-- [end:trace-id-header]
     return app

