@@ -230,7 +230,10 @@ def reset(
 
     if not yes:
         typer.confirm("Delete every Warren queue and the messages in it?", abort=True)
-    deleted = asyncio.run(topology.delete_queues(WarrenSettings().rabbit_url))
+    settings = WarrenSettings()
+    deleted = asyncio.run(
+        topology.delete_queues(settings.rabbit_url, settings.retry_delays_seconds)
+    )
     console.print(f"deleted {deleted} queues")
 
 

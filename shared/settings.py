@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.topology import RETRY_DELAYS_SECONDS
+
 
 # --8<-- [start:settings]
 class WarrenSettings(BaseSettings):
@@ -22,7 +24,7 @@ class WarrenSettings(BaseSettings):
     prefetch: int = Field(default=10, ge=1)
     # Backoff before each retry of a failed message (JSON list in the environment, e.g.
     # RETRY_DELAYS_SECONDS='[1, 5, 25]'); one more failure sends it to its DLQ.
-    retry_delays_seconds: tuple[int, ...] = (1, 5, 25)
+    retry_delays_seconds: tuple[int, ...] = RETRY_DELAYS_SECONDS
     log_level: str = "INFO"
     # "console" for humans, "json" for machines (compose sets json).
     log_format: str = "console"

@@ -212,24 +212,27 @@ async def declare_topology(broker: Any, retry_delays: tuple[int, ...] | None = N
     await broker.declare_queue(INVENTORY_QUOTES)
 
 
-def queue_names() -> list[str]:
-    """Every queue the topology declares."""
+def queue_names(retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> list[str]:
+    """Every queue the topology declares (with these retry delays)."""
     names = [q.name for q in ALL_QUEUES_WITH_DLQ] + [q.dlq_name for q in ALL_QUEUES_WITH_DLQ]
-    names += [retry_queue(delay).name for delay in RETRY_DELAYS_SECONDS]
+    names += [retry_queue(delay).name for delay in sorted({*RETRY_DELAYS_SECONDS, *retry_delays})]
     return [*names, INVENTORY_QUOTES.name]
 
 
-async def delete_queues(rabbit_url: str) -> int:
+async def delete_queues(
+    rabbit_url: str, retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS
+) -> int:
     """Delete every Warren queue (and its messages). Returns how many were deleted."""
     import aio_pika
 
+    names = queue_names(retry_delays)
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
-        for name in queue_names():
+        for name in names:
             channel = await connection.channel()
             await channel.queue_delete(name)
             await channel.close()
-    return len(queue_names())
+    return len(names)
 
 
 # --- definitions.json for compose's broker ---------------------------------------------------

@@ -14,7 +14,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.order import api, handlers
 from services.order.handlers import OrderDeps, QuoteUnavailableError
-from services.order.repository import EventStore, IdempotencyKeys, OrderViews
+from services.order.repository import EventStore, IdempotencyKeys, OrderViews, stored_envelope
 from services.order.settings import OrderSettings
 from shared import messaging, mongo, topology
 from shared.contracts import Envelope, EventData, OrderLine, Quote, QuoteRequest
@@ -26,20 +26,7 @@ from shared.startup import wait_for_dependencies
 # --8<-- [start:publish-stored-event]
 def _publish_stored_event(broker: Any) -> Any:
     async def publish(doc: dict[str, Any]) -> None:
-        envelope = Envelope.model_validate(
-            {
-                "id": doc["event_id"],
-                "type": doc["type"],
-                "version": 1,
-                "occurred_at": doc["occurred_at"],
-                "source": "order",
-                "correlation_id": doc["order_id"],
-                "causation_id": doc.get("causation_id"),
-                "sequence": doc["version"],
-                "data": doc["data"],
-            }
-        )
-        await messaging.publish_event(broker, envelope)
+        await messaging.publish_event(broker, stored_envelope(doc))
 
     return publish
     # --8<-- [end:publish-stored-event]

@@ -27,6 +27,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.order.domain import PUBLISHED_TYPES, NewEvent, Order, OrderEvent
 from shared.clock import iso
+from shared.contracts import Envelope
 
 IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
 
@@ -53,6 +54,23 @@ def _to_event(doc: dict[str, Any]) -> OrderEvent:
         data=doc["data"],
         occurred_at=doc["occurred_at"],
         causation_id=doc.get("causation_id"),
+    )
+
+
+def stored_envelope(doc: dict[str, Any]) -> Envelope:
+    """The bus envelope of a stored event (what the outbox relay publishes)."""
+    return Envelope.model_validate(
+        {
+            "id": doc["event_id"],
+            "type": doc["type"],
+            "version": 1,
+            "occurred_at": doc["occurred_at"],
+            "source": "order",
+            "correlation_id": doc["order_id"],
+            "causation_id": doc.get("causation_id"),
+            "sequence": doc["version"],
+            "data": doc["data"],
+        }
     )
 
 

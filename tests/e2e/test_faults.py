@@ -27,6 +27,7 @@ from pymongo import AsyncMongoClient
 
 from cli import dlq
 from cli.ledger import run_checks
+from services.order.repository import stored_envelope
 from shared import topology
 from shared.settings import WarrenSettings
 from tests.support.polling import eventually
@@ -153,19 +154,7 @@ async def bus_events_of(
     order_db = mongo[system.database("order")]
     events = []
     async for doc in order_db["order_events"].find({"order_id": order_id, "outbox": "published"}):
-        events.append(
-            {
-                "id": doc["event_id"],
-                "type": doc["type"],
-                "version": 1,
-                "occurred_at": doc["occurred_at"].isoformat(),
-                "source": "order",
-                "correlation_id": order_id,
-                "causation_id": doc.get("causation_id"),
-                "sequence": doc["version"],
-                "data": doc["data"],
-            }
-        )
+        events.append(stored_envelope(doc).model_dump(mode="json"))
     reservation = await mongo[system.database("inventory")]["reservations"].find_one(
         {"_id": order_id}
     )

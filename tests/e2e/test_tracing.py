@@ -12,6 +12,7 @@ import aio_pika
 import httpx
 from pymongo import AsyncMongoClient
 
+from services.order.repository import stored_envelope
 from shared import topology
 from tests.support.polling import eventually
 from tests.support.system import BIN, System
@@ -171,15 +172,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
     stored = await mongo[system.database("order")]["order_events"].find_one(
         {"order_id": order_id, "type": "order.confirmed"}
     )
-    envelope = {
-        "id": stored["event_id"],
-        "type": stored["type"],
-        "source": "order",
-        "correlation_id": order_id,
-        "sequence": stored["version"],
-        "occurred_at": stored["occurred_at"].isoformat(),
-        "data": stored["data"],
-    }
+    envelope = stored_envelope(stored).model_dump(mode="json")
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
