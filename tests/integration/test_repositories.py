@@ -326,9 +326,7 @@ async def test_two_deliveries_of_one_order_deciding_at_once_never_hold_stock_twi
 
     decided = [r for r in results if isinstance(r, list)]
     assert decided, results
-    assert all(
-        isinstance(r, list | inventory.DecisionInProgressError) for r in results
-    )
+    assert all(isinstance(r, list | inventory.DecisionInProgressError) for r in results)
     assert len({r[0].id for r in decided}) == 1  # one decision, one event id
     # The one that was told to wait re-announces the same decision when it is retried.
     again = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
