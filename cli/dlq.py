@@ -69,6 +69,11 @@ def _reason(message: AbstractIncomingMessage) -> str:
     return str(headers.get(H_REASON, "unknown"))
 
 
+def _message_id(message: AbstractIncomingMessage) -> str:
+    """The AMQP message id; Celery tasks carry theirs in the ``id`` header instead."""
+    return message.message_id or str((message.headers or {}).get("id", ""))
+
+
 def _original_queue(message: AbstractIncomingMessage, fallback: str) -> str:
     headers = message.headers or {}
     if H_ORIGINAL_QUEUE in headers:
@@ -97,9 +102,9 @@ def _replay_span(
     attributes = {
         "messaging.system": "rabbitmq",
         "messaging.destination.name": queue_name,
-        "messaging.message.id": message.message_id or "",
+        "messaging.message.id": _message_id(message),
     }
-    if message.correlation_id:
+    if message.correlation_id and "task" not in headers:  # a Celery task's is its task id
         attributes["order.id"] = message.correlation_id
     with _tracer.start_as_current_span(
         f"dlq replay {queue_name}", context=Context(), links=links, attributes=attributes
@@ -148,7 +153,7 @@ async def show_messages(queue_name: str, limit: int) -> list[dict[str, Any]]:
         taken = await _take(channel, consumer_queue.dlq_name, limit)
         shown = [
             {
-                "message_id": m.message_id,
+                "message_id": _message_id(m),
                 "correlation_id": m.correlation_id,
                 "type": m.type,
                 "reason": _reason(m),
@@ -172,7 +177,7 @@ async def replay_messages(queue_name: str, message_id: str | None) -> int:
         dlq = await channel.declare_queue(consumer_queue.dlq_name, passive=True)
         taken = await _take(channel, consumer_queue.dlq_name, dlq.declaration_result.message_count)
         for message in taken:
-            if message_id is not None and message.message_id != message_id:
+            if message_id is not None and _message_id(message) != message_id:
                 await message.nack(requeue=True)
                 continue
             headers = dict(message.headers or {})

@@ -152,6 +152,7 @@ class Stage:
     refused: int = 0
     completed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    post_ms: list[float] = field(default_factory=list)  # the HTTP answer alone (202)
 
     # --8<-- [start:sustained]
     @property
@@ -173,6 +174,8 @@ class Stage:
             "p50_ms": percentile(self.latencies_ms, 50),
             "p95_ms": percentile(self.latencies_ms, 95),
             "p99_ms": percentile(self.latencies_ms, 99),
+            "post_p50_ms": percentile(self.post_ms, 50),
+            "post_p99_ms": percentile(self.post_ms, 99),
             "sustained": self.sustained,
         }
 
@@ -226,6 +229,7 @@ async def offer(api: str, final: FinalEvents, rate: float, seconds: float, label
             except httpx.HTTPError:
                 stage.refused += 1
                 return
+            stage.post_ms.append((time.perf_counter() - t0) * 1000)
             if response.status_code == 202:
                 started_at[response.json()["order_id"]] = t0
                 stage.accepted += 1
@@ -251,7 +255,8 @@ async def offer(api: str, final: FinalEvents, rate: float, seconds: float, label
     s = stage.summary()
     console.print(
         f"  {label} {rate:6.0f}/s offered: accepted {s['accepted']}, completed {s['completed']},"
-        f" p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms -> {'sustained' if stage.sustained else 'NOT sustained'}"
+        f" p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms (POST p50 {s['post_p50_ms']:.0f} ms)"
+        f" -> {'sustained' if stage.sustained else 'NOT sustained'}"
     )
     return stage
 
@@ -331,9 +336,12 @@ async def burst(
         begin = time.perf_counter()
         while not stop.is_set():
             row: dict[str, Any] = {"t": time.perf_counter() - begin}
-            for q in topology.CONSUMER_QUEUES:
-                declared = await channel.declare_queue(q.name, passive=True)
-                row[q.name] = declared.declaration_result.message_count
+            names = [q.name for q in topology.ALL_QUEUES_WITH_DLQ] + [
+                topology.INVENTORY_QUOTES.name
+            ]
+            for name in names:
+                declared = await channel.declare_queue(name, passive=True)
+                row[name] = declared.declaration_result.message_count
             samples.append(row)
             await asyncio.sleep(0.25)
 
@@ -545,7 +553,9 @@ def main(
     ),
     messages: int = typer.Option(20000, help="Messages for the raw broker measurement."),
     hop_messages: int = typer.Option(5000, help="Messages for the FastStream hop."),
-    rates: str = typer.Option("25,50,75,100,125,150,200,250", help="Offered orders/s, stepped up."),
+    rates: str = typer.Option(
+        "5,10,15,20,25,30,40,50,60,80,100", help="Offered orders/s, stepped up until not sustained."
+    ),
     stage_seconds: float = typer.Option(10.0, help="Seconds per load step."),
     ceiling_orders: int = typer.Option(1000, help="Orders for the database ceiling."),
 ) -> None:

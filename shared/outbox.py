@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
@@ -82,13 +83,13 @@ class OutboxRelay:
                     attributes={"messaging.message.id": str(doc.get("event_id", doc["_id"]))},
                 ):
                     await self.publish(doc)
+                    await self.collection.update_one(
+                        {"_id": doc["_id"], "outbox": PENDING},
+                        {"$set": {"outbox": PUBLISHED, "published_at": utcnow_iso()}},
+                    )
             finally:
                 otel_context.detach(token)
             # --8<-- [end:relay-span]
-            await self.collection.update_one(
-                {"_id": doc["_id"], "outbox": PENDING},
-                {"$set": {"outbox": PUBLISHED, "published_at": utcnow_iso()}},
-            )
         return len(docs)
 
     async def publish_fresh(self) -> int:
@@ -96,7 +97,9 @@ class OutboxRelay:
         keys, self._fresh = self._fresh, []
         if not keys or self._degraded:
             return 0  # while degraded, the sweep publishes them, in order
-        found = {doc["_id"]: doc async for doc in self.collection.find({"_id": {"$in": keys}})}
+        # The relay's own reads belong to no order's trace: keep them out of the traces.
+        with suppress_instrumentation():
+            found = {doc["_id"]: doc async for doc in self.collection.find({"_id": {"$in": keys}})}
         docs = [found[k] for k in keys if k in found and found[k].get("outbox") == PENDING]
         try:
             return await self._publish(docs)
@@ -117,7 +120,8 @@ class OutboxRelay:
             .sort([("occurred_at", ASCENDING), ("_id", ASCENDING)])
             .limit(self.batch_size)
         )
-        batch = [doc async for doc in cursor]
+        with suppress_instrumentation():
+            batch = [doc async for doc in cursor]
         for doc in batch:
             if doc.get("order_id") in held_back:
                 continue

@@ -34,6 +34,7 @@ import typer
 from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 from tenacity import retry, stop_after_attempt, wait_exponential
 
 from services.notification.settings import NotificationSettings
@@ -156,7 +157,8 @@ def make_celery(settings: NotificationSettings) -> Celery:
     @app.task(
         bind=True,
         name=TASK_NAME,
-        autoretry_for=(smtplib.SMTPException, OSError),
+        # SMTP trouble and a database that is briefly away are both worth waiting out.
+        autoretry_for=(smtplib.SMTPException, OSError, PyMongoError),
         retry_backoff=2,
         retry_backoff_max=60,
         max_retries=8,
