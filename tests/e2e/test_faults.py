@@ -390,8 +390,12 @@ async def test_order_service_killed_after_saving_an_order_still_publishes_it(
             await api.post("/orders", json=body("MOON-RABBIT", customer=customer))
         assert marker.exists()
         faulty.restart_after_crash("order")
-        page = (await api.get("/orders", params={"customer_id": customer})).json()
-        assert page["total"] == 1  # the order was saved before the crash
+
+        async def listing() -> dict[str, Any]:
+            return (await api.get("/orders", params={"customer_id": customer})).json()
+
+        # The order was saved before the crash; its read model catches up as the saga runs.
+        page = await eventually(listing, until=lambda p: p["total"] == 1, what="the saved order")
         order_id = page["items"][0]["order_id"]
         assert await until_status(api, order_id, FINAL) == "CONFIRMED"  # the outbox published it
     finally:
