@@ -13,20 +13,17 @@ from services.notification import handlers
 from services.notification.repository import NotificationRepository
 from services.notification.settings import NotificationSettings
 from services.notification.worker import TASK_NAME, make_celery
-from shared import messaging, mongo, topology
+from shared import topology
 from shared.contracts import Envelope, EventData
-from shared.observability import setup_observability
-from shared.service import make_service_app
+from shared.service import bootstrap, make_service_app
 
 ENQUEUE_TIMEOUT_SECONDS = 10.0
 
 
 def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
     settings = settings or NotificationSettings()
-    setup_observability(settings.service_name, level=settings.log_level, fmt=settings.log_format)
-    client = mongo.make_client(settings)
-    repo = NotificationRepository(mongo.service_database(client, settings))
-    broker = messaging.make_broker(settings)
+    runtime = bootstrap(settings)
+    repo = NotificationRepository(runtime.db)
     celery = make_celery(settings)
     # Celery's client is blocking: one thread publishes tasks, off the event loop.
     celery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-publish")
@@ -52,20 +49,9 @@ def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
             envelope, payload, repo, enqueue, mail_domain=settings.customer_mail_domain
         )
 
-    messaging.subscribe_events(
-        broker,
-        topology.NOTIFICATION_ORDER_EVENTS,
-        on_order_event,
-        retry_delays=settings.retry_delays_seconds,
-    )
+    runtime.subscribe(topology.NOTIFICATION_ORDER_EVENTS, on_order_event)
 
     async def shutdown() -> None:
         celery_thread.shutdown(wait=True)
 
-    return make_service_app(
-        broker,
-        client,
-        retry_delays=settings.retry_delays_seconds,
-        on_startup=repo.create_indexes,
-        on_shutdown=shutdown,
-    )
+    return make_service_app(runtime, on_startup=repo.create_indexes, on_shutdown=shutdown)

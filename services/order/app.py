@@ -16,11 +16,10 @@ from services.order import api, handlers
 from services.order.handlers import OrderDeps, QuoteUnavailableError
 from services.order.repository import EventStore, IdempotencyKeys, OrderViews, stored_envelope
 from services.order.settings import OrderSettings
-from shared import messaging, mongo, topology
+from shared import messaging, topology
 from shared.contracts import Envelope, EventData, OrderLine, Quote, QuoteRequest
-from shared.observability import setup_observability
 from shared.outbox import OutboxRelay
-from shared.startup import wait_for_dependencies
+from shared.service import bootstrap, readiness, start_dependencies
 
 
 # --8<-- [start:publish-stored-event]
@@ -34,11 +33,9 @@ def _publish_stored_event(broker: Any) -> Any:
 
 def create_app(settings: OrderSettings | None = None) -> FastAPI:
     settings = settings or OrderSettings()
-    setup_observability(settings.service_name, level=settings.log_level, fmt=settings.log_format)
-    client = mongo.make_client(settings)
-    db = mongo.service_database(client, settings)
-    store, views, keys = EventStore(db), OrderViews(db), IdempotencyKeys(db)
-    broker = messaging.make_broker(settings)
+    runtime = bootstrap(settings)
+    broker = runtime.broker
+    store, views, keys = EventStore(runtime.db), OrderViews(runtime.db), IdempotencyKeys(runtime.db)
     relay = OutboxRelay(
         store.events, _publish_stored_event(broker), sweep_interval=settings.outbox_sweep_seconds
     )
@@ -69,20 +66,13 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     async def on_saga_event(envelope: Envelope, payload: EventData) -> list[Envelope]:
         return await handlers.follow_saga(envelope, payload, deps)
 
-    messaging.subscribe_events(
-        broker,
-        topology.ORDER_SAGA_REPLIES,
-        on_saga_event,
-        retry_delays=settings.retry_delays_seconds,
-    )
+    runtime.subscribe(topology.ORDER_SAGA_REPLIES, on_saga_event)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await wait_for_dependencies(broker, client)
-        await store.create_indexes()
-        await views.create_indexes()
-        await keys.create_indexes()
-        await topology.declare_topology(broker, settings.retry_delays_seconds)
+        await start_dependencies(runtime)
+        for repository in (store, views, keys):
+            await repository.create_indexes()
         await broker.start()
         relay.start()
         relay.wake()  # sweep now: publish whatever a previous run left pending
@@ -91,7 +81,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         finally:
             await relay.stop()
             await broker.stop()
-            await client.close()
+            await runtime.client.close()
 
     app = FastAPI(
         title="Warren — order service",
@@ -111,7 +101,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         """Readiness: the broker and the database answer."""
-        checks = {"broker": await broker.ping(2.0), "database": await mongo.ping(client)}
+        checks = await readiness(runtime)
         ready = all(checks.values())
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
