@@ -6,7 +6,7 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.support.system import System, build_system, reset_broker, seed_catalog
+from tests.support.system import System, build_system, reset_broker, start_everything
 
 
 @pytest.fixture(scope="session")
@@ -18,11 +18,7 @@ async def system(
     await reset_broker(rabbit_url)
     running = build_system(rabbit_url, mongo_url, tmp_path_factory.mktemp("system"), f"e2e{run_id}")
     try:
-        running.start("smtp")
-        running.start("traces")
-        seed_catalog(running)
-        for name in ("inventory", "payment_1", "payment_2", "notification", "emails", "order"):
-            running.start(name)
+        start_everything(running)
         yield running
     finally:
         running.stop_all()

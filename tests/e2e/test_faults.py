@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import aio_pika
 import httpx
 import pytest
 from pymongo import AsyncMongoClient
@@ -36,12 +35,12 @@ from tests.support.system import (
     build_system,
     mongo_standin,
     mongo_url_of,
+    publish_raw,
     reset_broker,
-    seed_catalog,
+    start_everything,
 )
 
 FINAL = {"CONFIRMED", "CANCELLED"}
-SERVICES = ("inventory", "payment_1", "payment_2", "notification", "emails", "order")
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +60,7 @@ async def faulty(
     )
     system.processes["mongo"] = database
     try:
-        system.start("smtp")
-        system.start("traces")
-        seed_catalog(system)
-        for name in SERVICES:
-            system.start(name)
+        start_everything(system)
         yield system
     finally:
         system.stop_all()
@@ -134,19 +129,6 @@ async def ledger_holds(system: System, timeout: float = 30) -> None:
     assert all(c.checked or c.name.startswith("one email") for c in checks)
 
 
-async def publish_raw(rabbit_url: str, routing_key: str, payload: bytes, message_id: str) -> None:
-    connection = await aio_pika.connect(rabbit_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(topology.EVENTS.name)
-        await exchange.publish(
-            aio_pika.Message(
-                payload, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-            ),
-            routing_key=routing_key,
-        )
-
-
 async def bus_events_of(
     mongo: AsyncMongoClient, system: System, order_id: str
 ) -> list[dict[str, Any]]:
@@ -197,7 +179,11 @@ async def test_every_event_delivered_twice_and_shuffled_changes_nothing(
     random.Random(7).shuffle(duplicated)
     for event in duplicated:
         await publish_raw(
-            rabbit_url, event["type"], json.dumps(event, default=str).encode(), event["id"]
+            rabbit_url,
+            topology.EVENTS.name,
+            event["type"],
+            json.dumps(event, default=str).encode(),
+            message_id=event["id"],
         )
     # A fence: an order placed after the duplicates goes through the same queues behind them.
     fence = await place(api, body("CLOVER-TEA", customer="fence"))
@@ -230,7 +216,11 @@ async def test_a_poison_event_is_dead_lettered_within_a_second_and_orders_keep_f
     poison_id = f"poison-{uuid.uuid4()}"
     sent = time.monotonic()
     await publish_raw(
-        rabbit_url, "order.placed", b'{"type": "order.placed", "data": "not an order"}', poison_id
+        rabbit_url,
+        topology.EVENTS.name,
+        "order.placed",
+        b'{"type": "order.placed", "data": "not an order"}',
+        message_id=poison_id,
     )
 
     async def dead() -> list[dict[str, Any]]:

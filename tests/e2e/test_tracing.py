@@ -8,14 +8,13 @@ import subprocess
 from collections import Counter
 from typing import Any
 
-import aio_pika
 import httpx
 from pymongo import AsyncMongoClient
 
 from services.order.repository import stored_envelope
 from shared import topology
 from tests.support.polling import eventually
-from tests.support.system import BIN, System
+from tests.support.system import BIN, System, publish_raw
 
 FINAL = {"CONFIRMED", "CANCELLED"}
 SERVICES = {"order", "inventory", "payment", "notification", "notification-worker"}
@@ -184,24 +183,19 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
         {"order_id": order_id, "type": "order.confirmed"}
     )
     envelope = stored_envelope(stored).model_dump(mode="json")
-    connection = await aio_pika.connect(rabbit_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(topology.DEAD_LETTER.name)
-        await exchange.publish(
-            aio_pika.Message(
-                json.dumps(envelope).encode(),
-                message_id=stored["event_id"],
-                correlation_id=order_id,
-                headers={
-                    "traceparent": stored["trace_context"]["traceparent"],
-                    "x-warren-reason": "retries exhausted",
-                    "x-warren-original-queue": topology.NOTIFICATION_ORDER_EVENTS.name,
-                },
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=topology.NOTIFICATION_ORDER_EVENTS.name,
-        )
+    await publish_raw(
+        rabbit_url,
+        topology.DEAD_LETTER.name,
+        topology.NOTIFICATION_ORDER_EVENTS.name,
+        json.dumps(envelope).encode(),
+        message_id=stored["event_id"],
+        correlation_id=order_id,
+        headers={
+            "traceparent": stored["trace_context"]["traceparent"],
+            "x-warren-reason": "retries exhausted",
+            "x-warren-original-queue": topology.NOTIFICATION_ORDER_EVENTS.name,
+        },
+    )
 
     replay = subprocess.run(
         [

@@ -17,6 +17,7 @@ from email.message import Message
 from pathlib import Path
 from typing import IO, Any
 
+import aio_pika
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 from mirakuru.base import Executor
 
@@ -230,3 +231,29 @@ def seed_catalog(system: System) -> None:
         capture_output=True,
         timeout=60,
     )
+
+
+SERVICES = ("inventory", "payment_1", "payment_2", "notification", "emails", "order")
+
+
+def start_everything(system: System) -> None:
+    """The SMTP sink and the OTLP receiver, the seeded catalog, then every service."""
+    system.start("smtp")
+    system.start("traces")
+    seed_catalog(system)
+    for name in SERVICES:
+        system.start(name)
+
+
+async def publish_raw(
+    rabbit_url: str, exchange_name: str, routing_key: str, body: bytes, **properties: Any
+) -> None:
+    """Publish bytes as they are (no envelope checks): duplicates, poison, dead letters."""
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(exchange_name)
+        await exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **properties),
+            routing_key=routing_key,
+        )
