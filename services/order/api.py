@@ -85,6 +85,7 @@ def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=OrderAccepted,
     responses={
+        400: {"description": "The body is not JSON at all"},
         422: {"description": "Invalid request, unknown SKU, or Idempotency-Key reused"},
         503: {"description": "Inventory did not answer in time; retry after Retry-After"},
     },
@@ -125,7 +126,11 @@ async def place_order(
     return OrderAccepted(order_id=placed.order_id, href=href)
 
 
-@router.get("/orders/{order_id}", response_model=OrderView)
+@router.get(
+    "/orders/{order_id}",
+    response_model=OrderView,
+    responses={404: {"description": "No order with this id"}},
+)
 async def get_order(order_id: str, deps: Deps) -> OrderView:
     """The order's status, lines, total and the history of its events."""
     trace.get_current_span().set_attribute(ORDER_ID, order_id)
@@ -140,7 +145,7 @@ async def list_orders(
     deps: Deps,
     customer_id: Annotated[str, Query(min_length=1, max_length=64)],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> OrderPage:
     """A customer's orders, newest first."""
     items, total = await deps.views.by_customer(customer_id, limit=limit, offset=offset)

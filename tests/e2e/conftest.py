@@ -9,11 +9,13 @@ from pymongo import AsyncMongoClient
 from tests.support.system import System, build_system, reset_broker, start_everything
 
 
-@pytest.fixture(scope="session")
+# Package scope: the system stops when the e2e tests are done, before tests/faults starts a
+# system of its own -- two systems on one broker would consume each other's messages.
+@pytest.fixture(scope="package")
 async def system(
     rabbit_url: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory, run_id: str
 ) -> AsyncIterator[System]:
-    """The whole system, started once for the session: four services, two payment replicas,
+    """The whole system, started once for the e2e tests: four services, two payment replicas,
     the Celery worker and an SMTP sink, against the real RabbitMQ."""
     await reset_broker(rabbit_url)
     running = build_system(rabbit_url, mongo_url, tmp_path_factory.mktemp("system"), f"e2e{run_id}")

@@ -146,6 +146,9 @@ def mongo_standin(data_dir: Path) -> TCPExecutor:
         host="127.0.0.1",
         port=port,
         timeout=30,
+        # It writes its own log file; keep its console chatter out of the test output.
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -194,6 +197,8 @@ def build_system(
         port=ports["smtp"],
         envvars=env,
         timeout=30,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     system.processes["smtp"] = smtp
     system.processes["traces"] = TCPExecutor(
