@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -261,19 +260,16 @@ async def offer(api: str, final: FinalEvents, rate: float, seconds: float, label
     return stage
 
 
-def reseed(env: dict[str, str]) -> None:
-    subprocess.run(
-        [str(REPO / ".venv/bin/warren"), "seed", "--reset"],
-        env={**os.environ, **env},
-        check=True,
-        capture_output=True,
-    )
-
-
 async def saga(
     url: str, run_dir: Path, traced: bool, rates: list[float], seconds: float
 ) -> dict[str, Any]:
-    from tests.support.system import build_system, mongo_standin, mongo_url_of
+    from tests.support.system import (
+        build_system,
+        mongo_standin,
+        mongo_url_of,
+        seed_catalog,
+        start_everything,
+    )
 
     label = "traced" if traced else "untraced"
     database = mongo_standin(run_dir / f"mongo-{label}")
@@ -287,17 +283,13 @@ async def saga(
     final = FinalEvents(url)
     result: dict[str, Any] = {"traced": traced, "stages": []}
     try:
-        system.start("smtp")
-        if traced:
-            system.start("traces")
-        reseed(system.env)
-        for name in ("inventory", "payment_1", "payment_2", "notification", "emails", "order"):
-            system.start(name)
+        # Untraced, the OTLP receiver just idles: the services export nothing to it.
+        start_everything(system)
         await final.start()
         await offer(system.api, final, 10, 3, f"{label} warm-up")
         best = 0.0
         for rate in rates:
-            reseed(system.env)
+            seed_catalog(system)
             stage = await offer(system.api, final, rate, seconds, label)
             result["stages"].append(stage.summary())
             if not stage.sustained:
@@ -306,13 +298,13 @@ async def saga(
         result["max_sustained_orders_s"] = best
         for share in (0.5, 0.8):
             if best:
-                reseed(system.env)
+                seed_catalog(system)
                 stage = await offer(
                     system.api, final, best * share, seconds, f"{label} at {share:.0%}"
                 )
                 result[f"at_{int(share * 100)}pct"] = stage.summary()
         if traced and best:
-            result["burst"] = await burst(system.api, url, final, best * 3, 5, system.env)
+            result["burst"] = await burst(system, url, final, best * 3, 5)
     finally:
         await final.stop()
         system.stop_all()
@@ -321,12 +313,13 @@ async def saga(
 
 
 async def burst(
-    api: str, url: str, final: FinalEvents, rate: float, seconds: float, env: dict[str, str]
+    system: Any, url: str, final: FinalEvents, rate: float, seconds: float
 ) -> dict[str, Any]:
     """Offer 3x the sustained rate for a few seconds; sample queue depths until they drain."""
     from shared import topology
+    from tests.support.system import seed_catalog
 
-    reseed(env)
+    seed_catalog(system)
     samples: list[dict[str, Any]] = []
     stop = asyncio.Event()
     connection = await aio_pika.connect(url)
@@ -346,7 +339,7 @@ async def burst(
             await asyncio.sleep(0.25)
 
     sampler = asyncio.create_task(sample())
-    stage = await offer(api, final, rate, seconds, "burst")
+    stage = await offer(system.api, final, rate, seconds, "burst")
     await asyncio.sleep(1)  # one more second of samples after the drain
     stop.set()
     await sampler

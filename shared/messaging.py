@@ -158,17 +158,15 @@ async def _republish(
     )
 
 
-# --8<-- [start:dead-letter]
-async def dead_letter(
-    broker: RabbitBroker,
+def _failure_headers(
     message: RabbitMessage,
     queue_name: str,
     *,
     reason: str,
     exception: BaseException | None,
     attempts: int,
-) -> None:
-    """Send ``message`` to its queue's DLQ with the reason in headers (the caller acks after)."""
+) -> dict[str, Any]:
+    """The message's own headers plus why, where from, how often and since when it failed."""
     headers = dict(message.headers or {})
     headers.update(
         {
@@ -181,9 +179,26 @@ async def dead_letter(
             H_ORIGINAL_QUEUE: queue_name,
             H_ATTEMPTS: attempts,
             H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or utcnow_iso(),
-            H_DEAD_LETTERED_AT: utcnow_iso(),
         }
     )
+    return headers
+
+
+# --8<-- [start:dead-letter]
+async def dead_letter(
+    broker: RabbitBroker,
+    message: RabbitMessage,
+    queue_name: str,
+    *,
+    reason: str,
+    exception: BaseException | None,
+    attempts: int,
+) -> None:
+    """Send ``message`` to its queue's DLQ with the reason in headers (the caller acks after)."""
+    headers = _failure_headers(
+        message, queue_name, reason=reason, exception=exception, attempts=attempts
+    )
+    headers[H_DEAD_LETTERED_AT] = utcnow_iso()
     await _republish(
         broker, message, exchange=topology.DEAD_LETTER, routing_key=queue_name, headers=headers
     )
@@ -202,15 +217,12 @@ async def retry_later(
     """Park ``message`` in the delay queue for its next attempt; returns the delay in seconds."""
     queue_name = consumer_queue.name
     delay = consumer_queue.retry_delays[attempts - 1]
-    headers = dict(message.headers or {})
-    headers.update(
-        {
-            H_ATTEMPTS: attempts,
-            H_REASON: "retrying after a failure",
-            H_EXCEPTION: "".join(traceback.format_exception_only(exception)).strip()[:2000],
-            H_ORIGINAL_QUEUE: queue_name,
-            H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or utcnow_iso(),
-        }
+    headers = _failure_headers(
+        message,
+        queue_name,
+        reason="retrying after a failure",
+        exception=exception,
+        attempts=attempts,
     )
     await _republish(
         broker,

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.support.system import System, build_system, reset_broker, start_everything
+from tests.support.system import System, running_system
 
 
 # Package scope: the system stops when the e2e tests are done, before tests/faults starts a
@@ -17,13 +17,9 @@ async def system(
 ) -> AsyncIterator[System]:
     """The whole system, started once for the e2e tests: four services, two payment replicas,
     the Celery worker and an SMTP sink, against the real RabbitMQ."""
-    await reset_broker(rabbit_url)
-    running = build_system(rabbit_url, mongo_url, tmp_path_factory.mktemp("system"), f"e2e{run_id}")
-    try:
-        start_everything(running)
+    run_dir = tmp_path_factory.mktemp("system")
+    async with running_system(rabbit_url, mongo_url, run_dir, f"e2e{run_id}") as running:
         yield running
-    finally:
-        running.stop_all()
 
 
 @pytest.fixture

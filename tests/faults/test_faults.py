@@ -32,12 +32,10 @@ from shared.settings import WarrenSettings
 from tests.support.polling import eventually
 from tests.support.system import (
     System,
-    build_system,
     mongo_standin,
     mongo_url_of,
     publish_raw,
-    reset_broker,
-    start_everything,
+    running_system,
 )
 
 FINAL = {"CONFIRMED", "CANCELLED"}
@@ -50,20 +48,15 @@ async def faulty(
     run_dir = tmp_path_factory.mktemp("faults")
     database = mongo_standin(run_dir / "mongo")
     database.start()
-    await reset_broker(rabbit_url)
-    system = build_system(
+    async with running_system(
         rabbit_url,
         mongo_url_of(database),
         run_dir,
         f"faults{run_id}",
         extra_env={"RETRY_DELAYS_SECONDS": "[1, 2, 4]"},
-    )
-    system.processes["mongo"] = database
-    try:
-        start_everything(system)
+        database=database,
+    ) as system:
         yield system
-    finally:
-        system.stop_all()
 
 
 @pytest.fixture
@@ -189,7 +182,7 @@ async def test_every_event_delivered_twice_and_shuffled_changes_nothing(
     fence = await place(api, body("CLOVER-TEA", customer="fence"))
     await until_status(api, fence, FINAL)
     await eventually(
-        lambda: _count(faulty, fence), until=lambda n: n == 2, what="the fence's emails"
+        lambda: len(faulty.emails_for(fence)), until=lambda n: n == 2, what="the fence's emails"
     )
 
     for order_id, status in zip(orders, ("CONFIRMED", "CANCELLED"), strict=True):
@@ -201,10 +194,6 @@ async def test_every_event_delivered_twice_and_shuffled_changes_nothing(
     assert await charges.count_documents({"_id": {"$in": orders}, "status": "captured"}) == 1
     assert len(faulty.emails()) == mails_before + 2  # only the fence's two
     await ledger_holds(faulty)
-
-
-async def _count(system: System, order_id: str) -> int:
-    return len(system.emails_for(order_id))
 
 
 # --- poison ----------------------------------------------------------------------------------
@@ -270,7 +259,7 @@ async def test_a_database_outage_is_retried_with_backoff_then_processed(
         faulty.stop("mongo")
         outage_started = time.monotonic()
         await eventually(
-            lambda: _async(
+            lambda: (
                 _retry_lines(faulty, "payment_1", order_id)
                 + _retry_lines(faulty, "payment_2", order_id)
             ),
@@ -335,10 +324,6 @@ async def test_retries_exhausted_go_to_the_dlq_and_a_replay_completes_the_order(
     await ledger_holds(faulty)
 
 
-async def _async(value: Any) -> Any:
-    return value
-
-
 # --- processes killed between "saved" and "published" -------------------------------------------
 
 
@@ -353,7 +338,7 @@ async def test_inventory_killed_after_saving_its_decision_still_announces_it(
     )
     try:
         order_id = await place(api, body("BURROW-LAMP"))
-        await eventually(lambda: _async(marker.exists()), timeout=15, what="inventory to crash")
+        await eventually(marker.exists, timeout=15, what="inventory to crash")
         assert await status_of(api, order_id) == "PENDING"
         reservations = mongo[faulty.database("inventory")]["reservations"]
         saved = await reservations.find_one({"_id": order_id})
@@ -442,19 +427,15 @@ async def test_a_broker_restart_with_200_orders_in_flight_loses_nothing(
     async with httpx.AsyncClient(base_url=faulty.api, timeout=15.0) as client:
         load = asyncio.gather(*(shopper(client, 20) for _ in range(10)))
         await eventually(
-            lambda: _async(len(accepted)),
+            lambda: len(accepted),
             until=lambda n: n >= 60,
             timeout=30,
             what="orders in flight",
         )
         subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
-        await eventually(
-            lambda: _async(_amqp_answers(rabbit_url)), until=lambda up: not up, timeout=30
-        )
+        await eventually(lambda: _amqp_answers(rabbit_url), until=lambda up: not up, timeout=30)
         subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
-        await eventually(
-            lambda: _async(_amqp_answers(rabbit_url)), timeout=60, what="RabbitMQ back"
-        )
+        await eventually(lambda: _amqp_answers(rabbit_url), timeout=60, what="RabbitMQ back")
         await load
         assert len(accepted) + refused == 200
         assert len(accepted) >= 60

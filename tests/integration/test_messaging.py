@@ -100,7 +100,7 @@ async def test_a_poison_message_is_dead_lettered_at_once_and_the_consumer_goes_o
             lambda: dead_letters(rabbit_url, test_queue), until=lambda m: len(m) == 1, timeout=5
         )
         assert time.monotonic() - sent_at < 2.0  # "within a second", with slack for a busy CI
-        await eventually(lambda: _list(handler.handled), until=lambda h: good.id in h, timeout=5)
+        await eventually(lambda: list(handler.handled), until=lambda h: good.id in h, timeout=5)
     finally:
         await broker.stop()
     [dead] = await dead_letters(rabbit_url, test_queue)
@@ -120,7 +120,7 @@ async def test_a_transient_failure_is_retried_after_a_delay_not_in_a_hot_loop(
     try:
         event = confirmed()
         await send(broker, test_queue, event.model_dump_json(), event.id)
-        await eventually(lambda: _list(handler.handled), until=lambda h: event.id in h, timeout=10)
+        await eventually(lambda: list(handler.handled), until=lambda h: event.id in h, timeout=10)
     finally:
         await broker.stop()
     (_, first), (_, second) = handler.calls
@@ -150,9 +150,7 @@ async def test_exhausted_retries_go_to_the_dlq_with_the_reason_and_can_be_replay
         monkeypatch.setattr(dlq, "_consumer_queue", lambda name: test_queue)
         monkeypatch.setenv("RABBIT_URL", rabbit_url)
         assert await dlq.replay_messages(test_queue.name, event.id) == 1
-        await eventually(
-            lambda: _list(handler.handled), until=lambda h: h == [event.id], timeout=10
-        )
+        await eventually(lambda: list(handler.handled), until=lambda h: h == [event.id], timeout=10)
     finally:
         await broker.stop()
     assert await dead_letters(rabbit_url, test_queue) == []
@@ -166,10 +164,6 @@ async def test_an_unroutable_publish_raises_instead_of_vanishing(rabbit_url: str
             await broker.publish(b"{}", queue=f"no-such-queue-{uuid.uuid4().hex}", persist=True)
     finally:
         await broker.stop()
-
-
-async def _list(items: list[str]) -> list[str]:
-    return list(items)
 
 
 async def test_replaying_to_a_queue_that_is_gone_fails_and_keeps_the_dead_letter(

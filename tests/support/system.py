@@ -12,6 +12,8 @@ import mailbox
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -236,6 +238,29 @@ def seed_catalog(system: System) -> None:
         capture_output=True,
         timeout=60,
     )
+
+
+@asynccontextmanager
+async def running_system(
+    rabbit_url: str,
+    mongo_url: str,
+    run_dir: Path,
+    prefix: str,
+    *,
+    extra_env: dict[str, str] | None = None,
+    database: TCPExecutor | None = None,
+) -> AsyncIterator[System]:
+    """A whole system on a clean broker, stopped (and its ``database``, if given) on exit."""
+    await reset_broker(rabbit_url)
+    system = build_system(rabbit_url, mongo_url, run_dir, prefix, extra_env)
+    if database is not None:
+        # First in, last out: stop_all stops the services before their database.
+        system.processes = {"mongo": database, **system.processes}
+    try:
+        start_everything(system)
+        yield system
+    finally:
+        system.stop_all()
 
 
 SERVICES = ("inventory", "payment_1", "payment_2", "notification", "emails", "order")
