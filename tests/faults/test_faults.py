@@ -15,7 +15,8 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -199,8 +200,14 @@ async def test_every_event_delivered_twice_and_shuffled_changes_nothing(
 # --- poison ----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def dlq_tool(rabbit_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DLQ tool (cli/dlq.py) reads RABBIT_URL like every Warren command."""
+    monkeypatch.setenv("RABBIT_URL", rabbit_url)
+
+
 async def test_a_poison_event_is_dead_lettered_within_a_second_and_orders_keep_flowing(
-    faulty: System, api: httpx.AsyncClient, rabbit_url: str
+    faulty: System, api: httpx.AsyncClient, rabbit_url: str, dlq_tool: None
 ) -> None:
     poison_id = f"poison-{uuid.uuid4()}"
     sent = time.monotonic()
@@ -215,82 +222,78 @@ async def test_a_poison_event_is_dead_lettered_within_a_second_and_orders_keep_f
     async def dead() -> list[dict[str, Any]]:
         return await dlq.show_messages(topology.INVENTORY_ORDER_PLACED.name, 50)
 
-    previous = os.environ.get("RABBIT_URL")
-    os.environ["RABBIT_URL"] = rabbit_url
-    try:
-        shown = await eventually(
-            dead, until=lambda ms: any(m["message_id"] == poison_id for m in ms), timeout=5
-        )
-        assert time.monotonic() - sent < 2.0  # "within a second", with slack for a busy CI
-        [message] = [m for m in shown if m["message_id"] == poison_id]
-        assert message["reason"].startswith("poison:")
-        assert message["headers"]["x-warren-original-queue"] == "inventory.order-placed"
-        # pub/sub: notification got the same poison, and dead-lettered it too
-        notified = await dlq.show_messages(topology.NOTIFICATION_ORDER_EVENTS.name, 50)
-        assert any(m["message_id"] == poison_id for m in notified)
-        order_id = await place(api, body())
-        assert await until_status(api, order_id, FINAL) == "CONFIRMED"
-        await dlq.purge_queue(topology.INVENTORY_ORDER_PLACED.name)
-        await dlq.purge_queue(topology.NOTIFICATION_ORDER_EVENTS.name)
-    finally:
-        if previous is None:
-            os.environ.pop("RABBIT_URL", None)
-        else:
-            os.environ["RABBIT_URL"] = previous
+    shown = await eventually(
+        dead, until=lambda ms: any(m["message_id"] == poison_id for m in ms), timeout=5
+    )
+    assert time.monotonic() - sent < 2.0  # "within a second", with slack for a busy CI
+    [message] = [m for m in shown if m["message_id"] == poison_id]
+    assert message["reason"].startswith("poison:")
+    assert message["headers"]["x-warren-original-queue"] == "inventory.order-placed"
+    # pub/sub: notification got the same poison, and dead-lettered it too
+    notified = await dlq.show_messages(topology.NOTIFICATION_ORDER_EVENTS.name, 50)
+    assert any(m["message_id"] == poison_id for m in notified)
+    order_id = await place(api, body())
+    assert await until_status(api, order_id, FINAL) == "CONFIRMED"
+    await dlq.purge_queue(topology.INVENTORY_ORDER_PLACED.name)
+    await dlq.purge_queue(topology.NOTIFICATION_ORDER_EVENTS.name)
 
 
 # --- the database goes away ----------------------------------------------------------------------
 
+PAYMENTS = ("payment_1", "payment_2")
 
-def _retry_lines(system: System, name: str, order_id: str) -> list[str]:
-    log = (system.log_dir / f"{name}.log").read_text(errors="replace")
-    return [line for line in log.splitlines() if "will retry" in line and order_id in line]
+
+@contextmanager
+def slow_payments(system: System) -> Iterator[None]:
+    """Charging takes 1.5 s, so an outage can start while an order waits to be charged.
+    Afterwards, whatever happened: the database is up and charging is fast again."""
+    for name in PAYMENTS:
+        system.restart(name, PAYMENT_LATENCY_MS="1500")
+    try:
+        yield
+    finally:
+        if not system.processes["mongo"].running():
+            system.start("mongo")
+        for name in PAYMENTS:
+            system.restart(name, PAYMENT_LATENCY_MS="0")
+
+
+def _retries(system: System, order_id: str) -> list[str]:
+    """The payment replicas' "will retry" log lines for this order."""
+    lines = []
+    for name in PAYMENTS:
+        log = (system.log_dir / f"{name}.log").read_text(errors="replace")
+        lines += [line for line in log.splitlines() if "will retry" in line and order_id in line]
+    return lines
 
 
 async def test_a_database_outage_is_retried_with_backoff_then_processed(
     faulty: System, api: httpx.AsyncClient
 ) -> None:
-    # Slow payments down so the outage can start while an order waits to be charged.
-    for name in ("payment_1", "payment_2"):
-        faulty.restart(name, PAYMENT_LATENCY_MS="1500")
-    try:
+    with slow_payments(faulty):
         order_id = await place(api, body("EAR-MUFFS"))
         await until_status(api, order_id, {"RESERVED"})
         faulty.stop("mongo")
         outage_started = time.monotonic()
         await eventually(
-            lambda: (
-                _retry_lines(faulty, "payment_1", order_id)
-                + _retry_lines(faulty, "payment_2", order_id)
-            ),
+            lambda: _retries(faulty, order_id),
             until=lambda lines: len(lines) >= 1,
             timeout=15,
             what="a retry while the database is down",
         )
         faulty.start("mongo")
         assert await until_status(api, order_id, FINAL, timeout=40) == "CONFIRMED"
-        retries = _retry_lines(faulty, "payment_1", order_id) + _retry_lines(
-            faulty, "payment_2", order_id
-        )
+        retries = _retries(faulty, order_id)
         # Backoff, not a hot loop: a handful of attempts over the outage, not hundreds.
         assert 1 <= len(retries) <= 3, retries
         assert time.monotonic() - outage_started > 1
-    finally:
-        if not faulty.processes["mongo"].running():
-            faulty.start("mongo")
-        for name in ("payment_1", "payment_2"):
-            faulty.restart(name, PAYMENT_LATENCY_MS="0")
     await ledger_holds(faulty)
 
 
 async def test_retries_exhausted_go_to_the_dlq_and_a_replay_completes_the_order(
-    faulty: System, api: httpx.AsyncClient, rabbit_url: str
+    faulty: System, api: httpx.AsyncClient, dlq_tool: None
 ) -> None:
-    for name in ("payment_1", "payment_2"):
-        faulty.restart(name, PAYMENT_LATENCY_MS="1500")
-    previous = os.environ.get("RABBIT_URL")
-    os.environ["RABBIT_URL"] = rabbit_url
-    try:
+    with slow_payments(faulty):
         order_id = await place(api, body("TUNNEL-KIT"))
         await until_status(api, order_id, {"RESERVED"})
         faulty.stop("mongo")
@@ -307,20 +310,9 @@ async def test_retries_exhausted_go_to_the_dlq_and_a_replay_completes_the_order(
         assert message["correlation_id"] == order_id
         faulty.start("mongo")
         assert await status_of(api, order_id) == "RESERVED"
-
-        for name in ("payment_1", "payment_2"):
-            faulty.restart(name, PAYMENT_LATENCY_MS="0")
-        assert await dlq.replay_messages(topology.PAYMENT_STOCK_RESERVED.name, None) == 1
-        assert await until_status(api, order_id, FINAL) == "CONFIRMED"
-    finally:
-        if previous is None:
-            os.environ.pop("RABBIT_URL", None)
-        else:
-            os.environ["RABBIT_URL"] = previous
-        if not faulty.processes["mongo"].running():
-            faulty.start("mongo")
-        for name in ("payment_1", "payment_2"):
-            faulty.restart(name, PAYMENT_LATENCY_MS="0")
+    # Charging is fast again: the replay goes through.
+    assert await dlq.replay_messages(topology.PAYMENT_STOCK_RESERVED.name, None) == 1
+    assert await until_status(api, order_id, FINAL) == "CONFIRMED"
     await ledger_holds(faulty)
 
 
