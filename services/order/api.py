@@ -15,7 +15,8 @@ from shared.contracts import OrderLine
 from shared.observability import ORDER_ID
 
 
-def get_deps(request: Request) -> OrderDeps:
+async def get_deps(request: Request) -> OrderDeps:
+    # async: FastAPI runs a plain "def" dependency in a worker thread, once per request.
     return request.app.state.deps
 
 

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
@@ -19,6 +18,7 @@ from services.order.settings import OrderSettings
 from shared import messaging, topology
 from shared.contracts import Envelope, EventData, OrderLine, Quote, QuoteRequest
 from shared.outbox import OutboxRelay
+from shared.rpc import RpcClient, RpcUnavailableError
 from shared.service import bootstrap, readiness, start_dependencies
 
 
@@ -41,22 +41,19 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     )
 
     # --8<-- [start:ask-inventory]
+    quotes = RpcClient(settings.rabbit_url, app_id=settings.service_name)
+
     async def ask_inventory(lines: tuple[OrderLine, ...]) -> Quote:
         request = QuoteRequest(lines=lines)
-        timeout = settings.quote_timeout_seconds
         try:
-            reply = await broker.request(
+            reply = await quotes.request(
+                topology.INVENTORY_QUOTES.name,
                 request.model_dump(mode="json"),
-                queue=topology.INVENTORY_QUOTES.name,
-                timeout=timeout,
-                # A request nobody took in time expires instead of being answered to no one.
-                expiration=timeout,
+                timeout=settings.quote_timeout_seconds,
             )
-        except TimeoutError as exc:
-            raise QuoteUnavailableError(f"no quote within {timeout:g}s") from exc
-        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
-            raise QuoteUnavailableError(f"broker unavailable ({type(exc).__name__})") from exc
-        return Quote.model_validate_json(reply.body)
+        except RpcUnavailableError as exc:
+            raise QuoteUnavailableError(str(exc)) from exc
+        return Quote.model_validate_json(reply)
         # --8<-- [end:ask-inventory]
 
     deps = OrderDeps(
@@ -80,6 +77,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
             yield
         finally:
             await relay.stop()
+            await quotes.close()
             await broker.stop()
             await runtime.client.close()
 
