@@ -1,8 +1,8 @@
 """The outbox relay: publishes events that were saved with ``outbox: "pending"``.
 
 A service saves an event and its "to publish" mark in one single-document write, then hands
-the event's key to :meth:`OutboxRelay.wake`. The relay publishes those events at once, by key
-(cheap), with publisher confirms, and only then marks each one published. Every
+the saved document to :meth:`OutboxRelay.wake`. The relay publishes those events at once, with
+publisher confirms, and only then marks them published (one write per batch). Every
 ``sweep_interval`` seconds it also sweeps for anything still pending, oldest first -- an event
 whose wake-up was lost (the process died right after the write, the broker was down) still
 goes out, after a restart if need be.
@@ -60,20 +60,24 @@ class OutboxRelay:
         self.publish = publish
         self.sweep_interval = sweep_interval
         self.batch_size = batch_size
-        self._fresh: list[str] = []  # keys handed over by wake(), in write order
+        self._fresh: list[dict[str, Any]] = []  # handed over by wake(), in write order
         self._degraded = False  # a publish failed: only sweeps until one gets through
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # --8<-- [start:relay]
-    def wake(self, keys: Sequence[str] = ()) -> None:
-        """Publish these just-saved events now (and sweep, if no keys are given)."""
-        self._fresh.extend(keys)
+    def wake(self, docs: Sequence[dict[str, Any]] = ()) -> None:
+        """Publish these just-saved events now (and sweep, if none are given).
+
+        The caller hands over the documents it has just written, so the relay need not read
+        them back.
+        """
+        self._fresh.extend(docs)
         self._wake.set()
 
-    async def _publish(self, docs: list[dict[str, Any]]) -> int:
-        # --8<-- [start:relay-span]
+    async def _publish_in_order(self, docs: list[dict[str, Any]], done: list[str]) -> None:
         for doc in docs:
+            # --8<-- [start:relay-span]
             # Publish inside the trace the event was recorded in, as a visible relay step.
             token = otel_context.attach(propagate.extract(doc.get("trace_context") or {}))
             try:
@@ -83,24 +87,44 @@ class OutboxRelay:
                     attributes={"messaging.message.id": str(doc.get("event_id", doc["_id"]))},
                 ):
                     await self.publish(doc)
-                    await self.collection.update_one(
-                        {"_id": doc["_id"], "outbox": PENDING},
-                        {"$set": {"outbox": PUBLISHED, "published_at": utcnow_iso()}},
-                    )
             finally:
                 otel_context.detach(token)
             # --8<-- [end:relay-span]
-        return len(docs)
+            done.append(doc["_id"])
+
+    async def _publish(self, docs: list[dict[str, Any]]) -> int:
+        """Publish ``docs`` (in order within each order, orders side by side), then mark them.
+
+        One ``update_many`` marks the whole batch published: under load a batch holds many
+        events, and the database sees one write instead of one per event.
+        """
+        by_order: dict[str, list[dict[str, Any]]] = {}
+        for doc in docs:
+            by_order.setdefault(doc.get("order_id", doc["_id"]), []).append(doc)
+        done: list[str] = []
+        try:
+            results = await asyncio.gather(
+                *(self._publish_in_order(group, done) for group in by_order.values()),
+                return_exceptions=True,
+            )
+        finally:
+            if done:
+                # Marked only after the confirms: a crash before this publishes them again.
+                with suppress_instrumentation():
+                    await self.collection.update_many(
+                        {"_id": {"$in": done}, "outbox": PENDING},
+                        {"$set": {"outbox": PUBLISHED, "published_at": utcnow_iso()}},
+                    )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return len(done)
 
     async def publish_fresh(self) -> int:
-        """Publish the events handed over by :meth:`wake`, by key, in the order written."""
-        keys, self._fresh = self._fresh, []
-        if not keys or self._degraded:
+        """Publish the events handed over by :meth:`wake`, in the order written."""
+        docs, self._fresh = self._fresh, []
+        if not docs or self._degraded:
             return 0  # while degraded, the sweep publishes them, in order
-        # The relay's own reads belong to no order's trace: keep them out of the traces.
-        with suppress_instrumentation():
-            found = {doc["_id"]: doc async for doc in self.collection.find({"_id": {"$in": keys}})}
-        docs = [found[k] for k in keys if k in found and found[k].get("outbox") == PENDING]
         try:
             return await self._publish(docs)
         except Exception:
@@ -130,6 +154,9 @@ class OutboxRelay:
             except Exception as exc:
                 held_back.add(doc.get("order_id", doc["_id"]))
                 log.warning("outbox event not published", event_key=doc["_id"], error=repr(exc))
+        # An event saved while this sweep ran may be both swept and handed over: publish once.
+        swept = {doc["_id"] for doc in batch}
+        self._fresh = [doc for doc in self._fresh if doc["_id"] not in swept]
         self._degraded = bool(held_back) or len(batch) == self.batch_size
         return published
 

@@ -19,6 +19,7 @@ time is dropped by the broker, and the caller has given up on it anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -58,19 +59,26 @@ class RpcClient:
             return self._channel
         async with self._connecting:
             if self._channel is None or self._channel.is_closed:
-                if self._connection is None or self._connection.is_closed:
-                    self._connection = await aio_pika.connect(self.url, timeout=5)
-                    self._connection.close_callbacks.add(self._fail_pending)
+                # Start from a new connection: after a broker restart the old one may still
+                # look open while it is not.
+                await self._disconnect()
+                connection = await aio_pika.connect(self.url, timeout=5)
+                connection.close_callbacks.add(self._fail_pending)
+                self._connection = connection
                 # Confirmed and mandatory: a request no queue takes fails now, not at the timeout.
-                channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 # Direct reply-to: consume the pseudo-queue, without acks, on the same channel
                 # that publishes the requests.
                 replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
                 await replies.consume(self._on_reply, no_ack=True)
                 self._channel = channel
         return self._channel
+
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
 
     def _on_reply(self, message: AbstractIncomingMessage) -> None:
         waiting = self._pending.pop(message.correlation_id or "", None)
@@ -79,6 +87,7 @@ class RpcClient:
         # else: a late reply to a request that already timed out -- nobody wants it.
 
     def _fail_pending(self, *_: Any) -> None:
+        self._channel = None  # the next request reconnects
         for waiting in self._pending.values():
             if not waiting.done():
                 waiting.set_exception(RpcUnavailableError("broker connection lost"))
@@ -124,8 +133,17 @@ class RpcClient:
             except TimeoutError as exc:
                 span.set_status(StatusCode.ERROR, "timeout")
                 raise RpcUnavailableError(f"no reply from {queue} within {timeout:g}s") from exc
-            except (AMQPError, ChannelInvalidStateError, ConnectionError, OSError) as exc:
+            except (
+                AMQPError,
+                ChannelInvalidStateError,
+                ConnectionError,
+                OSError,
+                RuntimeError,
+            ) as exc:
+                # (aio-pika raises RuntimeError for a connection it has found closed.)
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
+                if not isinstance(exc, DeliveryError):  # unroutable: the connection is fine
+                    self._channel = None  # the next request starts on a new connection
                 raise RpcUnavailableError(f"broker unavailable ({type(exc).__name__})") from exc
             finally:
                 self._pending.pop(correlation_id, None)
@@ -134,5 +152,4 @@ class RpcClient:
 
     async def close(self) -> None:
         self._fail_pending()
-        if self._connection is not None and not self._connection.is_closed:
-            await self._connection.close()
+        await self._disconnect()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import smtplib
 import sys
+import threading
 import time
 import uuid
 from email.message import EmailMessage
@@ -107,22 +108,46 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
     message["X-Warren-Order-Id"] = claimed["order_id"]
     message["X-Warren-Event-Type"] = claimed["event_type"]
     message.set_content(claimed["body"])
-    accepted = False
     try:
-        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10) as smtp:
-            smtp.send_message(message)
-            accepted = True
-            _mark_sent(notifications, notification_id)  # before QUIT, which may still fail
+        send_message(message, settings.smtp_host, settings.smtp_port)
     except Exception:
-        if not accepted:
-            # Not sent: give the claim back so that the retry (or any task) can take it.
-            notifications.update_one(
-                {"_id": notification_id, "state": "sending"}, {"$set": {"state": "queued"}}
-            )
-            raise
-        # Sent: a failure after that (QUIT, closing) must not cause a second email.
+        # Not sent: give the claim back so that the retry (or any task) can take it.
+        notifications.update_one(
+            {"_id": notification_id, "state": "sending"}, {"$set": {"state": "queued"}}
+        )
+        raise
+    _mark_sent(notifications, notification_id)
     log.info("email sent", notification_id=notification_id, order_id=claimed["order_id"])
     return "sent"
+
+
+# --8<-- [start:smtp-connection]
+_smtp = threading.local()  # each worker thread (or process) keeps its own connection
+
+
+def send_message(message: EmailMessage, host: str, port: int) -> None:
+    """Send over a kept-open SMTP connection; reconnect once if the server had dropped it.
+
+    Connecting, greeting (EHLO) and QUIT for every email cost more than the email itself.
+    Retrying after ``SMTPServerDisconnected`` cannot send twice: a message counts as sent
+    only when the server answers 250 to its DATA, and a dropped connection never answered.
+    """
+    connections: dict[tuple[str, int], smtplib.SMTP] = _smtp.__dict__.setdefault("open", {})
+    for attempt in (1, 2):
+        smtp = connections.pop((host, port), None) or smtplib.SMTP(host, port, timeout=10)
+        try:
+            smtp.send_message(message)
+        except smtplib.SMTPServerDisconnected:
+            smtp.close()
+            if attempt == 2:
+                raise
+            continue  # an idle connection the server closed: once more, on a new one
+        except Exception:
+            smtp.close()  # a refusal or a broken conversation: start clean next time
+            raise
+        connections[(host, port)] = smtp
+        return
+        # --8<-- [end:smtp-connection]
 
 
 @retry(stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.2, max=3), reraise=True)

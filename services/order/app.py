@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,12 +12,19 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.order import api, handlers
+from services.order.domain import OrderEvent
 from services.order.handlers import OrderDeps, QuoteUnavailableError
-from services.order.repository import EventStore, IdempotencyKeys, OrderViews, stored_envelope
+from services.order.repository import (
+    EventStore,
+    IdempotencyKeys,
+    OrderViews,
+    stored_envelope,
+    to_document,
+)
 from services.order.settings import OrderSettings
 from shared import messaging, topology
 from shared.contracts import Envelope, EventData, OrderLine, Quote, QuoteRequest
-from shared.outbox import OutboxRelay
+from shared.outbox import PENDING, OutboxRelay
 from shared.rpc import RpcClient, RpcUnavailableError
 from shared.service import bootstrap, readiness, start_dependencies
 
@@ -56,8 +63,11 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         return Quote.model_validate_json(reply)
         # --8<-- [end:ask-inventory]
 
+    def wake_relay(events: Sequence[OrderEvent]) -> None:
+        relay.wake([doc for doc in map(to_document, events) if doc["outbox"] == PENDING])
+
     deps = OrderDeps(
-        store=store, views=views, keys=keys, quote=ask_inventory, wake_relay=relay.wake
+        store=store, views=views, keys=keys, quote=ask_inventory, wake_relay=wake_relay
     )
 
     async def on_saga_event(envelope: Envelope, payload: EventData) -> list[Envelope]:

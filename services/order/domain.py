@@ -61,6 +61,8 @@ class OrderEvent:
     data: dict[str, Any]
     occurred_at: datetime
     causation_id: str | None = None
+    # The trace it was recorded in (W3C headers): its publication continues that trace.
+    trace_context: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

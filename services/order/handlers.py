@@ -20,7 +20,6 @@ from services.order.repository import (
     EventStore,
     IdempotencyKeys,
     OrderViews,
-    event_key,
 )
 from shared.contracts import Envelope, EventData, OrderLine, OrderPlaced, PricedLine, Quote
 from shared.faults import crash_point
@@ -39,8 +38,8 @@ class OrderDeps:
     keys: IdempotencyKeys
     # Asks inventory for a quote (request-reply); raises QuoteUnavailableError.
     quote: QuoteFn
-    # Hands the outbox relay the keys of events just saved, to publish at once.
-    wake_relay: Callable[[Sequence[str]], None]
+    # Hands the outbox relay the events just saved, to publish at once.
+    wake_relay: Callable[[Sequence[OrderEvent]], None]
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ async def _accept(
         # The same Idempotency-Key, twice at the same moment: the other request won.
         return Placed(order_id=order_id, created=False)
     crash_point("order.after-append")  # saved, not yet published: the outbox must cover this
-    deps.wake_relay([event_key(order_id, event.version) for event in appended])
+    deps.wake_relay(appended)
     # --8<-- [end:record-order-placed]
     await project(order_id, appended, deps)
     log.info("order placed", order_id=order_id, total_cents=placed.total_cents)
@@ -162,7 +161,7 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
             )
         except ConcurrencyError:
             continue  # someone else moved the order on: decide again from the new state
-        deps.wake_relay([event_key(order_id, event.version) for event in appended])
+        deps.wake_relay(appended)
         events += appended
         break
     else:

@@ -28,6 +28,7 @@ from pymongo.errors import DuplicateKeyError
 from services.order.domain import PUBLISHED_TYPES, NewEvent, Order, OrderEvent
 from shared.clock import iso
 from shared.contracts import Envelope
+from shared.outbox import PENDING
 
 IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
 
@@ -54,7 +55,24 @@ def _to_event(doc: dict[str, Any]) -> OrderEvent:
         data=doc["data"],
         occurred_at=doc["occurred_at"],
         causation_id=doc.get("causation_id"),
+        trace_context=doc.get("trace_context") or {},
     )
+
+
+def to_document(event: OrderEvent) -> dict[str, Any]:
+    """The stored form of an event; ``outbox`` says whether the relay must publish it."""
+    return {
+        "_id": event_key(event.order_id, event.version),
+        "event_id": event.id,
+        "order_id": event.order_id,
+        "version": event.version,
+        "type": event.type,
+        "data": event.data,
+        "occurred_at": event.occurred_at,
+        "causation_id": event.causation_id,
+        "outbox": PENDING if event.type in PUBLISHED_TYPES else "internal",
+        "trace_context": event.trace_context,
+    }
 
 
 def stored_envelope(doc: dict[str, Any]) -> Envelope:
@@ -102,25 +120,21 @@ class EventStore:
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         appended: list[OrderEvent] = []
         for offset, new in enumerate(new_events, start=1):
-            version = expected_version + offset
-            doc = {
-                "_id": event_key(order_id, version),
-                "event_id": str(uuid.uuid4()),
-                "order_id": order_id,
-                "version": version,
-                "type": new.type,
-                "data": new.data,
-                "occurred_at": now,
-                "causation_id": causation_id,
-                "outbox": "pending" if new.type in PUBLISHED_TYPES else "internal",
-                # The trace this event was recorded in, so the relay can continue it.
-                "trace_context": trace_context or {},
-            }
+            event = OrderEvent(
+                id=str(uuid.uuid4()),
+                order_id=order_id,
+                version=expected_version + offset,
+                type=new.type,
+                data=new.data,
+                occurred_at=now,
+                causation_id=causation_id,
+                trace_context=trace_context or {},
+            )
             try:
-                await self.events.insert_one(doc)
+                await self.events.insert_one(to_document(event))
             except DuplicateKeyError as exc:
-                raise ConcurrencyError(f"order {order_id} moved past {doc['version'] - 1}") from exc
-            appended.append(_to_event(doc))
+                raise ConcurrencyError(f"order {order_id} moved past {event.version - 1}") from exc
+            appended.append(event)
         return appended
         # --8<-- [end:event-store]
 

@@ -101,3 +101,42 @@ def test_an_abandoned_claim_is_taken_over_after_a_while(
     notification_id = queued(settings, state="sending", claimed_by="t1", claimed_at=0.0)
     assert deliver(notification_id, settings, task_id="t9") == "sent"
     assert len(sent(smtp[1])) == 1
+
+
+class CountingMailbox(Mailbox):
+    """A Maildir sink that counts SMTP sessions (one EHLO per connection)."""
+
+    sessions = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        CountingMailbox.sessions += 1
+        session.host_name = hostname
+        return responses
+
+
+def test_emails_share_one_smtp_connection_and_survive_the_server_dropping_it(
+    settings: NotificationSettings, tmp_path: Path
+) -> None:
+    maildir = tmp_path / "counted"
+    mailbox.Maildir(maildir, create=True)
+    port = free_port()
+    counted = settings.model_copy(update={"smtp_port": port})
+    CountingMailbox.sessions = 0
+    controller = Controller(CountingMailbox(maildir), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        first = [queued(counted) for _ in range(3)]
+        for notification_id in first:
+            assert deliver(notification_id, counted) == "sent"
+        assert CountingMailbox.sessions == 1  # three emails, one connection
+        # The server goes away and comes back: the kept connection is dead.
+        controller.stop()
+        controller = Controller(CountingMailbox(maildir), hostname="127.0.0.1", port=port)
+        controller.start()
+        later = queued(counted)
+        assert deliver(later, counted) == "sent"
+    finally:
+        controller.stop()
+    assert CountingMailbox.sessions == 2
+    assert sorted(sent(maildir)) == sorted(f"<{n}@warren>" for n in [*first, later])
+    assert {state(counted, n) for n in [*first, later]} == {"sent"}

@@ -7,6 +7,7 @@ oracle. Both must give the asserted answer, so a divergence of the stand-in fail
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -23,13 +24,14 @@ from services.order.repository import (
     EventStore,
     IdempotencyKeys,
     OrderViews,
-    event_key,
+    to_document,
 )
 from services.payment import handlers as payment
 from services.payment.gateway import SimulatedGateway
 from services.payment.repository import PaymentRepository
 from shared.contracts import (
     Envelope,
+    OrderConfirmed,
     OrderPlaced,
     PaymentFailed,
     PaymentSucceeded,
@@ -171,6 +173,12 @@ def order_placed(order_id: str, customer: str = "bugs-bunny") -> NewEvent:
     )
 
 
+def order_confirmed(order_id: str) -> NewEvent:
+    return NewEvent.of(
+        OrderConfirmed(order_id=order_id, customer_id="bugs-bunny", total_cents=1250)
+    )
+
+
 async def test_two_writers_cannot_append_the_same_version(db: Any) -> None:
     store = EventStore(db)
     await store.create_indexes()
@@ -284,7 +292,7 @@ async def test_a_notification_is_recorded_once_per_event(db: Any) -> None:
     assert await db["notifications"].count_documents({}) == 1
 
 
-async def test_the_relay_publishes_woken_events_by_key_and_falls_back_to_sweeps_after_a_failure(
+async def test_the_relay_publishes_woken_events_and_falls_back_to_sweeps_after_a_failure(
     db: Any,
 ) -> None:
     store = EventStore(db)
@@ -299,16 +307,49 @@ async def test_the_relay_publishes_woken_events_by_key_and_falls_back_to_sweeps_
         published.append(doc["order_id"])
 
     relay = OutboxRelay(store.events, publish)
-    relay.wake([event_key("o1", first[0].version)])
+    relay.wake([to_document(first[0])])
     with pytest.raises(ConnectionError):
         await relay.publish_fresh()
     broker_up = True
-    relay.wake([event_key("o2", second[0].version)])
+    relay.wake([to_document(second[0])])
     assert await relay.publish_fresh() == 0  # degraded: only sweeps now, oldest first
     assert await relay.publish_pending() == 2
     assert published == ["o1", "o2"]
-    relay.wake([event_key("o1", 1)])  # already published: nothing to do
+    assert await store.events.count_documents({"outbox": "pending"}) == 0
+    # Saved while a sweep runs: both swept and handed over -- published once.
+    third = await store.append("o3", 0, [order_placed("o3")])
+    relay.wake([to_document(third[0])])
+    assert await relay.publish_pending() == 1
     assert await relay.publish_fresh() == 0
+    assert published == ["o1", "o2", "o3"]
+
+
+async def test_the_relay_keeps_each_orders_events_in_order_and_marks_a_batch_at_once(
+    db: Any,
+) -> None:
+    store = EventStore(db)
+    docs = []
+    for order_id in ("o1", "o2", "o3"):
+        placed = await store.append(order_id, 0, [order_placed(order_id)])
+        confirmed = await store.append(order_id, 1, [order_confirmed(order_id)])
+        docs += [to_document(placed[0]), to_document(confirmed[0])]
+    published: list[tuple[str, str]] = []
+
+    async def publish(doc: dict[str, Any]) -> None:
+        await asyncio.sleep(0.01 if doc["order_id"] == "o2" else 0)  # o2 is slow
+        if doc["order_id"] == "o3" and doc["type"] == "order.placed":
+            raise ConnectionError("broker went away")
+        published.append((doc["order_id"], doc["type"]))
+
+    relay = OutboxRelay(store.events, publish)
+    relay.wake(docs)
+    with pytest.raises(ConnectionError):
+        await relay.publish_fresh()
+    for order_id in ("o1", "o2"):
+        assert [t for o, t in published if o == order_id] == ["order.placed", "order.confirmed"]
+    assert not [o for o, _ in published if o == "o3"]  # its first failed: its second waits
+    pending = {doc["_id"] async for doc in store.events.find({"outbox": "pending"})}
+    assert pending == {docs[4]["_id"], docs[5]["_id"]}
 
 
 async def test_two_deliveries_of_one_order_deciding_at_once_never_hold_stock_twice(db: Any) -> None:
