@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.order import api, handlers
 from services.order.domain import OrderEvent
@@ -36,6 +38,35 @@ def _publish_stored_event(broker: Any) -> Any:
 
     return publish
     # --8<-- [end:publish-stored-event]
+
+
+# --8<-- [start:trace-id-middleware]
+class TraceIdHeader:
+    """ASGI middleware: adds ``X-Trace-Id`` (the request's trace) to every HTTP answer.
+
+    A plain ASGI wrapper rather than ``@app.middleware("http")``: Starlette's
+    ``BaseHTTPMiddleware`` runs each request through extra tasks and streams, a cost paid on
+    every ``POST /orders``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_trace_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                context = trace.get_current_span().get_span_context()
+                if context.is_valid:
+                    headers = MutableHeaders(scope=message)
+                    headers["X-Trace-Id"] = format(context.trace_id, "032x")
+            await send(message)
+
+        await self.app(scope, receive, send_with_trace_id)
+        # --8<-- [end:trace-id-middleware]
 
 
 def create_app(settings: OrderSettings | None = None) -> FastAPI:
@@ -114,15 +145,8 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
     # --8<-- [start:trace-id-header]
-    @app.middleware("http")
-    async def trace_id_header(request: Request, call_next: Any) -> Response:
-        """Every answer names its trace: paste the X-Trace-Id into Jaeger's search box."""
-        response: Response = await call_next(request)
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            response.headers["X-Trace-Id"] = format(context.trace_id, "032x")
-        return response
-
+    # Every answer names its trace: paste the X-Trace-Id into Jaeger's search box.
+    app.add_middleware(TraceIdHeader)
     # No spans for health probes, nor for each ASGI send/receive (noise in every trace).
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"]
