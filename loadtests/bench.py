@@ -57,24 +57,38 @@ def percentile(values: list[float], q: float) -> float:
 # --- 1. raw broker -------------------------------------------------------------------------------
 
 
+async def _publish_many(
+    channel: aio_pika.abc.AbstractChannel, queue: str, count: int, body: bytes, *, persistent: bool
+) -> float:
+    """Publish ``count`` messages, ``window`` at a time; returns msg/s."""
+    window = 256
+    mode = aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+    started = time.perf_counter()
+    for offset in range(0, count, window):
+        await asyncio.gather(
+            *(
+                channel.default_exchange.publish(
+                    aio_pika.Message(body, delivery_mode=mode), routing_key=queue
+                )
+                for _ in range(min(window, count - offset))
+            )
+        )
+    return count / (time.perf_counter() - started)
+
+
 async def raw_broker(url: str, count: int, size: int = 200, window: int = 256) -> dict[str, float]:
     connection = await aio_pika.connect(url)
     async with connection:
+        # What Warren's guarantees cost at the broker: transient, unconfirmed messages to a
+        # queue that is not durable, against persistent, confirmed ones to a durable queue.
+        loose = await connection.channel(publisher_confirms=False)
+        scratch = await loose.declare_queue(f"bench.loose.{uuid.uuid4().hex[:6]}", durable=False)
+        loose_rate = await _publish_many(loose, scratch.name, count, b"x" * size, persistent=False)
+        await scratch.delete(if_unused=False, if_empty=False)
+
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue(f"bench.raw.{uuid.uuid4().hex[:6]}", durable=True)
-        body = b"x" * size
-        started = time.perf_counter()
-        for offset in range(0, count, window):
-            await asyncio.gather(
-                *(
-                    channel.default_exchange.publish(
-                        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                        routing_key=queue.name,
-                    )
-                    for _ in range(min(window, count - offset))
-                )
-            )
-        publish_rate = count / (time.perf_counter() - started)
+        publish_rate = await _publish_many(channel, queue.name, count, b"x" * size, persistent=True)
 
         consumer = await connection.channel()
         await consumer.set_qos(prefetch_count=window)
@@ -89,7 +103,12 @@ async def raw_broker(url: str, count: int, size: int = 200, window: int = 256) -
                     break
         consume_rate = count / (time.perf_counter() - started)
         await queue.delete(if_unused=False, if_empty=False)
-    return {"publish_msg_s": publish_rate, "consume_msg_s": consume_rate, "messages": count}
+    return {
+        "publish_msg_s": publish_rate,
+        "publish_transient_unconfirmed_msg_s": loose_rate,
+        "consume_msg_s": consume_rate,
+        "messages": count,
+    }
 
 
 # --- 2. a bare FastStream hop --------------------------------------------------------------------
@@ -152,6 +171,7 @@ class Stage:
     completed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     post_ms: list[float] = field(default_factory=list)  # the HTTP answer alone (202)
+    cpu_ms_per_order: dict[str, float] = field(default_factory=dict)  # by process
 
     # --8<-- [start:sustained]
     @property
@@ -176,7 +196,46 @@ class Stage:
             "post_p50_ms": percentile(self.post_ms, 50),
             "post_p99_ms": percentile(self.post_ms, 99),
             "sustained": self.sustained,
+            "cpu_ms_per_order": self.cpu_ms_per_order,
         }
+
+
+# --8<-- [start:cpu-meter]
+class CpuMeter:
+    """CPU seconds used by each process of the run: Warren's, the database, RabbitMQ, us."""
+
+    def __init__(self, system: Any, database: Any) -> None:
+        import psutil
+
+        self.processes: dict[str, Any] = {
+            name: psutil.Process(executor.process.pid)
+            for name, executor in system.processes.items()
+            if executor.process is not None
+        }
+        self.processes["database (stand-in)"] = psutil.Process(database.process.pid)
+        # The local broker, when there is one (the Erlang VM).
+        broker = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"]
+        if broker:
+            self.processes["rabbitmq"] = broker[0]
+        self.processes["load driver (this process)"] = psutil.Process()
+
+    def read(self) -> dict[str, float]:
+        import psutil
+
+        used: dict[str, float] = {}
+        for name, process in self.processes.items():
+            try:
+                times = process.cpu_times()
+                seconds = times.user + times.system
+                if name == "emails":  # the Celery worker's pool processes
+                    for child in process.children(recursive=True):
+                        child_times = child.cpu_times()
+                        seconds += child_times.user + child_times.system
+            except psutil.Error:
+                continue
+            used[name] = seconds
+        return used
+        # --8<-- [end:cpu-meter]
 
 
 # --8<-- [start:final-events]
@@ -208,9 +267,18 @@ class FinalEvents:
         await self.connection.close()
 
 
-async def offer(api: str, final: FinalEvents, rate: float, seconds: float, label: str) -> Stage:
+async def offer(
+    api: str,
+    final: FinalEvents,
+    rate: float,
+    seconds: float,
+    label: str,
+    meter: CpuMeter | None = None,
+) -> Stage:
+    """Offer ``rate`` orders/s for ``seconds``, then wait (up to 30 s) for them to finish."""
     stage = Stage(offered=rate, seconds=seconds)
     started_at: dict[str, float] = {}
+    cpu_before = meter.read() if meter else {}
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=api, timeout=10.0, limits=limits) as client:
 
@@ -251,6 +319,13 @@ async def offer(api: str, final: FinalEvents, rate: float, seconds: float, label
         (final.seen[o] - t0) * 1000 for o, t0 in started_at.items() if o in final.seen
     ]
     stage.completed = len(stage.latencies_ms)
+    if meter and stage.accepted:
+        cpu_after = meter.read()
+        stage.cpu_ms_per_order = {
+            name: (cpu_after[name] - cpu_before[name]) * 1000 / stage.accepted
+            for name in cpu_after
+            if name in cpu_before
+        }
     s = stage.summary()
     console.print(
         f"  {label} {rate:6.0f}/s offered: accepted {s['accepted']}, completed {s['completed']},"
@@ -260,8 +335,22 @@ async def offer(api: str, final: FinalEvents, rate: float, seconds: float, label
     return stage
 
 
+# --8<-- [start:tracing-modes]
+# How each saga run traces. Exports use the SDK's default batching (every 5 s or 512 spans).
+TRACING_MODES: dict[str, dict[str, str]] = {
+    "traced": {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},  # every order, as shipped
+    # Head sampling: one order in ten is traced; the others carry the context, no spans.
+    "sampled": {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    },
+    "untraced": {"OTEL_SDK_DISABLED": "true"},
+}
+# --8<-- [end:tracing-modes]
+
+
 async def saga(
-    url: str, run_dir: Path, traced: bool, rates: list[float], seconds: float
+    url: str, run_dir: Path, mode: str, rates: list[float], seconds: float
 ) -> dict[str, Any]:
     from tests.support.system import (
         build_system,
@@ -271,26 +360,32 @@ async def saga(
         start_everything,
     )
 
-    label = "traced" if traced else "untraced"
+    label = mode
     database = mongo_standin(run_dir / f"mongo-{label}")
     database.start()
-    extra = {"PAYMENT_LATENCY_MS": "0", "PAYMENT_DECLINE_RATE": "0", "LOG_LEVEL": "WARNING"}
-    if not traced:
-        extra["OTEL_SDK_DISABLED"] = "true"
+    extra = {
+        "PAYMENT_LATENCY_MS": "0",
+        "PAYMENT_DECLINE_RATE": "0",
+        "LOG_LEVEL": "WARNING",
+        "QUOTE_TIMEOUT_SECONDS": "2",  # the shipped default (the test harness uses 1 s)
+        "OTEL_BSP_SCHEDULE_DELAY": "5000",  # the SDK's default (the test harness uses 200 ms)
+        **TRACING_MODES[mode],
+    }
     system = build_system(
         url, mongo_url_of(database), run_dir / label, f"bench{uuid.uuid4().hex[:6]}", extra
     )
     final = FinalEvents(url)
-    result: dict[str, Any] = {"traced": traced, "stages": []}
+    result: dict[str, Any] = {"mode": mode, "stages": []}
     try:
         # Untraced, the OTLP receiver just idles: the services export nothing to it.
         start_everything(system)
+        meter = CpuMeter(system, database)
         await final.start()
         await offer(system.api, final, 10, 3, f"{label} warm-up")
         best = 0.0
         for rate in rates:
             seed_catalog(system)
-            stage = await offer(system.api, final, rate, seconds, label)
+            stage = await offer(system.api, final, rate, seconds, label, meter)
             result["stages"].append(stage.summary())
             if not stage.sustained:
                 break
@@ -300,11 +395,11 @@ async def saga(
             if best:
                 seed_catalog(system)
                 stage = await offer(
-                    system.api, final, best * share, seconds, f"{label} at {share:.0%}"
+                    system.api, final, best * share, seconds, f"{label} at {share:.0%}", meter
                 )
                 result[f"at_{int(share * 100)}pct"] = stage.summary()
-        if traced and best:
-            result["burst"] = await burst(system, url, final, best * 3, 5)
+        if mode == "traced" and best:
+            result["burst"] = await burst(system, url, final, best * 3, 5, meter)
     finally:
         await final.stop()
         system.stop_all()
@@ -313,7 +408,7 @@ async def saga(
 
 
 async def burst(
-    system: Any, url: str, final: FinalEvents, rate: float, seconds: float
+    system: Any, url: str, final: FinalEvents, rate: float, seconds: float, meter: CpuMeter
 ) -> dict[str, Any]:
     """Offer 3x the sustained rate for a few seconds; sample queue depths until they drain."""
     from shared import topology
@@ -339,7 +434,7 @@ async def burst(
             await asyncio.sleep(0.25)
 
     sampler = asyncio.create_task(sample())
-    stage = await offer(system.api, final, rate, seconds, "burst")
+    stage = await offer(system.api, final, rate, seconds, "burst", meter)
     await asyncio.sleep(1)  # one more second of samples after the drain
     stop.set()
     await sampler
@@ -366,20 +461,39 @@ class OpCounter(monitoring.CommandListener):
 
 
 async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) -> dict[str, float]:
-    """Run each order's database work through the real handlers, without the broker."""
+    """Run each order's database work through the real handlers, without the broker.
+
+    A good order, as the saga runs it: the quote, ``order.placed`` saved and projected and
+    marked published by the relay, inventory's decision, the charge, both saga steps, the
+    settlement, and for each of the two emails the notification record plus the Celery task's
+    claim and "sent" mark.
+    """
+    import logging
+
+    import structlog
+
     from services.inventory import handlers as inventory
     from services.inventory.catalog import CATALOG, CatalogItem
     from services.inventory.repository import StockRepository
     from services.notification.handlers import notify_customer
     from services.notification.repository import NotificationRepository
     from services.order import handlers as order
-    from services.order.repository import EventStore, IdempotencyKeys, OrderViews, event_key
+    from services.order.domain import PUBLISHED_TYPES, OrderEvent
+    from services.order.repository import (
+        EventStore,
+        IdempotencyKeys,
+        OrderViews,
+        stored_envelope,
+        to_document,
+    )
     from services.payment.gateway import SimulatedGateway
     from services.payment.handlers import charge_reserved_order
     from services.payment.repository import PaymentRepository
     from shared.contracts import Envelope, OrderLine, PaymentSucceeded, QuoteRequest
     from tests.support.system import mongo_standin, mongo_url_of
 
+    # The handlers log every step at INFO: quiet them, their output is not the measure.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     server = mongo_standin(run_dir / "mongo-ceiling")
     server.start()
     counter = OpCounter()
@@ -391,23 +505,53 @@ async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) ->
         stock = StockRepository(db)
         await stock.seed([CatalogItem(i.sku, i.name, i.price_cents, 10**6) for i in CATALOG])
         store, views, keys = EventStore(db), OrderViews(db), IdempotencyKeys(db)
-        for repo in (store, views, keys, stock):
+        for repo in (store, views, keys):
             await repo.create_indexes()
         payments, gateway, notes = (
             PaymentRepository(db),
             SimulatedGateway(db),
             NotificationRepository(db),
         )
+        await notes.create_indexes()
 
         async def quote(lines: tuple[OrderLine, ...]) -> Any:
             return await inventory.quote(QuoteRequest(lines=lines), stock)
 
+        woken: dict[str, list[OrderEvent]] = {}
+
+        def wake_relay(events: Any) -> None:
+            for event in events:
+                if event.type in PUBLISHED_TYPES:
+                    woken.setdefault(event.order_id, []).append(event)
+
         deps = order.OrderDeps(
-            store=store, views=views, keys=keys, quote=quote, wake_relay=lambda keys: None
+            store=store, views=views, keys=keys, quote=quote, wake_relay=wake_relay
         )
 
-        async def no_enqueue(_: str) -> None:
-            return None
+        async def relay(order_id: str) -> Envelope:
+            """What the relay writes for one order event: the "published" mark."""
+            [event] = woken.pop(order_id)
+            doc = to_document(event)
+            await store.events.update_many(
+                {"_id": {"$in": [doc["_id"]]}, "outbox": "pending"},
+                {"$set": {"outbox": "published"}},
+            )
+            return stored_envelope(doc)
+
+        async def email(envelope: Envelope) -> None:
+            """The notification record, then the Celery task's claim and "sent" mark."""
+
+            async def enqueue(notification_id: str) -> None:
+                # The same two writes as services/notification/worker.py, on the async client.
+                await notes.notifications.find_one_and_update(
+                    {"_id": notification_id, "state": "queued"},
+                    {"$set": {"state": "sending", "claimed_by": "bench"}},
+                )
+                await notes.notifications.update_one(
+                    {"_id": notification_id}, {"$set": {"state": "sent"}}
+                )
+
+            await notify_customer(envelope, envelope.payload(), notes, enqueue, mail_domain="x")
 
         async def one(i: int) -> None:
             placed = await order.place_order(
@@ -416,26 +560,15 @@ async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) ->
                 ),
                 deps,
             )
-            event_doc = await store.events.find_one({"_id": event_key(placed.order_id, 1)})
-            await store.events.update_one(
-                {"_id": event_doc["_id"]}, {"$set": {"outbox": "published"}}
-            )
-            envelope = Envelope.model_validate(
-                {
-                    "id": event_doc["event_id"],
-                    "type": "order.placed",
-                    "source": "order",
-                    "correlation_id": placed.order_id,
-                    "data": event_doc["data"],
-                }
-            )
+            envelope = await relay(placed.order_id)
             [reserved] = await inventory.reserve_stock(envelope, envelope.payload(), stock)  # type: ignore[arg-type]
-            await notify_customer(envelope, envelope.payload(), notes, no_enqueue, mail_domain="x")
+            await email(envelope)
             [paid] = await charge_reserved_order(reserved, reserved.payload(), payments, gateway)  # type: ignore[arg-type]
             await order.follow_saga(reserved, reserved.payload(), deps)
             assert isinstance(paid.payload(), PaymentSucceeded)
             await inventory.settle_reservation(paid, paid.payload(), stock)  # type: ignore[arg-type]
             await order.follow_saga(paid, paid.payload(), deps)
+            await email(await relay(placed.order_id))  # order.confirmed
 
         semaphore = asyncio.Semaphore(concurrency)
 
@@ -468,7 +601,7 @@ def plot(results: dict[str, Any], latency_png: Path, burst_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key, style in (("saga_traced", "-"), ("saga_untraced", "--")):
+    for key, style in (("saga_traced", "-"), ("saga_sampled", ":"), ("saga_untraced", "--")):
         stages = results.get(key, {}).get("stages", [])
         if not stages:
             continue
@@ -516,9 +649,17 @@ def report(results: dict[str, Any]) -> None:
     )
     table = Table("measure", "value", title="Warren benchmark (one run, this machine)")
     table.add_row("raw broker publish (confirms, persistent)", f"{raw['publish_msg_s']:,.0f} msg/s")
+    table.add_row(
+        "raw broker publish (no confirms, transient)",
+        f"{raw['publish_transient_unconfirmed_msg_s']:,.0f} msg/s",
+    )
     table.add_row("raw broker consume (acks)", f"{raw['consume_msg_s']:,.0f} msg/s")
     table.add_row("FastStream consume -> publish hop", f"{hop['hop_msg_s']:,.0f} msg/s")
     table.add_row("saga, traced: max sustained", f"{traced['max_sustained_orders_s']:.0f} orders/s")
+    table.add_row(
+        "saga, 10 % sampled: max sustained",
+        f"{results['saga_sampled']['max_sustained_orders_s']:.0f} orders/s",
+    )
     table.add_row(
         "saga, untraced: max sustained", f"{untraced['max_sustained_orders_s']:.0f} orders/s"
     )
@@ -537,7 +678,60 @@ def report(results: dict[str, Any]) -> None:
     table.add_row("saga deliveries/s / raw consume msg/s", f"{ratios['saga_vs_raw_broker']:.1%}")
     table.add_row("saga / database ceiling", f"{ratios['saga_vs_database']:.1%}")
     table.add_row("traced / untraced throughput", f"{ratios['traced_vs_untraced']:.1%}")
+    table.add_row("10 % sampled / untraced throughput", f"{ratios['sampled_vs_untraced']:.1%}")
+    if "traced_cpu_vs_untraced" in ratios:
+        table.add_row(
+            "CPU per order, traced / untraced (same load)",
+            f"{ratios['traced_cpu_vs_untraced']:.1%}",
+        )
+        table.add_row(
+            "CPU per order, 10 % sampled / untraced",
+            f"{ratios['sampled_cpu_vs_untraced']:.1%}",
+        )
     console.print(table)
+    console.print(cpu_table(results))
+
+
+# --8<-- [start:cpu-budget]
+def cpu_budget(stage: dict[str, Any]) -> tuple[dict[str, float], float]:
+    """CPU ms per order by process, and the orders/s that this machine's cores could carry."""
+    spent = stage.get("cpu_ms_per_order") or {}
+    per_order = sum(spent.values())
+    cores = os.cpu_count() or 1
+    return spent, (cores * 1000 / per_order if per_order else float("nan"))
+    # --8<-- [end:cpu-budget]
+
+
+def common_stage(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each saga's stage at the highest load that all of them sustained (same rate, fair)."""
+    modes = [m for m in TRACING_MODES if f"saga_{m}" in results]
+    rate = min(results[f"saga_{m}"]["max_sustained_orders_s"] for m in modes) if modes else 0
+    return {
+        m: stage
+        for m in modes
+        for stage in results[f"saga_{m}"]["stages"]
+        if stage["offered_orders_s"] == rate
+    }
+
+
+def cpu_table(results: dict[str, Any]) -> Table:
+    """Where the time goes: CPU per order, by process, all sagas at the same offered load."""
+    stages = common_stage(results)
+    budgets = {m: cpu_budget(stage) for m, stage in stages.items()}
+    rate = next(iter(stages.values()))["offered_orders_s"] if stages else 0
+    table = Table(
+        "process",
+        *stages,
+        title=f"Where the time goes: ms of CPU per order at {rate:.0f} orders/s",
+    )
+    first = next(iter(budgets.values()))[0] if budgets else {}
+    for name in sorted(first, key=lambda n: -first[n]):
+        table.add_row(name, *(f"{b[0].get(name, float('nan')):.1f}" for b in budgets.values()))
+    table.add_row("all", *(f"{sum(b[0].values()):.1f}" for b in budgets.values()))
+    table.add_row(
+        f"{os.cpu_count()} cores / all", *(f"{b[1]:.0f} orders/s" for b in budgets.values())
+    )
+    return table
 
 
 def main(
@@ -547,12 +741,13 @@ def main(
     messages: int = typer.Option(20000, help="Messages for the raw broker measurement."),
     hop_messages: int = typer.Option(5000, help="Messages for the FastStream hop."),
     rates: str = typer.Option(
-        "5,10,15,20,25,30,40,50,60,80,100", help="Offered orders/s, stepped up until not sustained."
+        "5,10,15,20,25,30,35,40,50,60,80,100",
+        help="Offered orders/s, stepped up until not sustained.",
     ),
     stage_seconds: float = typer.Option(10.0, help="Seconds per load step."),
     ceiling_orders: int = typer.Option(1000, help="Orders for the database ceiling."),
 ) -> None:
-    """Measure the raw broker, a FastStream hop, the saga (traced and untraced) and the database."""
+    """Measure the raw broker, a FastStream hop, the saga (traced, sampled, untraced), the database."""
     url = os.environ.get("RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/")
     output.parent.mkdir(parents=True, exist_ok=True)
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/warren-bench-{uuid.uuid4().hex[:6]}"))
@@ -565,25 +760,31 @@ def main(
         results: dict[str, Any] = {
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}
         }
-        console.print("[bold]1/5[/] raw broker (aio-pika)")
+        console.print("[bold]1/6[/] raw broker (aio-pika)")
         results["raw_broker"] = await raw_broker(url, messages)
-        console.print("[bold]2/5[/] FastStream consume -> publish hop")
+        console.print("[bold]2/6[/] FastStream consume -> publish hop")
         results["faststream_hop"] = await faststream_hop(url, hop_messages)
-        console.print("[bold]3/5[/] saga, traced")
-        results["saga_traced"] = await saga(url, run_dir, True, steps, stage_seconds)
-        console.print("[bold]4/5[/] saga, untraced")
-        results["saga_untraced"] = await saga(url, run_dir, False, steps, stage_seconds)
-        console.print("[bold]5/5[/] database stand-in ceiling")
+        for number, mode in enumerate(TRACING_MODES, start=3):
+            console.print(f"[bold]{number}/6[/] saga, {mode}")
+            results[f"saga_{mode}"] = await saga(url, run_dir, mode, steps, stage_seconds)
+        console.print("[bold]6/6[/] database stand-in ceiling")
         results["database_ceiling"] = await database_ceiling(run_dir, ceiling_orders)
-        traced = results["saga_traced"]["max_sustained_orders_s"]
-        untraced = results["saga_untraced"]["max_sustained_orders_s"]
+        traced, sampled, untraced = (
+            results[f"saga_{mode}"]["max_sustained_orders_s"] for mode in TRACING_MODES
+        )
         results["ratios"] = {
             "saga_vs_raw_broker": traced
             * DELIVERIES_PER_ORDER
             / results["raw_broker"]["consume_msg_s"],
             "saga_vs_database": traced / results["database_ceiling"]["orders_s"],
             "traced_vs_untraced": traced / untraced if untraced else float("nan"),
+            "sampled_vs_untraced": sampled / untraced if untraced else float("nan"),
         }
+        # Tracing's CPU cost per order, all three at the same load.
+        cpu = {m: sum(cpu_budget(s)[0].values()) for m, s in common_stage(results).items()}
+        if cpu.get("untraced"):
+            results["ratios"]["traced_cpu_vs_untraced"] = cpu["traced"] / cpu["untraced"]
+            results["ratios"]["sampled_cpu_vs_untraced"] = cpu["sampled"] / cpu["untraced"]
         return results
 
     results = asyncio.run(run())
