@@ -601,7 +601,9 @@ def plot(results: dict[str, Any], latency_png: Path, burst_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key, style in (("saga_traced", "-"), ("saga_sampled", ":"), ("saga_untraced", "--")):
+    # One colour per saga run, one marker per percentile.
+    runs = (("saga_traced", "-", "C0"), ("saga_sampled", ":", "C1"), ("saga_untraced", "--", "C2"))
+    for key, style, colour in runs:
         stages = results.get(key, {}).get("stages", [])
         if not stages:
             continue
@@ -611,6 +613,7 @@ def plot(results: dict[str, Any], latency_png: Path, burst_png: Path) -> None:
                 offered,
                 [s[q] for s in stages],
                 style,
+                color=colour,
                 marker=marker,
                 label=f"{key.split('_')[1]} {q[:3]}",
             )
