@@ -92,9 +92,11 @@ async def place_order(
         binding = await deps.keys.claim(idempotency_key, order_id, command.fingerprint())
         if binding["request_hash"] != command.fingerprint():
             raise IdempotencyConflictError(idempotency_key)
-        order_id = binding["order_id"]
-        if await deps.store.exists(order_id):
-            return Placed(order_id=order_id, created=False)
+        if binding["order_id"] != order_id:
+            # The key was bound before: that order exists, unless its request failed early.
+            order_id = binding["order_id"]
+            if await deps.store.exists(order_id):
+                return Placed(order_id=order_id, created=False)
     with order_context(order_id):
         return await _accept(order_id, command, deps, idempotency_key)
 

@@ -218,10 +218,11 @@ async def test_health_endpoints_report_broker_and_database(api: httpx.AsyncClien
 async def test_with_inventory_down_orders_get_503_quickly_then_work_again(
     system: System, api: httpx.AsyncClient
 ) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
     system.stop("inventory")
     try:
         started = time.perf_counter()
-        response = await api.post("/orders", json=order_body("RABBIT-PLUSH"))
+        response = await api.post("/orders", json=order_body("RABBIT-PLUSH"), headers=key)
         elapsed = time.perf_counter() - started
         assert response.status_code == 503, response.text
         assert response.headers["Retry-After"] == "2"
@@ -229,7 +230,12 @@ async def test_with_inventory_down_orders_get_503_quickly_then_work_again(
         assert elapsed < 4.0  # QUOTE_TIMEOUT_SECONDS=1 in the test system, plus slack
     finally:
         system.start("inventory")
-    order_id = await place(api, order_body("RABBIT-PLUSH"))
+    # The client retries with the same key: the key's order is placed now, and only once.
+    retried = await api.post("/orders", json=order_body("RABBIT-PLUSH"), headers=key)
+    assert retried.status_code == 202, retried.text
+    again = await api.post("/orders", json=order_body("RABBIT-PLUSH"), headers=key)
+    assert again.json()["order_id"] == retried.json()["order_id"]
+    order_id = retried.json()["order_id"]
     assert (await final_order(api, order_id))["status"] == "CONFIRMED"
 
 
