@@ -57,7 +57,7 @@ load: $(STAMP) ## Locust, headless, against `make run` or compose (USERS, SPAWN_
 		--html reports/locust.html --csv reports/locust
 	@echo "reports: reports/locust.html, reports/locust_stats.csv (SAGA rows = end-to-end time)"
 
-bench: $(STAMP) ## Benchmark: raw broker, FastStream hop, saga traced/untraced, database ceiling (5-10 min)
+bench: $(STAMP) ## Benchmark: broker, FastStream hop, saga traced/sampled/untraced, CPU per order, database (~10 min)
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python -m loadtests.bench --output reports/bench.json
 
