@@ -43,6 +43,25 @@ def test_a_log_line_inside_an_order_names_its_trace_span_and_order(
         assert line["service"] == "test"
 
 
+def test_below_the_level_nothing_is_rendered(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_logging("test", level="WARNING", fmt="json")
+    rendered: list[str] = []
+    real = structlog.processors.TimeStamper.__call__
+    monkeypatch.setattr(
+        structlog.processors.TimeStamper,
+        "__call__",
+        lambda self, *args: rendered.append("stamped") or real(self, *args),
+    )
+    log = structlog.get_logger("test.level")
+    log.info("handled", event_id="e-1")  # dropped before any processor runs
+    log.warning("retrying", event_id="e-2")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["event"] for line in lines] == ["retrying"]
+    assert rendered == ["stamped"]  # only the warning was time-stamped
+
+
 def test_spans_started_inside_an_order_are_tagged_with_it(
     provider: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
