@@ -216,7 +216,7 @@ class CpuMeter:
         # The local broker, when there is one (the Erlang VM).
         broker = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"]
         if broker:
-            self.processes["rabbitmq"] = broker[0]
+            self.processes["rabbitmq (the whole broker)"] = broker[0]
         self.processes["load driver (this process)"] = psutil.Process()
 
     def read(self) -> dict[str, float]:

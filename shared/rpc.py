@@ -50,48 +50,52 @@ class RpcClient:
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._pending: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
+        # correlation id -> (the connection the request went out on, its reply to come)
+        self._pending: dict[str, tuple[AbstractConnection, asyncio.Future[bytes]]] = {}
         self._connecting = asyncio.Lock()
 
-    async def _ready_channel(self) -> AbstractChannel:
-        """The channel that publishes requests and consumes replies, (re)opened on demand."""
-        if self._channel is not None and not self._channel.is_closed:
-            return self._channel
+    async def _ready(self) -> tuple[AbstractConnection, AbstractChannel]:
+        """The connection and channel that publish requests and take replies, opened on demand."""
         async with self._connecting:
-            if self._channel is None or self._channel.is_closed:
+            if self._connection is None or self._channel is None or self._channel.is_closed:
                 # Start from a new connection: after a broker restart the old one may still
                 # look open while it is not.
                 await self._disconnect()
                 connection = await aio_pika.connect(self.url, timeout=5)
-                connection.close_callbacks.add(self._fail_pending)
-                self._connection = connection
+                connection.close_callbacks.add(lambda *_: self._lost(connection))
                 # Confirmed and mandatory: a request no queue takes fails now, not at the timeout.
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                channel.close_callbacks.add(lambda *_: self._lost(connection))
                 # Direct reply-to: consume the pseudo-queue, without acks, on the same channel
                 # that publishes the requests.
                 replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
                 await replies.consume(self._on_reply, no_ack=True)
-                self._channel = channel
-        return self._channel
+                self._connection, self._channel = connection, channel
+            return self._connection, self._channel
 
-    async def _disconnect(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
-
-    def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        waiting = self._pending.pop(message.correlation_id or "", None)
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        _, waiting = self._pending.pop(message.correlation_id or "", (None, None))
         if waiting is not None and not waiting.done():
-            waiting.set_result(message)
+            waiting.set_result(message.body)
         # else: a late reply to a request that already timed out -- nobody wants it.
 
-    def _fail_pending(self, *_: Any) -> None:
-        self._channel = None  # the next request reconnects
-        for waiting in self._pending.values():
-            if not waiting.done():
-                waiting.set_exception(RpcUnavailableError("broker connection lost"))
-        self._pending.clear()
+    def _lost(self, connection: AbstractConnection) -> None:
+        """``connection`` (or its channel) is gone: its waiting requests get no reply now."""
+        if self._connection is connection:
+            self._channel = None  # the next request reconnects
+        for correlation_id, (owner, waiting) in list(self._pending.items()):
+            if owner is connection:
+                del self._pending[correlation_id]
+                if not waiting.done():
+                    waiting.set_exception(RpcUnavailableError("broker connection lost"))
+
+    async def _disconnect(self) -> None:
+        """Close the current connection, if any; requests still waiting on it fail now."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            self._lost(connection)
+            with contextlib.suppress(Exception):
+                await connection.close()
 
     async def request(self, queue: str, body: dict[str, Any], *, timeout: float) -> bytes:
         """Send ``body`` to ``queue`` and return the reply's body; raises RpcUnavailableError."""
@@ -108,13 +112,12 @@ class RpcClient:
         ) as span:
             headers: dict[str, Any] = {}
             propagate.inject(headers)  # trace context and baggage, as for every message
-            reply: asyncio.Future[AbstractIncomingMessage] = (
-                asyncio.get_running_loop().create_future()
-            )
-            self._pending[correlation_id] = reply
+            reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            connection: AbstractConnection | None = None
             try:
                 async with asyncio.timeout(timeout):
-                    channel = await self._ready_channel()
+                    connection, channel = await self._ready()
+                    self._pending[correlation_id] = (connection, reply)
                     await channel.default_exchange.publish(
                         aio_pika.Message(
                             json.dumps(body).encode(),
@@ -129,10 +132,13 @@ class RpcClient:
                         routing_key=queue,
                         mandatory=True,
                     )
-                    message = await reply
+                    return await reply
             except TimeoutError as exc:
                 span.set_status(StatusCode.ERROR, "timeout")
                 raise RpcUnavailableError(f"no reply from {queue} within {timeout:g}s") from exc
+            except DeliveryError as exc:
+                span.set_status(StatusCode.ERROR, "unroutable")
+                raise RpcUnavailableError(f"no queue {queue} to take the request") from exc
             except (
                 AMQPError,
                 ChannelInvalidStateError,
@@ -140,16 +146,17 @@ class RpcClient:
                 OSError,
                 RuntimeError,
             ) as exc:
-                # (aio-pika raises RuntimeError for a connection it has found closed.)
+                # The connection is broken (aio-pika raises RuntimeError for one it found
+                # closed): its other requests are lost too, and the next one reconnects.
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
-                if not isinstance(exc, DeliveryError):  # unroutable: the connection is fine
-                    self._channel = None  # the next request starts on a new connection
+                if connection is not None:
+                    self._lost(connection)
                 raise RpcUnavailableError(f"broker unavailable ({type(exc).__name__})") from exc
             finally:
                 self._pending.pop(correlation_id, None)
-            return message.body
+                if reply.done() and not reply.cancelled():
+                    reply.exception()  # failed by _lost while we published: mark it seen
         # --8<-- [end:rpc-client]
 
     async def close(self) -> None:
-        self._fail_pending()
         await self._disconnect()

@@ -116,7 +116,13 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
             {"_id": notification_id, "state": "sending"}, {"$set": {"state": "queued"}}
         )
         raise
-    _mark_sent(notifications, notification_id)
+    try:
+        _mark_sent(notifications, notification_id)
+    except PyMongoError as exc:
+        # Sent, but not recorded: failing the task now would retry it and send it again.
+        log.error(
+            "email sent but not marked sent", notification_id=notification_id, error=repr(exc)
+        )
     log.info("email sent", notification_id=notification_id, order_id=claimed["order_id"])
     return "sent"
 
@@ -126,28 +132,34 @@ _smtp = threading.local()  # each worker thread (or process) keeps its own conne
 
 
 def send_message(message: EmailMessage, host: str, port: int) -> None:
-    """Send over a kept-open SMTP connection; reconnect once if the server had dropped it.
+    """Send over a kept-open SMTP connection, checked first; once, never retried here.
 
-    Connecting, greeting (EHLO) and QUIT for every email cost more than the email itself.
-    Retrying after ``SMTPServerDisconnected`` cannot send twice: a message counts as sent
-    only when the server answers 250 to its DATA, and a dropped connection never answered.
+    Connecting, greeting (EHLO) and QUIT for every email cost more than the email itself, so
+    each worker keeps its connection. A kept connection may have been closed by the server
+    while idle: a ``NOOP`` finds out before the email is sent, and a new connection replaces
+    it. The send itself is not repeated on failure: a connection that breaks after ``DATA``
+    may have delivered the message, and only the task's retry (after the claim is given
+    back) decides to send again.
     """
     connections: dict[tuple[str, int], smtplib.SMTP] = _smtp.__dict__.setdefault("open", {})
-    for attempt in (1, 2):
-        smtp = connections.pop((host, port), None) or smtplib.SMTP(host, port, timeout=10)
+    smtp = connections.pop((host, port), None)
+    if smtp is not None:
         try:
-            smtp.send_message(message)
-        except smtplib.SMTPServerDisconnected:
+            alive = smtp.noop()[0] == 250
+        except (smtplib.SMTPException, OSError):
+            alive = False
+        if not alive:
             smtp.close()
-            if attempt == 2:
-                raise
-            continue  # an idle connection the server closed: once more, on a new one
-        except Exception:
-            smtp.close()  # a refusal or a broken conversation: start clean next time
-            raise
-        connections[(host, port)] = smtp
-        return
-        # --8<-- [end:smtp-connection]
+            smtp = None
+    if smtp is None:
+        smtp = smtplib.SMTP(host, port, timeout=10)
+    try:
+        smtp.send_message(message)
+    except Exception:
+        smtp.close()  # a refusal or a broken conversation: start clean next time
+        raise
+    connections[(host, port)] = smtp
+    # --8<-- [end:smtp-connection]
 
 
 @retry(stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.2, max=3), reraise=True)

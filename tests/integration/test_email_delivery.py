@@ -140,3 +140,20 @@ def test_emails_share_one_smtp_connection_and_survive_the_server_dropping_it(
     assert CountingMailbox.sessions == 2
     assert sorted(sent(maildir)) == sorted(f"<{n}@warren>" for n in [*first, later])
     assert {state(counted, n) for n in [*first, later]} == {"sent"}
+
+
+def test_an_email_sent_but_not_marked_is_not_failed_and_so_not_sent_again(
+    settings: NotificationSettings, smtp: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pymongo.errors import AutoReconnect
+
+    import services.notification.worker as worker
+
+    def database_gone(*_: object) -> None:
+        raise AutoReconnect("the database went away after the SMTP server accepted")
+
+    monkeypatch.setattr(worker, "_mark_sent", database_gone)
+    notification_id = queued(settings)
+    # No exception: a failed task would be retried by Celery and send the email twice.
+    assert deliver(notification_id, settings, task_id="t-1") == "sent"
+    assert sent(smtp[1]) == [f"<{notification_id}@warren>"]

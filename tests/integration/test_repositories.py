@@ -322,6 +322,12 @@ async def test_the_relay_publishes_woken_events_and_falls_back_to_sweeps_after_a
     assert await relay.publish_pending() == 1
     assert await relay.publish_fresh() == 0
     assert published == ["o1", "o2", "o3"]
+    # Swept before it was handed over at all (the hand-over came after the sweep): once.
+    fourth = await store.append("o4", 0, [order_placed("o4")])
+    assert await relay.publish_pending() == 1
+    relay.wake([to_document(fourth[0])])
+    assert await relay.publish_fresh() == 0
+    assert published == ["o1", "o2", "o3", "o4"]
 
 
 async def test_the_relay_keeps_each_orders_events_in_order_and_marks_a_batch_at_once(

@@ -80,7 +80,7 @@ async def test_no_reply_in_time_is_a_clear_error_and_expires(rabbit_url: str, re
 async def test_unroutable_request_fails_fast(rabbit_url: str) -> None:
     client = RpcClient(rabbit_url, app_id="test")
     try:
-        with pytest.raises(RpcUnavailableError, match="broker unavailable"):
+        with pytest.raises(RpcUnavailableError, match="no queue"):
             await client.request(f"no.such.queue.{uuid.uuid4().hex}", {}, timeout=5)
     finally:
         await client.close()
@@ -113,3 +113,29 @@ async def test_request_is_a_client_span_and_carries_its_context(rabbit_url: str,
             span.context.span_id,
         )
         assert "order.id=o-42" in str(request.headers["baggage"])
+
+
+async def test_a_lost_connection_fails_its_requests_at_once_and_the_next_one_reconnects(
+    rabbit_url: str,
+    responder,  # type: ignore[no-untyped-def]
+) -> None:
+    queue, seen = responder
+    client = RpcClient(rabbit_url, app_id="test")
+    try:
+        waiting = asyncio.create_task(client.request(queue, {"n": "never"}, timeout=30))
+        while not seen:  # the request is out
+            await asyncio.sleep(0.01)
+        lost = client._connection
+        assert lost is not None
+        started = asyncio.get_running_loop().time()
+        await lost.close()  # as when the broker goes away
+        with pytest.raises(RpcUnavailableError, match="connection lost"):
+            await waiting
+        assert asyncio.get_running_loop().time() - started < 1  # not the 30 s timeout
+        replies = await asyncio.gather(
+            *(client.request(queue, {"n": n}, timeout=5) for n in range(5))
+        )
+        assert client._connection is not lost
+    finally:
+        await client.close()
+    assert [json.loads(body) for body in replies] == [{"twice": n * 2} for n in range(5)]
