@@ -15,7 +15,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -27,7 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from shared import topology
+from shared.clock import utcnow_iso
 from shared.messaging import H_ATTEMPTS, H_DEAD_LETTERED_AT, H_ORIGINAL_QUEUE, H_REASON
+from shared.observability import current_trace_context
 from shared.settings import WarrenSettings
 
 app = typer.Typer(help="Dead-letter queues: list, show, replay, purge.", no_args_is_help=True)
@@ -109,9 +110,7 @@ def _replay_span(
     with _tracer.start_as_current_span(
         f"dlq replay {queue_name}", context=Context(), links=links, attributes=attributes
     ):
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        headers.update(carrier)
+        headers.update(current_trace_context())
         yield
         # --8<-- [end:replay-span]
 
@@ -182,7 +181,7 @@ async def replay_messages(queue_name: str, message_id: str | None) -> int:
                 continue
             headers = dict(message.headers or {})
             headers[H_ATTEMPTS] = 0  # a fresh retry budget
-            headers[H_REPLAYED_AT] = datetime.now(UTC).isoformat()
+            headers[H_REPLAYED_AT] = utcnow_iso()
             headers[H_REPLAY_COUNT] = int(headers.get(H_REPLAY_COUNT, 0)) + 1
             with _replay_span(headers, consumer_queue.name, message):
                 await requeue.publish(

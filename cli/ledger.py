@@ -20,10 +20,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import typer
-from pymongo import AsyncMongoClient
 from rich.console import Console
 from rich.table import Table
 
+from services.order.domain import FINAL_STATUSES
+from shared import mongo
 from shared.settings import WarrenSettings
 
 console = Console()
@@ -41,10 +42,11 @@ class Check:
 
 
 async def run_checks(settings: WarrenSettings) -> list[Check]:
-    client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=5000)
-    prefix = settings.mongo_db_prefix
-    order_db, inventory_db = client[f"{prefix}_order"], client[f"{prefix}_inventory"]
-    payment_db, notification_db = client[f"{prefix}_payment"], client[f"{prefix}_notification"]
+    client = mongo.make_client(settings)
+    order_db, inventory_db, payment_db, notification_db = (
+        client[settings.mongo_db_of(service)]
+        for service in ("order", "inventory", "payment", "notification")
+    )
     try:
         statuses: dict[str, str] = {
             doc["_id"]: doc["status"] async for doc in order_db["orders"].find({}, {"status": 1})
@@ -59,12 +61,14 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
         final = Check("every accepted order is CONFIRMED or CANCELLED", checked=len(placed))
         for order_id in sorted(placed):
             status = statuses.get(order_id, "missing from the read model")
-            if status not in ("CONFIRMED", "CANCELLED"):
+            if status not in FINAL_STATUSES:
                 final.failures.append(f"order {order_id} is {status}")
 
         stock = Check("available + reserved + sold == initial, per SKU")
+        held_by: set[str] = set()  # orders that still hold stock
         async for doc in inventory_db["stock"].find({}):
             stock.checked += 1
+            held_by.update(doc.get("holds") or {})
             total = doc["available"] + doc["reserved"] + doc["sold"]
             held = sum((doc.get("holds") or {}).values())
             if total != doc["initial"]:
@@ -99,11 +103,6 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
         reservations = {
             doc["_id"]: doc["state"]
             async for doc in inventory_db["reservations"].find({}, {"state": 1})
-        }
-        held_by = {
-            order_id
-            async for doc in inventory_db["stock"].find({}, {"holds": 1})
-            for order_id in (doc.get("holds") or {})
         }
         settled = Check("stock settled as the order ended (sold if confirmed, back if cancelled)")
         expected = {"CONFIRMED": {"committed"}, "CANCELLED": {"rejected", "released"}}

@@ -74,7 +74,6 @@ def seed(
         try:
             await wait_for_dependencies(None, client)
             repo = StockRepository(mongo.service_database(client, settings))
-            await repo.create_indexes()
             return await repo.seed(CATALOG, reset=reset)
         finally:
             await client.close()
@@ -102,6 +101,8 @@ def demo(
     timeout: float = typer.Option(30.0, help="Seconds to wait for a final state."),
 ) -> None:
     """Place one order and follow it to CONFIRMED or CANCELLED, printing each step."""
+    from services.order.domain import FINAL_STATUSES
+
     body = {
         "customer_id": customer,
         "lines": [{"sku": sku, "quantity": quantity}],
@@ -131,7 +132,7 @@ def demo(
                     elapsed = (time.perf_counter() - started) * 1000
                     console.print(f"  +{elapsed:7.0f} ms  v{entry['version']}  {entry['type']}")
                 seen = len(order["history"])
-                if order["status"] in ("CONFIRMED", "CANCELLED"):
+                if order["status"] in FINAL_STATUSES:
                     reason = f" ({order['cancel_reason']})" if order.get("cancel_reason") else ""
                     console.print(
                         f"order {order_id[:8]} is {_render_status(order['status'])}{reason}"
@@ -205,10 +206,11 @@ def declare() -> None:
     from shared.settings import WarrenSettings
 
     async def run() -> None:
-        broker = make_broker(WarrenSettings())
+        settings = WarrenSettings()
+        broker = make_broker(settings)
         await broker.connect()
         try:
-            await topology.declare_topology(broker)
+            await topology.declare_topology(broker, settings.retry_delays_seconds)
         finally:
             await broker.stop()
 

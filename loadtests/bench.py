@@ -39,7 +39,6 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-REPO = Path(__file__).resolve().parents[1]
 SKUS = ["RABBIT-PLUSH", "CARROT-MUG", "WARREN-MAP", "CLOVER-TEA", "HOP-SOCKS", "LETTUCE-BAG"]
 # Broker deliveries per confirmed order: quote request + reply, order.placed x2 (inventory,
 # notification), stock.reserved x2, payment.succeeded x2, order.confirmed x1, 2 Celery tasks.
@@ -58,10 +57,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def _publish_many(
-    channel: aio_pika.abc.AbstractChannel, queue: str, count: int, body: bytes, *, persistent: bool
+    channel: aio_pika.abc.AbstractChannel,
+    queue: str,
+    count: int,
+    body: bytes,
+    *,
+    persistent: bool,
+    window: int = 256,
 ) -> float:
     """Publish ``count`` messages, ``window`` at a time; returns msg/s."""
-    window = 256
     mode = aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
     started = time.perf_counter()
     for offset in range(0, count, window):
@@ -83,12 +87,16 @@ async def raw_broker(url: str, count: int, size: int = 200, window: int = 256) -
         # queue that is not durable, against persistent, confirmed ones to a durable queue.
         loose = await connection.channel(publisher_confirms=False)
         scratch = await loose.declare_queue(f"bench.loose.{uuid.uuid4().hex[:6]}", durable=False)
-        loose_rate = await _publish_many(loose, scratch.name, count, b"x" * size, persistent=False)
+        loose_rate = await _publish_many(
+            loose, scratch.name, count, b"x" * size, persistent=False, window=window
+        )
         await scratch.delete(if_unused=False, if_empty=False)
 
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue(f"bench.raw.{uuid.uuid4().hex[:6]}", durable=True)
-        publish_rate = await _publish_many(channel, queue.name, count, b"x" * size, persistent=True)
+        publish_rate = await _publish_many(
+            channel, queue.name, count, b"x" * size, persistent=True, window=window
+        )
 
         consumer = await connection.channel()
         await consumer.set_qos(prefetch_count=window)
@@ -127,18 +135,7 @@ async def faststream_hop(url: str, count: int) -> dict[str, float]:
         channel = await connection.channel(publisher_confirms=True)
         await channel.declare_queue(source.name, durable=True)
         out = await channel.declare_queue(target, durable=True)
-        for offset in range(0, count, 256):
-            await asyncio.gather(
-                *(
-                    channel.default_exchange.publish(
-                        aio_pika.Message(
-                            b'{"n": 1}', delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-                        ),
-                        routing_key=source.name,
-                    )
-                    for _ in range(min(256, count - offset))
-                )
-            )
+        await _publish_many(channel, source.name, count, b'{"n": 1}', persistent=True)
         broker = make_broker(WarrenSettings(rabbit_url=url, service_name="bench"), prefetch=64)
 
         @broker.subscriber(source)
@@ -512,7 +509,6 @@ async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) ->
             SimulatedGateway(db),
             NotificationRepository(db),
         )
-        await notes.create_indexes()
 
         async def quote(lines: tuple[OrderLine, ...]) -> Any:
             return await inventory.quote(QuoteRequest(lines=lines), stock)

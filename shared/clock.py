@@ -16,7 +16,3 @@ def iso(moment: datetime) -> str:
 
 def utcnow_iso() -> str:
     return iso(datetime.now(UTC))
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import structlog
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -80,6 +80,13 @@ def order_context(order_id: str) -> Iterator[None]:
     finally:
         otel_context.detach(token)
         # --8<-- [end:order-context]
+
+
+def current_trace_context() -> dict[str, str]:
+    """The active trace context and baggage as W3C headers: for a message, or to store."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 def _add_trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -40,13 +40,6 @@ PUBLISHED = "published"
 PublishFn = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def current_trace_context() -> dict[str, str]:
-    """The active trace context as W3C headers, to store beside an event."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier
-
-
 class OutboxRelay:
     def __init__(
         self,

@@ -28,8 +28,10 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
+
+from shared.observability import current_trace_context
 
 log = structlog.get_logger(__name__)
 
@@ -110,8 +112,7 @@ class RpcClient:
                 "messaging.message.conversation_id": correlation_id,
             },
         ) as span:
-            headers: dict[str, Any] = {}
-            propagate.inject(headers)  # trace context and baggage, as for every message
+            headers = current_trace_context()  # trace context and baggage, as every message
             reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             connection: AbstractConnection | None = None
             try:

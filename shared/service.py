@@ -60,17 +60,23 @@ async def start_dependencies(runtime: Runtime) -> None:
     await topology.declare_topology(runtime.broker, runtime.settings.retry_delays_seconds)
 
 
-async def readiness(runtime: Runtime) -> dict[str, bool]:
-    return {"broker": await runtime.broker.ping(2.0), "database": await mongo.ping(runtime.client)}
+async def readiness(runtime: Runtime) -> tuple[int, dict[str, bool]]:
+    """The ``/readyz`` answer: 200 when the broker and the database both answer, else 503."""
+    checks = {
+        "broker": await runtime.broker.ping(2.0),
+        "database": await mongo.ping(runtime.client),
+    }
+    ready = all(checks.values())
+    return (200 if ready else 503), {"ready": ready, **checks}
 
 
 def health_routes(runtime: Runtime) -> list[tuple[str, object]]:
     @get(include_in_schema=False)
     async def readyz(scope: object) -> AsgiResponse:
-        checks = await readiness(runtime)
-        status = 200 if all(checks.values()) else 503
-        body = json.dumps({"ready": status == 200, **checks}).encode()
-        return AsgiResponse(body, status, headers={"content-type": "application/json"})
+        status, body = await readiness(runtime)
+        return AsgiResponse(
+            json.dumps(body).encode(), status, headers={"content-type": "application/json"}
+        )
 
     return [
         ("/healthz", make_ping_asgi(runtime.broker, timeout=2.0, include_in_schema=False)),

@@ -33,5 +33,8 @@ class WarrenSettings(BaseSettings):
 
     @property
     def mongo_db(self) -> str:
-        return f"{self.mongo_db_prefix}_{self.service_name}"
+        return self.mongo_db_of(self.service_name)
+
+    def mongo_db_of(self, service: str) -> str:
+        return f"{self.mongo_db_prefix}_{service}"
         # --8<-- [end:settings]

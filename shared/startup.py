@@ -12,9 +12,7 @@ log = structlog.get_logger(__name__)
 STARTUP_DEADLINE_SECONDS = 60
 
 
-async def wait_for_dependencies(
-    broker: RabbitBroker | None, client: AsyncMongoClient | None
-) -> None:
+async def wait_for_dependencies(broker: RabbitBroker | None, client: AsyncMongoClient) -> None:
     """Connect to RabbitMQ and ping MongoDB, retrying with backoff for up to a minute."""
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(STARTUP_DEADLINE_SECONDS),
@@ -23,7 +21,6 @@ async def wait_for_dependencies(
         reraise=True,
     ):
         with attempt:
-            if client is not None:
-                await client.admin.command("ping")
+            await client.admin.command("ping")
             if broker is not None:
                 await broker.connect()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
@@ -82,7 +82,6 @@ class ConsumerQueue:
     routing_keys: tuple[str, ...]
     # Quorum queues replicate and survive broker restarts; classic is for disposable traffic.
     quorum: bool = True
-    extra_arguments: dict[str, Any] = field(default_factory=dict)
     # Backoff before each retry of a failed message; one more failure goes to the DLQ.
     retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS
 
@@ -95,16 +94,11 @@ class ConsumerQueue:
         arguments: dict[str, Any] = {
             "x-dead-letter-exchange": DEAD_LETTER.name,
             "x-dead-letter-routing-key": self.name,
-            **self.extra_arguments,
         }
         if self.quorum:
             arguments["x-delivery-limit"] = DELIVERY_LIMIT
-            return RabbitQueue(
-                self.name, queue_type=QueueType.QUORUM, durable=True, arguments=arguments
-            )
-        return RabbitQueue(
-            self.name, queue_type=QueueType.CLASSIC, durable=True, arguments=arguments
-        )
+        queue_type = QueueType.QUORUM if self.quorum else QueueType.CLASSIC
+        return RabbitQueue(self.name, queue_type=queue_type, durable=True, arguments=arguments)
 
     @property
     def dlq(self) -> RabbitQueue:

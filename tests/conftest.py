@@ -10,15 +10,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from pymongo import AsyncMongoClient
 
 from tests.support.mongo_backends import AsyncMongomockDatabase
-from tests.support.system import mongo_standin, mongo_url_of
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.system import mongo_standin, mongo_url_of, open_mongo
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +45,8 @@ def run_id() -> str:
 
 @pytest.fixture
 async def mongo_client(mongo_url: str) -> AsyncIterator[AsyncMongoClient]:
-    client: AsyncMongoClient = AsyncMongoClient(
-        mongo_url, serverSelectionTimeoutMS=5000, tz_aware=True
-    )
-    yield client
-    await client.close()
+    async with open_mongo(mongo_url, serverSelectionTimeoutMS=5000) as client:
+        yield client
 
 
 # --8<-- [start:db-fixture]

@@ -35,4 +35,4 @@ def create_app(settings: InventorySettings | None = None) -> AsgiFastStream:
 
     runtime.subscribe(topology.INVENTORY_ORDER_PLACED, on_order_placed)
     runtime.subscribe(topology.INVENTORY_PAYMENT_OUTCOMES, on_payment_outcome)
-    return make_service_app(runtime, on_startup=repo.create_indexes)
+    return make_service_app(runtime)

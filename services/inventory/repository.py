@@ -30,9 +30,6 @@ class StockRepository:
         self.stock = db["stock"]
         self.reservations = db["reservations"]
 
-    async def create_indexes(self) -> None:
-        await self.reservations.create_index([("state", ASCENDING)])
-
     # --- catalog -------------------------------------------------------------------------
 
     async def seed(self, items: Iterable[CatalogItem], *, reset: bool = False) -> int:

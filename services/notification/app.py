@@ -54,4 +54,4 @@ def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
     async def shutdown() -> None:
         celery_thread.shutdown(wait=True)
 
-    return make_service_app(runtime, on_startup=repo.create_indexes, on_shutdown=shutdown)
+    return make_service_app(runtime, on_shutdown=shutdown)

@@ -41,6 +41,7 @@ from tenacity import retry, stop_after_attempt, wait_exponential
 from services.notification.settings import NotificationSettings
 from shared import topology
 from shared.clock import utcnow_iso
+from shared.mongo import CLIENT_OPTIONS
 from shared.observability import setup_observability
 
 TASK_NAME = "notification.send_email"
@@ -65,9 +66,8 @@ def email_queue() -> Queue:
 @cache
 def _collection(mongo_url: str, db_name: str) -> Any:
     # One client per worker process, made after the fork (PyMongo clients are not fork-safe).
-    return MongoClient(mongo_url, serverSelectionTimeoutMS=3000, timeoutMS=10_000, tz_aware=True)[
-        db_name
-    ]["notifications"]
+    client: MongoClient = MongoClient(mongo_url, appname="notification-worker", **CLIENT_OPTIONS)
+    return client[db_name]["notifications"]
 
 
 # --8<-- [start:claim]
@@ -173,6 +173,7 @@ def _mark_sent(notifications: Any, notification_id: str) -> None:
 # --8<-- [start:make-celery]
 def make_celery(settings: NotificationSettings) -> Celery:
     app = Celery("warren-notification", broker=settings.rabbit_url)
+    queue = email_queue()
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -181,9 +182,9 @@ def make_celery(settings: NotificationSettings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={"confirm_publish": True},
         broker_connection_retry_on_startup=True,
-        task_queues=[email_queue()],
-        task_default_queue=email_queue().name,
-        task_routes={TASK_NAME: {"queue": email_queue().name}},
+        task_queues=[queue],
+        task_default_queue=queue.name,
+        task_routes={TASK_NAME: {"queue": queue.name}},
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -209,9 +210,8 @@ def make_celery(settings: NotificationSettings) -> Celery:
 
 # --8<-- [start:instrument-worker]
 def _instrument_worker(**_: Any) -> None:
-    # Runs in each worker process after the fork: telemetry must be set up there.
-    settings = NotificationSettings()
-    setup_observability("notification-worker", level=settings.log_level, fmt=settings.log_format)
+    # Runs in each worker process after the fork. Logging and the tracer provider came across
+    # the fork from main(); Celery's task hooks must be installed in the process that runs tasks.
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
     CeleryInstrumentor().instrument()
@@ -237,7 +237,7 @@ def main(
             "--loglevel",
             settings.log_level,
             "--queues",
-            email_queue().name,
+            topology.NOTIFICATION_EMAILS.name,
             "--hostname",
             f"emails@{os.uname().nodename}.{os.getpid()}",
         ]

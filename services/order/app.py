@@ -140,9 +140,8 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         """Readiness: the broker and the database answer."""
-        checks = await readiness(runtime)
-        ready = all(checks.values())
-        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+        status, body = await readiness(runtime)
+        return JSONResponse(body, status_code=status)
 
     # --8<-- [start:trace-id-header]
     # Every answer names its trace: paste the X-Trace-Id into Jaeger's search box.

@@ -23,8 +23,7 @@ from services.order.repository import (
 )
 from shared.contracts import Envelope, EventData, OrderLine, OrderPlaced, PricedLine, Quote
 from shared.faults import crash_point
-from shared.observability import order_context
-from shared.outbox import current_trace_context
+from shared.observability import current_trace_context, order_context
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +59,6 @@ class PlaceOrder:
 @dataclass(frozen=True)
 class Placed:
     order_id: str
-    created: bool  # False when an Idempotency-Key replay returned the existing order
 
 
 class QuoteUnavailableError(Exception):
@@ -89,14 +87,15 @@ async def place_order(
 ) -> Placed:
     order_id = str(uuid.uuid4())
     if idempotency_key:
-        binding = await deps.keys.claim(idempotency_key, order_id, command.fingerprint())
-        if binding["request_hash"] != command.fingerprint():
+        fingerprint = command.fingerprint()
+        binding = await deps.keys.claim(idempotency_key, order_id, fingerprint)
+        if binding["request_hash"] != fingerprint:
             raise IdempotencyConflictError(idempotency_key)
         if binding["order_id"] != order_id:
             # The key was bound before: that order exists, unless its request failed early.
             order_id = binding["order_id"]
             if await deps.store.exists(order_id):
-                return Placed(order_id=order_id, created=False)
+                return Placed(order_id=order_id)
     with order_context(order_id):
         return await _accept(order_id, command, deps, idempotency_key)
 
@@ -128,13 +127,13 @@ async def _accept(
         )
     except ConcurrencyError:
         # The same Idempotency-Key, twice at the same moment: the other request won.
-        return Placed(order_id=order_id, created=False)
+        return Placed(order_id=order_id)
     crash_point("order.after-append")  # saved, not yet published: the outbox must cover this
     deps.wake_relay(appended)
     # --8<-- [end:record-order-placed]
     await project(order_id, appended, deps)
     log.info("order placed", order_id=order_id, total_cents=placed.total_cents)
-    return Placed(order_id=order_id, created=True)
+    return Placed(order_id=order_id)
 
 
 # --8<-- [start:follow-saga]
@@ -164,12 +163,13 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
         except ConcurrencyError:
             continue  # someone else moved the order on: decide again from the new state
         deps.wake_relay(appended)
-        events += appended
+        for event in appended:
+            order.apply(event)
         break
     else:
         raise ConcurrencyError(f"order {order_id}: too much contention")
     # Also on a duplicate: a crash may have come between an earlier append and its projection.
-    order = await project(order_id, events, deps)
+    await deps.views.save(order)
     log.info("saga step", order_id=order_id, on=envelope.type, status=order.status.value)
     return []
     # --8<-- [end:follow-saga]

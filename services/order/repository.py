@@ -28,6 +28,7 @@ from pymongo.errors import DuplicateKeyError
 from services.order.domain import PUBLISHED_TYPES, NewEvent, Order, OrderEvent
 from shared.clock import iso
 from shared.contracts import Envelope
+from shared.mongo import insert_first
 from shared.outbox import PENDING
 
 IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
@@ -169,7 +170,6 @@ class OrderViews:
 
     async def create_indexes(self) -> None:
         await self.orders.create_index([("customer_id", ASCENDING), ("placed_at", DESCENDING)])
-        await self.orders.create_index([("status", ASCENDING)])
 
     # --8<-- [start:views-save]
     async def save(self, order: Order) -> None:
@@ -231,15 +231,9 @@ class IdempotencyKeys:
             "request_hash": request_hash,
             "created_at": datetime.now(UTC),  # a BSON date: the TTL index needs one
         }
-        try:
-            await self.keys.insert_one(document)
-        except DuplicateKeyError:
-            existing = await self.keys.find_one({"_id": key})
-            if existing is not None:
-                return existing
-            # Expired between the two calls: claim again.
-            return await self.claim(key, order_id, request_hash)
-        return document
+        stands = await insert_first(self.keys, document)
+        # None: the key expired between the insert and the read -- claim again.
+        return stands if stands is not None else await self.claim(key, order_id, request_hash)
 
     async def forget(self, key: str, order_id: str) -> None:
         """Unbind a key whose request was refused, so the client may fix it and retry."""

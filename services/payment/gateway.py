@@ -18,7 +18,8 @@ import uuid
 from dataclasses import dataclass
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+
+from shared.mongo import insert_first
 
 ALWAYS_SUCCEEDS = {"tok_visa"}
 ALWAYS_DECLINES = {
@@ -80,11 +81,8 @@ class SimulatedGateway:
             "amount_cents": amount_cents if succeeded else 0,
             "reason": reason,
         }
-        try:
-            await self.charges.insert_one(document)
-        except DuplicateKeyError:
-            # Charged before: the first result stands, no money moves again.
-            document = await self.charges.find_one({"_id": order_id}) or document
+        # Charged before: the first result stands, no money moves again.
+        document = await insert_first(self.charges, document) or document
         return ChargeResult(
             succeeded=document["status"] == "captured",
             charge_id=document["charge_id"],

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+
+from shared.mongo import insert_first
 
 
 class PaymentRepository:
@@ -17,10 +18,6 @@ class PaymentRepository:
 
     async def record_outcome(self, order_id: str, document: dict[str, Any]) -> dict[str, Any]:
         """Write the outcome once; returns the outcome that stands (the first one written)."""
-        try:
-            await self.payments.insert_one({"_id": order_id, **document})
-        except DuplicateKeyError:
-            existing = await self.get(order_id)
-            assert existing is not None
-            return existing
-        return {"_id": order_id, **document}
+        stands = await insert_first(self.payments, {"_id": order_id, **document})
+        assert stands is not None  # outcomes are never deleted
+        return stands

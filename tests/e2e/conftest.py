@@ -6,7 +6,7 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.support.system import System, running_system
+from tests.support.system import System, api_client, open_mongo, running_system
 
 
 # Package scope: the system stops when the e2e tests are done, before tests/faults starts a
@@ -24,12 +24,11 @@ async def system(
 
 @pytest.fixture
 async def api(system: System) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=system.api, timeout=10.0) as client:
+    async with api_client(system, timeout=10.0) as client:
         yield client
 
 
 @pytest.fixture
 async def mongo(mongo_url: str) -> AsyncIterator[AsyncMongoClient]:
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url, tz_aware=True)
-    yield client
-    await client.close()
+    async with open_mongo(mongo_url) as client:
+        yield client

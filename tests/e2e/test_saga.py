@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import time
 import uuid
 from typing import Any
@@ -12,42 +10,9 @@ from typing import Any
 import httpx
 from pymongo import AsyncMongoClient
 
+from tests.support.orders import final_order, order_body, place
 from tests.support.polling import eventually
-from tests.support.system import BIN, System
-
-FINAL = {"CONFIRMED", "CANCELLED"}
-
-
-def order_body(
-    sku: str, quantity: int = 1, token: str = "tok_visa", customer: str = "bugs-bunny"
-) -> dict[str, Any]:
-    return {
-        "customer_id": customer,
-        "lines": [{"sku": sku, "quantity": quantity}],
-        "payment_token": token,
-    }
-
-
-async def place(api: httpx.AsyncClient, body: dict[str, Any], key: str | None = None) -> str:
-    headers = {"Idempotency-Key": key} if key else {}
-    response = await api.post("/orders", json=body, headers=headers)
-    assert response.status_code == 202, response.text
-    return response.json()["order_id"]
-
-
-async def final_order(
-    api: httpx.AsyncClient, order_id: str, timeout: float = 20.0
-) -> dict[str, Any]:
-    async def probe() -> dict[str, Any]:
-        response = await api.get(f"/orders/{order_id}")
-        return response.json() if response.status_code == 200 else {}
-
-    return await eventually(
-        probe,
-        until=lambda o: o.get("status") in FINAL,
-        timeout=timeout,
-        what=f"order {order_id} final",
-    )
+from tests.support.system import System
 
 
 async def stock(mongo: AsyncMongoClient, system: System, sku: str) -> dict[str, Any]:
@@ -57,11 +22,8 @@ async def stock(mongo: AsyncMongoClient, system: System, sku: str) -> dict[str, 
 
 
 async def emails_for(system: System, order_id: str, count: int) -> list[Any]:
-    async def probe() -> list[Any]:
-        return system.emails_for(order_id)
-
     return await eventually(
-        probe,
+        lambda: system.emails_for(order_id),
         until=lambda mails: len(mails) >= count,
         timeout=20,
         what=f"{count} emails for {order_id}",
@@ -73,7 +35,7 @@ async def test_a_good_order_is_confirmed_stock_is_sold_and_the_customer_is_email
 ) -> None:
     before = await stock(mongo, system, "RABBIT-PLUSH")
 
-    order_id = await place(api, order_body("RABBIT-PLUSH", 2))
+    order_id = await place(api, order_body(sku="RABBIT-PLUSH", quantity=2))
     order = await final_order(api, order_id)
 
     assert order["status"] == "CONFIRMED", system.logs("order")
@@ -100,7 +62,9 @@ async def test_a_declined_card_cancels_the_order_and_gives_the_stock_back(
 ) -> None:
     before = await stock(mongo, system, "CARROT-MUG")
 
-    order_id = await place(api, order_body("CARROT-MUG", 3, token="tok_chargeDeclined"))
+    order_id = await place(
+        api, order_body(sku="CARROT-MUG", quantity=3, token="tok_chargeDeclined")
+    )
     order = await final_order(api, order_id)
 
     assert order["status"] == "CANCELLED"
@@ -122,7 +86,7 @@ async def test_a_declined_card_cancels_the_order_and_gives_the_stock_back(
 async def test_an_order_for_more_than_the_stock_is_cancelled_without_a_charge(
     system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
 ) -> None:
-    order_id = await place(api, order_body("LAST-CARROT", 2))
+    order_id = await place(api, order_body(sku="LAST-CARROT", quantity=2))
     order = await final_order(api, order_id)
 
     assert order["status"] == "CANCELLED"
@@ -135,7 +99,7 @@ async def test_an_order_for_more_than_the_stock_is_cancelled_without_a_charge(
 
 
 async def test_an_unknown_sku_is_refused_with_422_and_the_reason(api: httpx.AsyncClient) -> None:
-    response = await api.post("/orders", json=order_body("NO-SUCH-BUNNY"))
+    response = await api.post("/orders", json=order_body(sku="NO-SUCH-BUNNY"))
     assert response.status_code == 422
     detail = response.json()["detail"][0]
     assert detail["type"] == "unknown_sku" and "NO-SUCH-BUNNY" in detail["msg"]
@@ -143,7 +107,7 @@ async def test_an_unknown_sku_is_refused_with_422_and_the_reason(api: httpx.Asyn
 
 
 async def test_malformed_requests_are_422_with_the_field_at_fault(api: httpx.AsyncClient) -> None:
-    bad_quantity = await api.post("/orders", json=order_body("RABBIT-PLUSH", 0))
+    bad_quantity = await api.post("/orders", json=order_body(sku="RABBIT-PLUSH", quantity=0))
     assert bad_quantity.status_code == 422
     assert bad_quantity.json()["detail"][0]["loc"][-1] == "quantity"
     not_json = await api.post(
@@ -156,10 +120,13 @@ async def test_a_repeated_idempotency_key_returns_the_same_order(
     system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
 ) -> None:
     key = str(uuid.uuid4())
-    body = order_body("HOP-SOCKS", 1, customer=f"key-{key[:8]}")
+    body = order_body(sku="HOP-SOCKS", quantity=1, customer=f"key-{key[:8]}")
+    keyed = {"Idempotency-Key": key}
 
-    first, second = await asyncio.gather(place(api, body, key), place(api, body, key))
-    third = await place(api, body, key)
+    first, second = await asyncio.gather(
+        place(api, body, headers=keyed), place(api, body, headers=keyed)
+    )
+    third = await place(api, body, headers=keyed)
 
     assert first == second == third
     await final_order(api, first)
@@ -167,16 +134,14 @@ async def test_a_repeated_idempotency_key_returns_the_same_order(
     assert listing.json()["total"] == 1
     events = mongo[system.database("order")]["order_events"]
     assert await events.count_documents({"order_id": first, "type": "order.placed"}) == 1
-    reused = await api.post(
-        "/orders", json=order_body("HOP-SOCKS", 2), headers={"Idempotency-Key": key}
-    )
+    reused = await api.post("/orders", json=order_body(sku="HOP-SOCKS", quantity=2), headers=keyed)
     assert reused.status_code == 422
 
 
 async def test_both_payment_consumers_take_work(
     system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
 ) -> None:
-    order_ids = await asyncio.gather(*(place(api, order_body("WARREN-MAP")) for _ in range(30)))
+    order_ids = await asyncio.gather(*(place(api, order_body(sku="WARREN-MAP")) for _ in range(30)))
     orders = await asyncio.gather(
         *(final_order(api, order_id, timeout=30) for order_id in order_ids)
     )
@@ -191,7 +156,7 @@ async def test_both_payment_consumers_take_work(
 
 async def test_customer_orders_are_listed_newest_first(api: httpx.AsyncClient) -> None:
     customer = f"lister-{uuid.uuid4().hex[:6]}"
-    ids = [await place(api, order_body("CLOVER-TEA", customer=customer)) for _ in range(3)]
+    ids = [await place(api, order_body(sku="CLOVER-TEA", customer=customer)) for _ in range(3)]
     page = (await api.get("/orders", params={"customer_id": customer, "limit": 2})).json()
     assert page["total"] == 3
     assert [item["order_id"] for item in page["items"]] == ids[::-1][:2]
@@ -222,7 +187,7 @@ async def test_with_inventory_down_orders_get_503_quickly_then_work_again(
     system.stop("inventory")
     try:
         started = time.perf_counter()
-        response = await api.post("/orders", json=order_body("RABBIT-PLUSH"), headers=key)
+        response = await api.post("/orders", json=order_body(sku="RABBIT-PLUSH"), headers=key)
         elapsed = time.perf_counter() - started
         assert response.status_code == 503, response.text
         assert response.headers["Retry-After"] == "2"
@@ -231,9 +196,9 @@ async def test_with_inventory_down_orders_get_503_quickly_then_work_again(
     finally:
         system.start("inventory")
     # The client retries with the same key: the key's order is placed now, and only once.
-    retried = await api.post("/orders", json=order_body("RABBIT-PLUSH"), headers=key)
+    retried = await api.post("/orders", json=order_body(sku="RABBIT-PLUSH"), headers=key)
     assert retried.status_code == 202, retried.text
-    again = await api.post("/orders", json=order_body("RABBIT-PLUSH"), headers=key)
+    again = await api.post("/orders", json=order_body(sku="RABBIT-PLUSH"), headers=key)
     assert again.json()["order_id"] == retried.json()["order_id"]
     order_id = retried.json()["order_id"]
     assert (await final_order(api, order_id))["status"] == "CONFIRMED"
@@ -243,18 +208,12 @@ async def test_the_read_model_is_rebuilt_identically_by_replaying_events(
     system: System, api: httpx.AsyncClient
 ) -> None:
     order_ids = [
-        await place(api, order_body("MOON-RABBIT", token=t))
+        await place(api, order_body(sku="MOON-RABBIT", token=t))
         for t in ("tok_visa", "tok_chargeDeclined")
     ]
     before = [await final_order(api, order_id) for order_id in order_ids]
 
-    result = subprocess.run(
-        [str(BIN / "warren"), "orders", "rebuild"],
-        env={**os.environ, **system.env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = system.warren("orders", "rebuild", timeout=120)
 
     assert result.returncode == 0, result.stderr
     assert "rebuilt" in result.stdout

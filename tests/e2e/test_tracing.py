@@ -3,56 +3,42 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections import Counter
 from typing import Any
 
 import httpx
 from pymongo import AsyncMongoClient
 
+from cli.traces import trace_ids_of_order
 from services.order.repository import stored_envelope
 from shared import topology
+from tests.support.orders import final_order, order_body, post_order
 from tests.support.polling import eventually
-from tests.support.system import BIN, System, publish_raw
+from tests.support.system import System, publish_raw
 
-FINAL = {"CONFIRMED", "CANCELLED"}
 SERVICES = {"order", "inventory", "payment", "notification", "notification-worker"}
 
 
 async def place_and_finish(
     api: httpx.AsyncClient, token: str, headers: dict[str, str] | None = None
 ) -> tuple[str, str]:
-    body = {
-        "customer_id": "tracer",
-        "lines": [{"sku": "CLOVER-TEA", "quantity": 1}],
-        "payment_token": token,
-    }
-    response = await api.post("/orders", json=body, headers=headers or {})
-    assert response.status_code == 202
+    body = order_body(sku="CLOVER-TEA", token=token, customer="tracer")
+    response = await post_order(api, body, headers=headers)
     order_id = response.json()["order_id"]
-
-    async def status() -> str:
-        return (await api.get(f"/orders/{order_id}")).json()["status"]
-
-    await eventually(status, until=lambda s: s in FINAL, timeout=20)
+    await final_order(api, order_id, timeout=20)
     return order_id, response.headers["X-Trace-Id"]
 
 
 def order_traces(system: System, order_id: str) -> dict[str, list[dict[str, Any]]]:
-    """The order's spans by trace, leaving out the GET /orders/{id} polls that read it."""
+    """The order's spans by trace, leaving out the GET /orders/{id} polls that read it
+    (as ``warren traces show`` does without ``--reads``)."""
     spans = system.spans()
     roots = {s["trace_id"]: s["name"] for s in spans if not s["parent_span_id"]}
-    by_trace: dict[str, list[dict[str, Any]]] = {}
-    for span in spans:
-        if span["attributes"].get("order.id") == order_id and not roots.get(
-            span["trace_id"], ""
-        ).startswith("GET "):
-            by_trace.setdefault(span["trace_id"], [])
-    for span in spans:
-        if span["trace_id"] in by_trace:
-            by_trace[span["trace_id"]].append(span)
-    return by_trace
+    return {
+        trace_id: [s for s in spans if s["trace_id"] == trace_id]
+        for trace_id in trace_ids_of_order(spans, order_id)
+        if not roots.get(trace_id, "").startswith("GET ")
+    }
 
 
 async def complete_trace(
@@ -61,14 +47,16 @@ async def complete_trace(
     """Wait until the order's trace holds a span for each (service, name) in ``expect``
     (spans arrive in export batches, in no particular order)."""
 
-    async def probe() -> dict[str, list[dict[str, Any]]]:
-        return order_traces(system, order_id)
-
     def complete(traces: dict[str, list[dict[str, Any]]]) -> bool:
         seen = {(s["service"], s["name"]) for spans in traces.values() for s in spans}
         return {("order", "POST /orders"), *expect} <= seen and {s for s, _ in seen} >= SERVICES
 
-    traces = await eventually(probe, until=complete, timeout=20, what=f"the trace of {order_id}")
+    traces = await eventually(
+        lambda: order_traces(system, order_id),
+        until=complete,
+        timeout=20,
+        what=f"the trace of {order_id}",
+    )
     assert len(traces) == 1, f"order {order_id} is spread over {len(traces)} traces"
     return next(iter(traces.values()))
 
@@ -197,18 +185,12 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
         },
     )
 
-    replay = subprocess.run(
-        [
-            str(BIN / "warren"),
-            "dlq",
-            "replay",
-            topology.NOTIFICATION_ORDER_EVENTS.name,
-            "--id",
-            stored["event_id"],
-        ],
-        env={**os.environ, **system.env},
-        capture_output=True,
-        text=True,
+    replay = system.warren(
+        "dlq",
+        "replay",
+        topology.NOTIFICATION_ORDER_EVENTS.name,
+        "--id",
+        stored["event_id"],
         timeout=60,
     )
     assert replay.returncode == 0, replay.stderr
@@ -225,11 +207,8 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
             r["trace_id"]: [s for s in spans if s["trace_id"] == r["trace_id"]] for r in replays
         }
 
-    async def probe() -> dict[str, list[dict[str, Any]]]:
-        return replayed_trace()
-
     traces = await eventually(
-        probe,
+        replayed_trace,
         until=lambda t: any(
             any(s["service"] == "notification" and s["kind"] == "consumer" for s in v)
             for v in t.values()

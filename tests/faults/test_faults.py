@@ -30,16 +30,17 @@ from cli.ledger import run_checks
 from services.order.repository import stored_envelope
 from shared import topology
 from shared.settings import WarrenSettings
+from tests.support.orders import FINAL, order_body, place, status_of, until_status
 from tests.support.polling import eventually
 from tests.support.system import (
     System,
+    api_client,
     mongo_standin,
     mongo_url_of,
+    open_mongo,
     publish_raw,
     running_system,
 )
-
-FINAL = {"CONFIRMED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
@@ -62,52 +63,14 @@ async def faulty(
 
 @pytest.fixture
 async def api(faulty: System) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=faulty.api, timeout=15.0) as client:
+    async with api_client(faulty, timeout=15.0) as client:
         yield client
 
 
 @pytest.fixture
 async def mongo(faulty: System) -> AsyncIterator[AsyncMongoClient]:
-    client: AsyncMongoClient = AsyncMongoClient(
-        faulty.env["MONGO_URL"], tz_aware=True, serverSelectionTimeoutMS=20000
-    )
-    yield client
-    await client.close()
-
-
-def body(
-    sku: str = "RABBIT-PLUSH",
-    token: str = "tok_visa",
-    quantity: int = 1,
-    customer: str = "bugs-bunny",
-) -> dict[str, Any]:
-    return {
-        "customer_id": customer,
-        "lines": [{"sku": sku, "quantity": quantity}],
-        "payment_token": token,
-    }
-
-
-async def place(api: httpx.AsyncClient, order: dict[str, Any]) -> str:
-    response = await api.post("/orders", json=order)
-    assert response.status_code == 202, response.text
-    return response.json()["order_id"]
-
-
-async def status_of(api: httpx.AsyncClient, order_id: str) -> str:
-    response = await api.get(f"/orders/{order_id}")
-    return response.json()["status"] if response.status_code == 200 else "unknown"
-
-
-async def until_status(
-    api: httpx.AsyncClient, order_id: str, wanted: set[str], timeout: float = 30
-) -> str:
-    return await eventually(
-        lambda: status_of(api, order_id),
-        until=lambda s: s in wanted,
-        timeout=timeout,
-        what=f"{order_id} in {wanted}",
-    )
+    async with open_mongo(faulty.env["MONGO_URL"], serverSelectionTimeoutMS=20000) as client:
+        yield client
 
 
 async def ledger_holds(system: System, timeout: float = 30) -> None:
@@ -154,8 +117,13 @@ async def test_every_event_delivered_twice_and_shuffled_changes_nothing(
     import json
 
     orders = [
-        await place(api, body("CARROT-MUG", "tok_visa", 2, "dup")),
-        await place(api, body("HAY-CUSHION", "tok_chargeDeclined", 1, "dup")),
+        await place(
+            api, order_body(sku="CARROT-MUG", token="tok_visa", quantity=2, customer="dup")
+        ),
+        await place(
+            api,
+            order_body(sku="HAY-CUSHION", token="tok_chargeDeclined", quantity=1, customer="dup"),
+        ),
     ]
     for order_id in orders:
         await until_status(api, order_id, FINAL)
@@ -180,7 +148,7 @@ async def test_every_event_delivered_twice_and_shuffled_changes_nothing(
             message_id=event["id"],
         )
     # A fence: an order placed after the duplicates goes through the same queues behind them.
-    fence = await place(api, body("CLOVER-TEA", customer="fence"))
+    fence = await place(api, order_body(sku="CLOVER-TEA", customer="fence"))
     await until_status(api, fence, FINAL)
     await eventually(
         lambda: len(faulty.emails_for(fence)), until=lambda n: n == 2, what="the fence's emails"
@@ -232,7 +200,7 @@ async def test_a_poison_event_is_dead_lettered_within_a_second_and_orders_keep_f
     # pub/sub: notification got the same poison, and dead-lettered it too
     notified = await dlq.show_messages(topology.NOTIFICATION_ORDER_EVENTS.name, 50)
     assert any(m["message_id"] == poison_id for m in notified)
-    order_id = await place(api, body())
+    order_id = await place(api, order_body())
     assert await until_status(api, order_id, FINAL) == "CONFIRMED"
     await dlq.purge_queue(topology.INVENTORY_ORDER_PLACED.name)
     await dlq.purge_queue(topology.NOTIFICATION_ORDER_EVENTS.name)
@@ -271,7 +239,7 @@ async def test_a_database_outage_is_retried_with_backoff_then_processed(
     faulty: System, api: httpx.AsyncClient
 ) -> None:
     with slow_payments(faulty):
-        order_id = await place(api, body("EAR-MUFFS"))
+        order_id = await place(api, order_body(sku="EAR-MUFFS"))
         await until_status(api, order_id, {"RESERVED"})
         faulty.stop("mongo")
         outage_started = time.monotonic()
@@ -294,7 +262,7 @@ async def test_retries_exhausted_go_to_the_dlq_and_a_replay_completes_the_order(
     faulty: System, api: httpx.AsyncClient, dlq_tool: None
 ) -> None:
     with slow_payments(faulty):
-        order_id = await place(api, body("TUNNEL-KIT"))
+        order_id = await place(api, order_body(sku="TUNNEL-KIT"))
         await until_status(api, order_id, {"RESERVED"})
         faulty.stop("mongo")
 
@@ -329,7 +297,7 @@ async def test_inventory_killed_after_saving_its_decision_still_announces_it(
         WARREN_CRASH_MARKER=str(marker),
     )
     try:
-        order_id = await place(api, body("BURROW-LAMP"))
+        order_id = await place(api, order_body(sku="BURROW-LAMP"))
         await eventually(marker.exists, timeout=15, what="inventory to crash")
         assert await status_of(api, order_id) == "PENDING"
         reservations = mongo[faulty.database("inventory")]["reservations"]
@@ -354,7 +322,7 @@ async def test_order_service_killed_after_saving_an_order_still_publishes_it(
     customer = f"crash-{uuid.uuid4().hex[:6]}"
     try:
         with pytest.raises(httpx.TransportError):
-            await api.post("/orders", json=body("MOON-RABBIT", customer=customer))
+            await api.post("/orders", json=order_body(sku="MOON-RABBIT", customer=customer))
         assert marker.exists()
         faulty.restart_after_crash("order")
 
@@ -362,7 +330,10 @@ async def test_order_service_killed_after_saving_an_order_still_publishes_it(
             return (await api.get("/orders", params={"customer_id": customer})).json()
 
         # The order was saved before the crash; its read model catches up as the saga runs.
-        page = await eventually(listing, until=lambda p: p["total"] == 1, what="the saved order")
+        # (Wait for the item itself too: the page's items and its total are two reads.)
+        page = await eventually(
+            listing, until=lambda p: p["total"] == 1 and p["items"], what="the saved order"
+        )
         order_id = page["items"][0]["order_id"]
         assert await until_status(api, order_id, FINAL) == "CONFIRMED"  # the outbox published it
     finally:
@@ -405,7 +376,9 @@ async def test_a_broker_restart_with_200_orders_in_flight_loses_nothing(
             try:
                 response = await client.post(
                     "/orders",
-                    json=body(random.choice(["RABBIT-PLUSH", "WARREN-MAP", "LETTUCE-BAG"])),
+                    json=order_body(
+                        sku=random.choice(["RABBIT-PLUSH", "WARREN-MAP", "LETTUCE-BAG"])
+                    ),
                 )
             except httpx.TransportError:
                 refused += 1
@@ -416,7 +389,7 @@ async def test_a_broker_restart_with_200_orders_in_flight_loses_nothing(
                 assert response.status_code == 503, response.text
                 refused += 1
 
-    async with httpx.AsyncClient(base_url=faulty.api, timeout=15.0) as client:
+    async with api_client(faulty, timeout=15.0) as client:
         load = asyncio.gather(*(shopper(client, 20) for _ in range(10)))
         await eventually(
             lambda: len(accepted),
@@ -441,6 +414,6 @@ async def test_a_broker_restart_with_200_orders_in_flight_loses_nothing(
         )
     await ledger_holds(faulty, timeout=60)
     # The services reconnected by themselves: a new order goes through.
-    async with httpx.AsyncClient(base_url=faulty.api, timeout=15.0) as client:
-        order_id = await place(client, body())
+    async with api_client(faulty, timeout=15.0) as client:
+        order_id = await place(client, order_body())
         assert await until_status(client, order_id, FINAL) == "CONFIRMED"

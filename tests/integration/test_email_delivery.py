@@ -12,6 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Mailbox
 from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from services.notification.settings import NotificationSettings
 from services.notification.worker import deliver
@@ -36,9 +37,16 @@ def settings(mongo_url: str, smtp: tuple[int, Path]) -> NotificationSettings:
     )
 
 
-def queued(settings: NotificationSettings, **fields: object) -> str:
+@pytest.fixture
+def notifications(settings: NotificationSettings) -> Iterator[Collection]:
+    """The notifications collection the worker reads, through one client closed at teardown."""
+    with MongoClient(settings.mongo_url) as client:
+        yield client[settings.mongo_db]["notifications"]
+
+
+def queued(notifications: Collection, **fields: object) -> str:
     notification_id = str(uuid.uuid4())
-    MongoClient(settings.mongo_url)[settings.mongo_db]["notifications"].insert_one(
+    notifications.insert_one(
         {
             "_id": notification_id,
             "order_id": "o-1",
@@ -53,10 +61,8 @@ def queued(settings: NotificationSettings, **fields: object) -> str:
     return notification_id
 
 
-def state(settings: NotificationSettings, notification_id: str) -> str:
-    doc = MongoClient(settings.mongo_url)[settings.mongo_db]["notifications"].find_one(
-        {"_id": notification_id}
-    )
+def state(notifications: Collection, notification_id: str) -> str:
+    doc = notifications.find_one({"_id": notification_id})
     return doc["state"]
 
 
@@ -64,8 +70,10 @@ def sent(maildir: Path) -> list[str]:
     return [m["Message-ID"] for m in mailbox.Maildir(maildir, create=False)]
 
 
-def test_an_email_is_sent_once(settings: NotificationSettings, smtp: tuple[int, Path]) -> None:
-    notification_id = queued(settings)
+def test_an_email_is_sent_once(
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
+) -> None:
+    notification_id = queued(notifications)
     assert deliver(notification_id, settings, task_id="t1") == "sent"
     assert deliver(notification_id, settings, task_id="t1") == "already sent"
     assert deliver(notification_id, settings, task_id="t2") == "already sent"
@@ -73,32 +81,34 @@ def test_an_email_is_sent_once(settings: NotificationSettings, smtp: tuple[int, 
 
 
 def test_an_smtp_failure_gives_the_claim_back_so_the_retry_sends_it(
-    settings: NotificationSettings, smtp: tuple[int, Path]
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
 ) -> None:
-    notification_id = queued(settings)
+    notification_id = queued(notifications)
     down = settings.model_copy(update={"smtp_port": free_port()})  # nobody listens there
     with pytest.raises((OSError, smtplib.SMTPException)):
         deliver(notification_id, down, task_id="t1")
-    assert state(settings, notification_id) == "queued"
+    assert state(notifications, notification_id) == "queued"
     assert deliver(notification_id, settings, task_id="t1") == "sent"
     assert sent(smtp[1]) == [f"<{notification_id}@warren>"]
 
 
 def test_a_task_redelivered_after_its_worker_died_mid_send_sends_it(
-    settings: NotificationSettings, smtp: tuple[int, Path]
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
 ) -> None:
     import time
 
-    notification_id = queued(settings, state="sending", claimed_by="t1", claimed_at=time.time())
+    notification_id = queued(
+        notifications, state="sending", claimed_by="t1", claimed_at=time.time()
+    )
     assert deliver(notification_id, settings, task_id="t2") == "being sent by another task"
     assert deliver(notification_id, settings, task_id="t1") == "sent"  # the same task, back
-    assert state(settings, notification_id) == "sent"
+    assert state(notifications, notification_id) == "sent"
 
 
 def test_an_abandoned_claim_is_taken_over_after_a_while(
-    settings: NotificationSettings, smtp: tuple[int, Path]
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
 ) -> None:
-    notification_id = queued(settings, state="sending", claimed_by="t1", claimed_at=0.0)
+    notification_id = queued(notifications, state="sending", claimed_by="t1", claimed_at=0.0)
     assert deliver(notification_id, settings, task_id="t9") == "sent"
     assert len(sent(smtp[1])) == 1
 
@@ -115,7 +125,7 @@ class CountingMailbox(Mailbox):
 
 
 def test_emails_share_one_smtp_connection_and_survive_the_server_dropping_it(
-    settings: NotificationSettings, tmp_path: Path
+    settings: NotificationSettings, tmp_path: Path, notifications: Collection
 ) -> None:
     maildir = tmp_path / "counted"
     mailbox.Maildir(maildir, create=True)
@@ -125,7 +135,7 @@ def test_emails_share_one_smtp_connection_and_survive_the_server_dropping_it(
     controller = Controller(CountingMailbox(maildir), hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        first = [queued(counted) for _ in range(3)]
+        first = [queued(notifications) for _ in range(3)]
         for notification_id in first:
             assert deliver(notification_id, counted) == "sent"
         assert CountingMailbox.sessions == 1  # three emails, one connection
@@ -133,17 +143,20 @@ def test_emails_share_one_smtp_connection_and_survive_the_server_dropping_it(
         controller.stop()
         controller = Controller(CountingMailbox(maildir), hostname="127.0.0.1", port=port)
         controller.start()
-        later = queued(counted)
+        later = queued(notifications)
         assert deliver(later, counted) == "sent"
     finally:
         controller.stop()
     assert CountingMailbox.sessions == 2
     assert sorted(sent(maildir)) == sorted(f"<{n}@warren>" for n in [*first, later])
-    assert {state(counted, n) for n in [*first, later]} == {"sent"}
+    assert {state(notifications, n) for n in [*first, later]} == {"sent"}
 
 
 def test_an_email_sent_but_not_marked_is_not_failed_and_so_not_sent_again(
-    settings: NotificationSettings, smtp: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+    settings: NotificationSettings,
+    smtp: tuple[int, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    notifications: Collection,
 ) -> None:
     from pymongo.errors import AutoReconnect
 
@@ -153,7 +166,7 @@ def test_an_email_sent_but_not_marked_is_not_failed_and_so_not_sent_again(
         raise AutoReconnect("the database went away after the SMTP server accepted")
 
     monkeypatch.setattr(worker, "_mark_sent", database_gone)
-    notification_id = queued(settings)
+    notification_id = queued(notifications)
     # No exception: a failed task would be retried by Celery and send the email twice.
     assert deliver(notification_id, settings, task_id="t-1") == "sent"
     assert sent(smtp[1]) == [f"<{notification_id}@warren>"]

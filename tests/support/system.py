@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import aio_pika
+import httpx
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 from mirakuru.base import Executor
+from pymongo import AsyncMongoClient
 
 from shared import topology
 
@@ -62,6 +64,20 @@ class System:
         from cli.traces import load_spans
 
         return load_spans(self.spans_file)
+
+    def warren(
+        self, *args: str, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a ``warren`` command against this system (its environment), output captured."""
+        return subprocess.run(
+            [str(BIN / "warren"), *args],
+            env={**os.environ, **self.env},
+            cwd=REPO,
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def emails(self) -> list[Message]:
         return list(mailbox.Maildir(self.maildir, create=False))
@@ -230,14 +246,24 @@ def build_system(
 
 
 def seed_catalog(system: System) -> None:
-    subprocess.run(
-        [str(BIN / "warren"), "seed", "--reset"],
-        env={**os.environ, **system.env},
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    system.warren("seed", "--reset", check=True, timeout=60)
+
+
+@asynccontextmanager
+async def api_client(system: System, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the system's order API."""
+    async with httpx.AsyncClient(base_url=system.api, timeout=timeout) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_mongo(url: str, **options: Any) -> AsyncIterator[AsyncMongoClient]:
+    """An async MongoDB client (timezone-aware datetimes), closed on exit."""
+    client: AsyncMongoClient = AsyncMongoClient(url, tz_aware=True, **options)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @asynccontextmanager

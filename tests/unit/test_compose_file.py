@@ -7,6 +7,7 @@ This covers the Compose JSON schema, a healthcheck on every long-running contain
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def _schema_file() -> Path:
     return shared if shared.exists() else REPO / "infra" / "compose-spec.schema.json"
 
 
+@functools.cache
 def _compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
 
