@@ -27,7 +27,13 @@ from rich.table import Table
 
 from shared import topology
 from shared.clock import utcnow_iso
-from shared.messaging import H_ATTEMPTS, H_DEAD_LETTERED_AT, H_ORIGINAL_QUEUE, H_REASON
+from shared.messaging import (
+    H_ATTEMPTS,
+    H_DEAD_LETTERED_AT,
+    H_ORIGINAL_QUEUE,
+    H_REASON,
+    copy_headers,
+)
 from shared.observability import current_trace_context
 from shared.settings import WarrenSettings
 
@@ -179,7 +185,8 @@ async def replay_messages(queue_name: str, message_id: str | None) -> int:
             if message_id is not None and _message_id(message) != message_id:
                 await message.nack(requeue=True)
                 continue
-            headers = dict(message.headers or {})
+            # Without x-death: RabbitMQ 3.x would drop the copy at its next dead-lettering.
+            headers = copy_headers(message.headers)
             headers[H_ATTEMPTS] = 0  # a fresh retry budget
             headers[H_REPLAYED_AT] = utcnow_iso()
             headers[H_REPLAY_COUNT] = int(headers.get(H_REPLAY_COUNT, 0)) + 1

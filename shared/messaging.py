@@ -44,6 +44,13 @@ H_EXCEPTION = "x-warren-exception"
 H_ORIGINAL_QUEUE = "x-warren-original-queue"
 H_FIRST_FAILURE = "x-warren-first-failure"
 H_DEAD_LETTERED_AT = "x-warren-dead-lettered-at"
+H_BROKER_DEATHS = "x-warren-broker-deaths"
+
+# The broker's own dead-letter history. RabbitMQ 3.x drops a dead-lettered message whose
+# x-death (even one a client copied in) names the queue it is routed back to ("Dead-letter
+# queues cycle detected"), so no copy Warren publishes carries these: the history moves into
+# x-warren-broker-deaths instead. (4.x ignores a client-supplied x-death.)
+BROKER_DEATH_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 
@@ -158,6 +165,27 @@ async def _republish(
     )
 
 
+# --8<-- [start:copy-headers]
+def copy_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """The headers for a copy of a message: everything but the broker's dead-letter history,
+    which is kept as readable lines in ``x-warren-broker-deaths`` (oldest first)."""
+    copied: dict[str, Any] = {}
+    history = list((headers or {}).get(H_BROKER_DEATHS) or [])
+    for key, value in (headers or {}).items():
+        if key == "x-death":
+            # The broker lists the most recent death first; one entry per (queue, reason).
+            for death in reversed(value if isinstance(value, list) else []):
+                history.append(
+                    f"{death.get('reason')} in {death.get('queue')} (x{death.get('count', 1)})"
+                )
+        elif not key.startswith(BROKER_DEATH_HEADERS):
+            copied[key] = value
+    if history:
+        copied[H_BROKER_DEATHS] = history
+    return copied
+    # --8<-- [end:copy-headers]
+
+
 def _failure_headers(
     message: RabbitMessage,
     queue_name: str,
@@ -167,7 +195,7 @@ def _failure_headers(
     attempts: int,
 ) -> dict[str, Any]:
     """The message's own headers plus why, where from, how often and since when it failed."""
-    headers = dict(message.headers or {})
+    headers = copy_headers(message.headers)
     headers.update(
         {
             H_REASON: reason[:1000],

@@ -198,3 +198,49 @@ async def test_replaying_to_a_queue_that_is_gone_fails_and_keeps_the_dead_letter
     assert kept.message_id == event.id
     [shown] = await dlq.show_messages(test_queue.name, 5)
     assert shown["reason"] == "retries exhausted"
+
+
+async def _reject_until_dead_lettered(rabbit_url: str, queue: topology.ConsumerQueue) -> None:
+    """Play a consumer that crashes on the message every time: the quorum queue's delivery
+    limit dead-letters it (reason ``delivery_limit``, an ``x-death`` naming the queue)."""
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel()
+        source = await channel.get_queue(queue.name)
+        for _ in range(topology.DELIVERY_LIMIT + 1):
+            message = await eventually(
+                lambda: source.get(no_ack=False, fail=False), until=lambda m: m is not None
+            )
+            await message.reject(requeue=True)
+
+
+async def test_a_replayed_delivery_limit_dead_letter_survives_a_transient_failure(
+    rabbit_url: str, test_queue: topology.ConsumerQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ 3.x drops a dead-lettered message whose x-death names the queue it returns to
+    ("Dead-letter queues cycle detected"): every copy Warren publishes leaves x-death behind."""
+    broker = messaging.make_broker(WarrenSettings(rabbit_url=rabbit_url, service_name="test"))
+    await broker.connect()
+    await topology.declare_consumer_queue(broker, test_queue)
+    event = confirmed()
+    await send(broker, test_queue, event.model_dump_json(), event.id)
+    await broker.stop()
+    await _reject_until_dead_lettered(rabbit_url, test_queue)
+    [dead] = await eventually(
+        lambda: dead_letters(rabbit_url, test_queue), until=lambda m: len(m) == 1
+    )
+    assert dead.headers["x-death"][0]["reason"] == "delivery_limit"
+
+    from cli import dlq
+
+    monkeypatch.setattr(dlq, "_consumer_queue", lambda name: test_queue)
+    monkeypatch.setenv("RABBIT_URL", rabbit_url)
+    assert await dlq.replay_messages(test_queue.name, event.id) == 1
+    handler = FlakyHandler(failures=1)  # the database stalls once: one trip through a delay queue
+    broker = await run_consumer(rabbit_url, test_queue, handler)
+    try:
+        await eventually(lambda: list(handler.handled), until=lambda h: h == [event.id], timeout=10)
+        assert [event_id for event_id, _ in handler.calls] == [event.id, event.id]
+    finally:
+        await broker.stop()
+    assert await dead_letters(rabbit_url, test_queue) == []
