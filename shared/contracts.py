@@ -4,6 +4,11 @@ Every event travels in the same versioned :class:`Envelope`. Its ``data`` is val
 against the model registered for ``(type, version)``; an event whose type or version is not
 registered is poison, never guessed at.
 
+Readers are tolerant: ``version`` is the *major* version, and a field added within it (by a
+producer deployed before its consumers, in a rolling deploy) is ignored, not rejected. A
+change that old readers would misread -- a field removed, renamed or retyped -- bumps the
+version, and a consumer that does not know it dead-letters the event.
+
 Events are immutable facts in the past tense (``order.placed``); the routing key on
 ``shop.events`` is the event type.
 """
@@ -17,10 +22,13 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
+# --8<-- [start:tolerant-reader]
 class Contract(BaseModel):
-    """Base of every message body: immutable, and strict about unknown fields."""
+    """Base of every message body: immutable; unknown fields (added within the major version)
+    are ignored, so one additive change does not dead-letter every message of a deploy."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    # --8<-- [end:tolerant-reader]
 
 
 class OrderLine(Contract):

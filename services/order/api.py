@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.order import handlers
 from services.order.handlers import OrderDeps
@@ -25,9 +25,18 @@ Deps = Annotated[OrderDeps, Depends(get_deps)]
 router = APIRouter()
 
 
+class LineIn(OrderLine):
+    model_config = ConfigDict(extra="forbid")
+
+
 class PlaceOrderRequest(BaseModel):
+    """What a client sends. Strict, unlike the message contracts: an unknown field in a request
+    is a client's mistake, answered with a 422 that names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
     customer_id: str = Field(min_length=1, max_length=64, examples=["bugs-bunny"])
-    lines: list[OrderLine] = Field(min_length=1, max_length=50)
+    lines: list[LineIn] = Field(min_length=1, max_length=50)
     payment_token: str = Field(
         min_length=1,
         max_length=64,

@@ -114,6 +114,9 @@ async def test_malformed_requests_are_422_with_the_field_at_fault(api: httpx.Asy
         "/orders", content=b"{nope", headers={"content-type": "application/json"}
     )
     assert not_json.status_code == 422
+    padded = await api.post("/orders", json={**order_body(), "padding": "x" * 1000})
+    assert padded.status_code == 422
+    assert padded.json()["detail"][0]["loc"] == ["body", "padding"]
 
 
 async def test_a_repeated_idempotency_key_returns_the_same_order(

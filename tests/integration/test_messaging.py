@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -241,6 +242,22 @@ async def test_a_replayed_delivery_limit_dead_letter_survives_a_transient_failur
     try:
         await eventually(lambda: list(handler.handled), until=lambda h: h == [event.id], timeout=10)
         assert [event_id for event_id, _ in handler.calls] == [event.id, event.id]
+    finally:
+        await broker.stop()
+    assert await dead_letters(rabbit_url, test_queue) == []
+
+
+async def test_an_event_with_a_field_added_by_a_newer_producer_is_handled_not_dead_lettered(
+    rabbit_url: str, test_queue: topology.ConsumerQueue
+) -> None:
+    handler = FlakyHandler()
+    broker = await run_consumer(rabbit_url, test_queue, handler)
+    try:
+        event = confirmed()
+        wire = event.model_dump(mode="json")
+        wire["data"]["loyalty_points"] = 12  # added in v1 by a producer deployed first
+        await send(broker, test_queue, json.dumps(wire), event.id)
+        await eventually(lambda: list(handler.handled), until=lambda h: h == [event.id])
     finally:
         await broker.stop()
     assert await dead_letters(rabbit_url, test_queue) == []

@@ -135,3 +135,20 @@ def test_quote_sums_known_lines_and_names_unknown_ones() -> None:
     )
     assert quote.total_cents == 2500
     assert quote.unknown_skus == ["NOPE"]
+
+
+def test_a_reader_tolerates_fields_added_within_the_major_version() -> None:
+    """A rolling deploy: the producer already sends v1 with a new field, the consumer is older."""
+    wire = Envelope.wrap(carrot_order(), source="order").model_dump(mode="json")
+    wire["partition_key"] = "order-1"  # a new envelope field
+    wire["data"]["gift_wrap"] = True  # a new payload field
+    decoded, payload = decode_event(json.dumps(wire).encode())
+    assert payload == carrot_order()
+    assert decoded.version == 1
+
+
+def test_an_unknown_major_version_is_poison_even_when_its_fields_look_familiar() -> None:
+    wire = Envelope.wrap(carrot_order(), source="order").model_dump(mode="json")
+    wire["version"] = 2
+    with pytest.raises(PoisonMessageError, match="version 2"):
+        decode_event(json.dumps(wire).encode())
