@@ -17,7 +17,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from cli import dlq, ledger, traces
+from cli import dlq, ledger, outbox, traces
 
 app = typer.Typer(
     help="Warren: event-driven microservices on RabbitMQ. Seed, demo and operate the system.",
@@ -31,6 +31,7 @@ topology_app = typer.Typer(help="The RabbitMQ topology.", no_args_is_help=True)
 app.add_typer(orders_app, name="orders")
 app.add_typer(topology_app, name="topology")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(outbox.app, name="outbox")
 app.add_typer(traces.app, name="traces")
 app.command("ledger")(ledger.ledger)
 

@@ -3,14 +3,24 @@
 A service saves an event and its "to publish" mark in one single-document write, then hands
 the saved document to :meth:`OutboxRelay.wake`. The relay publishes those events at once, with
 publisher confirms, and only then marks them published (one write per batch). Every
-``sweep_interval`` seconds it also sweeps for anything still pending, oldest first -- an event
-whose wake-up was lost (the process died right after the write, the broker was down) still
-goes out, after a restart if need be.
+``sweep_interval`` seconds it also sweeps for anything still pending and due -- an event whose
+wake-up was lost (the process died right after the write, the broker was down) still goes out,
+after a restart if need be.
 
 Delivery is at-least-once: a crash between the confirm and the mark publishes the event again
-with the same id, and consumers are idempotent. Order is kept per order: after any failure the
-relay publishes only through sweeps (oldest first, stopping at the first failure) until a sweep
-gets through everything, so a later event never overtakes an earlier one.
+with the same id, and consumers are idempotent. Order is kept per order: an event that failed
+holds back the later events of *its* order (and only those) until it gets through.
+
+Two kinds of failure, treated differently:
+
+* **the broker is away** (connection lost, confirm timed out): nothing is wrong with the event.
+  The relay publishes only through sweeps until one gets through, and counts nothing;
+* **the broker refused the event** (returned as unroutable, or nacked): the event itself is
+  the problem. Its attempts are counted, its next attempt backs off (2 s, 4 s, ... up to
+  ``max_backoff``), and after ``max_attempts`` it is **parked**: left out of every sweep,
+  shown by ``/readyz``, ``warren outbox list`` and the ledger, until an operator fixes the
+  cause and runs ``warren outbox retry``. A refused event never starves the others: the
+  sweep only reads events that are due.
 """
 
 from __future__ import annotations
@@ -19,9 +29,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from aio_pika.exceptions import DeliveryError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -36,8 +48,27 @@ _tracer = trace.get_tracer(__name__)
 
 PENDING = "pending"
 PUBLISHED = "published"
+PARKED = "parked"
+
+# The broker answered, and said no to this event: counted towards parking it.
+REFUSALS: tuple[type[Exception], ...] = (DeliveryError,)
 
 PublishFn = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def pending_fields(now: datetime) -> dict[str, Any]:
+    """The fields that put a just-saved event on the relay's path (due at once)."""
+    return {"outbox": PENDING, "outbox_next_at": now}
+
+
+async def create_indexes(collection: AsyncCollection) -> None:
+    """The sweep reads ``{outbox: pending, outbox_next_at <= now}``: one index serves it."""
+    await collection.create_index([("outbox", ASCENDING), ("outbox_next_at", ASCENDING)])
+    # Events saved by an older Warren, before outbox_next_at existed: due now.
+    await collection.update_many(
+        {"outbox": PENDING, "outbox_next_at": {"$exists": False}},
+        {"$set": {"outbox_next_at": datetime.fromtimestamp(0, UTC)}},
+    )
 
 
 class OutboxRelay:
@@ -48,13 +79,20 @@ class OutboxRelay:
         *,
         sweep_interval: float = 2.0,
         batch_size: int = 200,
+        max_attempts: int = 10,
+        max_backoff: float = 60.0,
     ) -> None:
         self.collection = collection
         self.publish = publish
         self.sweep_interval = sweep_interval
         self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.max_backoff = max_backoff
         self._fresh: list[dict[str, Any]] = []  # handed over by wake(), in write order
-        self._degraded = False  # a publish failed: only sweeps until one gets through
+        # Sweeps only, until one gets through everything: after the broker went away, or while
+        # a backlog is bigger than a batch.
+        self._degraded = False
+        self._held_back: set[str] = set()  # orders with an earlier event still to get through
         self._swept: set[str] = set()  # what the last sweep found
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -80,11 +118,39 @@ class OutboxRelay:
                     kind=SpanKind.INTERNAL,
                     attributes={"messaging.message.id": str(doc.get("event_id", doc["_id"]))},
                 ):
-                    await self.publish(doc)
+                    try:
+                        await self.publish(doc)
+                    except Exception as exc:
+                        await self._failed(doc, exc)
+                        raise
             finally:
                 otel_context.detach(token)
             # --8<-- [end:relay-span]
             done.append(doc["_id"])
+
+    # --8<-- [start:relay-failed]
+    async def _failed(self, doc: dict[str, Any], exc: Exception) -> None:
+        """Hold the event's order back; if the broker refused the event, count it (and park it
+        after ``max_attempts``), so that it is retried later, not first in every sweep."""
+        self._held_back.add(_order_of(doc))
+        if not isinstance(exc, REFUSALS):
+            self._degraded = True  # the broker is away: nothing wrong with this event
+            return
+        attempts = int(doc.get("outbox_attempts", 0)) + 1
+        update: dict[str, Any] = {"outbox_attempts": attempts, "outbox_error": repr(exc)[:500]}
+        if attempts >= self.max_attempts:
+            update |= {"outbox": PARKED, "parked_at": utcnow_iso()}
+            log.error(
+                "outbox event parked", event_key=doc["_id"], attempts=attempts, error=repr(exc)
+            )
+        else:
+            backoff = min(self.max_backoff, 2.0**attempts)
+            update["outbox_next_at"] = datetime.now(UTC) + timedelta(seconds=backoff)
+        with suppress_instrumentation():
+            await self.collection.update_one(
+                {"_id": doc["_id"], "outbox": PENDING}, {"$set": update}
+            )
+        # --8<-- [end:relay-failed]
 
     async def _publish(self, docs: list[dict[str, Any]]) -> int:
         """Publish ``docs`` (in order within each order, orders side by side), then mark them.
@@ -93,8 +159,8 @@ class OutboxRelay:
         events, and the database sees one write instead of one per event.
         """
         by_order: dict[str, list[dict[str, Any]]] = {}
-        for doc in docs:
-            by_order.setdefault(doc.get("order_id", doc["_id"]), []).append(doc)
+        for doc in sorted(docs, key=lambda d: d["_id"]):  # "<order>:<version>": version order
+            by_order.setdefault(_order_of(doc), []).append(doc)
         done: list[str] = []
         try:
             results = await asyncio.gather(
@@ -110,10 +176,10 @@ class OutboxRelay:
                         {"$set": {"outbox": PUBLISHED, "published_at": utcnow_iso()}},
                     )
         failures = [result for result in results if isinstance(result, BaseException)]
-        for failure in failures[1:]:
+        for failure in failures:
             log.warning("outbox event not published", error=repr(failure))
-        if failures:
-            raise failures[0]
+        if failures and not all(isinstance(f, REFUSALS) for f in failures):
+            raise next(f for f in failures if not isinstance(f, REFUSALS))
         return len(done)
 
     async def publish_fresh(self) -> int:
@@ -121,43 +187,43 @@ class OutboxRelay:
         docs, self._fresh = self._fresh, []
         # Saved and swept before it was handed over (a slow multi-event append): done already.
         docs = [doc for doc in docs if doc["_id"] not in self._swept]
-        if not docs or self._degraded:
-            return 0  # while degraded, the sweep publishes them, in order
-        try:
-            return await self._publish(docs)
-        except Exception:
-            self._degraded = True
-            raise
+        if self._degraded:
+            return 0  # the sweeps publish them, in order
+        # An order whose earlier event is still to get through: the sweep keeps its order.
+        docs = [doc for doc in docs if _order_of(doc) not in self._held_back]
+        return await self._publish(docs) if docs else 0
 
     async def publish_pending(self) -> int:
-        """Sweep: publish every pending event, oldest first. Returns how many went out.
+        """Sweep: publish every pending event that is due, oldest first. Returns how many went out.
 
         An event that fails holds back the later events of *its* order only; other orders go
-        on. If anything failed, the relay stays on sweeps until one gets through everything.
+        on. If the broker was away, the relay stays on sweeps until one gets through everything.
         """
-        published = 0
-        held_back: set[str] = set()  # orders with an event that failed in this sweep
-        cursor = (
-            self.collection.find({"outbox": PENDING})
-            .sort([("occurred_at", ASCENDING), ("_id", ASCENDING)])
-            .limit(self.batch_size)
-        )
+        now = datetime.now(UTC)
         with suppress_instrumentation():
+            # Orders whose earlier event waits for its next attempt: their later events wait too.
+            waiting = {
+                _order_of(doc)
+                async for doc in self.collection.find(
+                    {"outbox": PENDING, "outbox_next_at": {"$gt": now}}, {"order_id": 1}
+                )
+            }
+            cursor = (
+                self.collection.find({"outbox": PENDING, "outbox_next_at": {"$lte": now}})
+                .sort([("outbox_next_at", ASCENDING), ("_id", ASCENDING)])
+                .limit(self.batch_size)
+            )
             batch = [doc async for doc in cursor]
-        for doc in batch:
-            if doc.get("order_id") in held_back:
-                continue
-            try:
-                published += await self._publish([doc])
-            except Exception as exc:
-                held_back.add(doc.get("order_id", doc["_id"]))
-                log.warning("outbox event not published", event_key=doc["_id"], error=repr(exc))
-        # An event saved while this sweep ran may be both swept and handed over: publish once.
-        # (The ids are kept until the next sweep, for a hand-over that comes later still.)
-        self._swept = {doc["_id"] for doc in batch}
-        self._fresh = [doc for doc in self._fresh if doc["_id"] not in self._swept]
-        self._degraded = bool(held_back) or len(batch) == self.batch_size
-        return published
+        self._held_back = set(waiting)
+        # A backlog bigger than a batch: fresh events wait their turn behind it.
+        self._degraded = len(batch) == self.batch_size
+        try:
+            return await self._publish([doc for doc in batch if _order_of(doc) not in waiting])
+        finally:
+            # An event saved while this sweep ran may be both swept and handed over: publish
+            # once. (The ids are kept until the next sweep, for a hand-over that comes later.)
+            self._swept = {doc["_id"] for doc in batch}
+            self._fresh = [doc for doc in self._fresh if doc["_id"] not in self._swept]
 
     async def run(self) -> None:
         next_sweep = time.monotonic()
@@ -189,3 +255,41 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+def _order_of(doc: dict[str, Any]) -> str:
+    return str(doc.get("order_id", doc["_id"]))
+
+
+# --8<-- [start:outbox-ops]
+async def outbox_stats(collection: AsyncCollection) -> dict[str, Any]:
+    """Pending and parked events, and the age of the oldest pending one (for ``/readyz``)."""
+    with suppress_instrumentation():
+        pending = await collection.count_documents({"outbox": PENDING})
+        parked = await collection.count_documents({"outbox": PARKED})
+        oldest = await collection.find_one(
+            {"outbox": PENDING}, {"occurred_at": 1}, sort=[("occurred_at", ASCENDING)]
+        )
+    age = (datetime.now(UTC) - oldest["occurred_at"]).total_seconds() if oldest else 0.0
+    return {"pending": pending, "parked": parked, "oldest_pending_seconds": round(age, 1)}
+
+
+async def parked_events(collection: AsyncCollection, limit: int = 100) -> list[dict[str, Any]]:
+    cursor = collection.find({"outbox": PARKED}).sort("_id", ASCENDING).limit(limit)
+    return [doc async for doc in cursor]
+
+
+async def retry_parked(collection: AsyncCollection, keys: Sequence[str] | None = None) -> int:
+    """Put parked events (these ``keys``, or all) back on the relay's path with fresh attempts."""
+    query: dict[str, Any] = {"outbox": PARKED}
+    if keys is not None:
+        query["_id"] = {"$in": list(keys)}
+    result = await collection.update_many(
+        query,
+        {
+            "$set": {**pending_fields(datetime.fromtimestamp(0, UTC)), "outbox_attempts": 0},
+            "$unset": {"parked_at": ""},
+        },
+    )
+    return result.modified_count
+    # --8<-- [end:outbox-ops]

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get, make_ping_asgi
 from faststream.rabbit import RabbitBroker
@@ -60,7 +61,7 @@ async def start_dependencies(runtime: Runtime) -> None:
     await topology.declare_topology(runtime.broker, runtime.settings.retry_delays_seconds)
 
 
-async def readiness(runtime: Runtime) -> tuple[int, dict[str, bool]]:
+async def readiness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
     """The ``/readyz`` answer: 200 when the broker and the database both answer, else 503."""
     checks = {
         "broker": await runtime.broker.ping(2.0),

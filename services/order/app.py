@@ -26,7 +26,7 @@ from services.order.repository import (
 from services.order.settings import OrderSettings
 from shared import messaging, topology
 from shared.contracts import Envelope, EventData, OrderLine, Quote, QuoteRequest
-from shared.outbox import PENDING, OutboxRelay
+from shared.outbox import PENDING, OutboxRelay, outbox_stats
 from shared.rpc import RpcClient, RpcUnavailableError
 from shared.service import bootstrap, readiness, start_dependencies
 
@@ -75,7 +75,10 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     broker = runtime.broker
     store, views, keys = EventStore(runtime.db), OrderViews(runtime.db), IdempotencyKeys(runtime.db)
     relay = OutboxRelay(
-        store.events, _publish_stored_event(broker), sweep_interval=settings.outbox_sweep_seconds
+        store.events,
+        _publish_stored_event(broker),
+        sweep_interval=settings.outbox_sweep_seconds,
+        max_attempts=settings.outbox_max_attempts,
     )
 
     # --8<-- [start:ask-inventory]
@@ -139,8 +142,11 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        """Readiness: the broker and the database answer."""
+        """Readiness: the broker and the database answer. The outbox is shown, not judged:
+        parked events need an operator (``warren outbox``), not a restart."""
         status, body = await readiness(runtime)
+        if body["database"]:
+            body["outbox"] = await outbox_stats(store.events)
         return JSONResponse(body, status_code=status)
 
     # --8<-- [start:trace-id-header]

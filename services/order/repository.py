@@ -26,10 +26,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.order.domain import PUBLISHED_TYPES, NewEvent, Order, OrderEvent
+from shared import outbox
 from shared.clock import iso
 from shared.contracts import Envelope
 from shared.mongo import insert_first
-from shared.outbox import PENDING
 
 IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
 
@@ -71,8 +71,12 @@ def to_document(event: OrderEvent) -> dict[str, Any]:
         "data": event.data,
         "occurred_at": event.occurred_at,
         "causation_id": event.causation_id,
-        "outbox": PENDING if event.type in PUBLISHED_TYPES else "internal",
         "trace_context": event.trace_context,
+        **(
+            outbox.pending_fields(event.occurred_at)
+            if event.type in PUBLISHED_TYPES
+            else {"outbox": "internal"}
+        ),
     }
 
 
@@ -99,8 +103,8 @@ class EventStore:
         self.events = db["order_events"]
 
     async def create_indexes(self) -> None:
-        # (order, version) is unique through _id; this index serves the outbox sweep.
-        await self.events.create_index([("outbox", ASCENDING), ("occurred_at", ASCENDING)])
+        # (order, version) is unique through _id; the outbox sweep has an index of its own.
+        await outbox.create_indexes(self.events)
 
     async def append(
         self,

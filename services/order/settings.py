@@ -10,3 +10,5 @@ class OrderSettings(WarrenSettings):
     quote_timeout_seconds: float = Field(default=2.0, gt=0)
     # The outbox relay is woken after every write; this sweep catches anything missed.
     outbox_sweep_seconds: float = Field(default=2.0, gt=0)
+    # An event the broker refuses this many times (unroutable, nacked) is parked for an operator.
+    outbox_max_attempts: int = Field(default=10, ge=1)

@@ -12,6 +12,8 @@ import contextlib
 from typing import Any
 
 import pytest
+from aio_pika.exceptions import DeliveryError
+from pamqp.commands import Basic
 
 from services.inventory import handlers as inventory
 from services.inventory.catalog import CatalogItem
@@ -38,7 +40,7 @@ from shared.contracts import (
     PricedLine,
     StockReserved,
 )
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, outbox_stats, retry_parked
 
 MUGS = CatalogItem("CARROT-MUG", "Carrot-shaped mug", 1250, 10)
 LAMPS = CatalogItem("BURROW-LAMP", "Burrow night lamp", 4500, 3)
@@ -266,6 +268,80 @@ async def test_an_event_whose_publish_failed_stays_pending(db: Any) -> None:
     with contextlib.suppress(ConnectionError):
         await OutboxRelay(store.events, broker_down).publish_pending()
     assert await db["order_events"].count_documents({"outbox": "pending"}) == 1
+
+
+def refused(doc: dict[str, Any]) -> Exception:
+    """What the broker answers when an event cannot be routed (a subscriber's queue is gone)."""
+    frame = Basic.Return(
+        reply_code=312, reply_text="NO_ROUTE", exchange="shop.events", routing_key=doc["type"]
+    )
+    return DeliveryError(None, frame)
+
+
+async def test_events_that_are_always_refused_are_parked_and_never_starve_new_ones(
+    db: Any,
+) -> None:
+    """Reproduced on a running system: with 200 events stuck oldest-first, new orders' events
+    were never swept, and POST kept answering 202."""
+    store = EventStore(db)
+    await store.create_indexes()
+    for n in range(8):
+        await store.append(f"stuck{n}", 0, [order_placed(f"stuck{n}")])
+    for n in range(3):
+        await store.append(f"new{n}", 0, [order_placed(f"new{n}")])
+    published: list[str] = []
+
+    async def publish(doc: dict[str, Any]) -> None:
+        if doc["order_id"].startswith("stuck"):
+            raise refused(doc)
+        published.append(doc["order_id"])
+
+    relay = OutboxRelay(store.events, publish, batch_size=5, max_attempts=3, max_backoff=0.0)
+    for _ in range(6):
+        await relay.publish_pending()
+    assert sorted(published) == ["new0", "new1", "new2"]
+    stats = await outbox_stats(store.events)
+    assert (stats["pending"], stats["parked"]) == (0, 8)
+    parked = await store.events.find_one({"order_id": "stuck0"})
+    assert parked["outbox_attempts"] == 3 and "DeliveryError" in parked["outbox_error"]
+    # Parked events wait for an operator: later sweeps leave them alone.
+    await relay.publish_pending()
+    assert sorted(published) == ["new0", "new1", "new2"]
+
+    # Once the cause is fixed, `warren outbox retry` puts them back on the relay's path.
+    retried = await retry_parked(store.events, keys=[parked["_id"]])
+    assert retried == 1
+    refused_until_fixed = relay.publish
+
+    async def fixed(doc: dict[str, Any]) -> None:
+        published.append(doc["order_id"])
+
+    relay.publish = fixed
+    assert await relay.publish_pending() == 1
+    assert published[-1] == "stuck0"
+    assert (await outbox_stats(store.events))["parked"] == 7
+    assert refused_until_fixed is publish
+
+
+async def test_a_refused_event_holds_back_only_its_own_orders_later_events(db: Any) -> None:
+    store = EventStore(db)
+    await store.append("o1", 0, [order_placed("o1")])
+    await store.append("o1", 1, [order_confirmed("o1")])
+    await store.append("o2", 0, [order_placed("o2")])
+    published: list[tuple[str, str]] = []
+    refuse = True
+
+    async def publish(doc: dict[str, Any]) -> None:
+        if refuse and doc["_id"] == "o1:000001":
+            raise refused(doc)
+        published.append((doc["order_id"], doc["type"]))
+
+    relay = OutboxRelay(store.events, publish, max_attempts=5, max_backoff=0.0)
+    await relay.publish_pending()
+    assert published == [("o2", "order.placed")]  # o1's confirmation waits for its placement
+    refuse = False
+    await relay.publish_pending()
+    assert published[1:] == [("o1", "order.placed"), ("o1", "order.confirmed")]
 
 
 # --- notification ------------------------------------------------------------------------------
