@@ -81,9 +81,9 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
 
         captured = Counter(
             [
-                doc["_id"]
+                doc["order_id"]
                 async for doc in payment_db["gateway_charges"].find(
-                    {"status": "captured"}, {"_id": 1}
+                    {"status": "captured"}, {"order_id": 1}
                 )
             ]
         )

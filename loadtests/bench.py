@@ -288,7 +288,12 @@ async def offer(
             }
             try:
                 response = await client.post(
-                    "/orders", json=body, headers={"baggage": "synthetic_request=true"}
+                    "/orders",
+                    json=body,
+                    headers={
+                        "baggage": "synthetic_request=true",
+                        "Idempotency-Key": str(uuid.uuid4()),
+                    },
                 )
             except httpx.HTTPError:
                 stage.refused += 1
@@ -555,6 +560,7 @@ async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) ->
                     f"c{i}", (OrderLine(sku=SKUS[i % len(SKUS)], quantity=1),), "tok_visa"
                 ),
                 deps,
+                idempotency_key=f"bench-{i}",
             )
             envelope = await relay(placed.order_id)
             [reserved] = await inventory.reserve_stock(envelope, envelope.payload(), stock)  # type: ignore[arg-type]

@@ -96,7 +96,10 @@ def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
     response_model=OrderAccepted,
     responses={
         400: {"description": "The body is not JSON at all"},
-        422: {"description": "Invalid request, unknown SKU, or Idempotency-Key reused"},
+        422: {
+            "description": "Invalid request, unknown SKU, Idempotency-Key missing, or reused "
+            "with a different body"
+        },
         503: {"description": "Inventory did not answer in time; retry after Retry-After"},
     },
 )
@@ -104,9 +107,22 @@ async def place_order(
     body: PlaceOrderRequest,
     deps: Deps,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[
+        str,
+        Header(
+            min_length=1,
+            max_length=200,
+            description="Required. A fresh random value per order (a UUID), sent again "
+            "unchanged when the request is retried: the retry then gets the same order back "
+            "instead of placing a second one.",
+        ),
+    ],
 ) -> OrderAccepted | JSONResponse:
-    """Accept an order (202). It is then reserved, paid and confirmed or cancelled asynchronously."""
+    """Accept an order (202). It is then reserved, paid and confirmed or cancelled asynchronously.
+
+    Retry a request that failed or got no answer (a timeout, a 5xx, a 503) with the *same*
+    ``Idempotency-Key``: if the order was recorded, you get it back (202, same id).
+    """
     command = handlers.PlaceOrder(
         customer_id=body.customer_id, lines=tuple(body.lines), payment_token=body.payment_token
     )

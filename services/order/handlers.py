@@ -82,32 +82,34 @@ async def project(order_id: str, events: Sequence[OrderEvent], deps: OrderDeps) 
     return order
 
 
-async def place_order(
-    command: PlaceOrder, deps: OrderDeps, *, idempotency_key: str | None = None
-) -> Placed:
-    order_id = str(uuid.uuid4())
-    if idempotency_key:
-        fingerprint = command.fingerprint()
-        binding = await deps.keys.claim(idempotency_key, order_id, fingerprint)
-        if binding["request_hash"] != fingerprint:
-            raise IdempotencyConflictError(idempotency_key)
-        if binding["order_id"] != order_id:
-            # The key was bound before: that order exists, unless its request failed early.
-            order_id = binding["order_id"]
-            if await deps.store.exists(order_id):
-                return Placed(order_id=order_id)
+# --8<-- [start:place-order]
+async def place_order(command: PlaceOrder, deps: OrderDeps, *, idempotency_key: str) -> Placed:
+    """Accept an order once per ``idempotency_key``, however often the request is retried.
+
+    The key is bound to a new order id *before* anything else happens, so a retry after any
+    failure -- a quote timeout, a database error, the process killed mid-request -- finds the
+    binding and carries on with the same order id instead of placing a second order.
+    """
+    fingerprint, new_id = command.fingerprint(), str(uuid.uuid4())
+    with order_context(new_id):  # the order this request will place, unless it is a retry
+        binding = await deps.keys.claim(idempotency_key, new_id, fingerprint)
+    if binding["request_hash"] != fingerprint:
+        raise IdempotencyConflictError(idempotency_key)
+    order_id = binding["order_id"]
+    if order_id != new_id and await deps.store.exists(order_id):
+        return Placed(order_id=order_id)  # a retry of a request that got as far as the append
     with order_context(order_id):
         return await _accept(order_id, command, deps, idempotency_key)
+    # --8<-- [end:place-order]
 
 
 async def _accept(
-    order_id: str, command: PlaceOrder, deps: OrderDeps, idempotency_key: str | None
+    order_id: str, command: PlaceOrder, deps: OrderDeps, idempotency_key: str
 ) -> Placed:
     """Quote, then record ``order.placed`` (in the event store, which is also the outbox)."""
     quote = await deps.quote(command.lines)
     if quote.unknown_skus:
-        if idempotency_key:
-            await deps.keys.forget(idempotency_key, order_id)
+        await deps.keys.forget(idempotency_key, order_id)
         raise UnknownSkuError(quote.unknown_skus)
 
     placed = OrderPlaced(
@@ -129,9 +131,16 @@ async def _accept(
         # The same Idempotency-Key, twice at the same moment: the other request won.
         return Placed(order_id=order_id)
     crash_point("order.after-append")  # saved, not yet published: the outbox must cover this
-    deps.wake_relay(appended)
     # --8<-- [end:record-order-placed]
-    await project(order_id, appended, deps)
+    # --8<-- [start:after-append]
+    # The order exists from here on: whatever fails now, the answer is 202 with this order.
+    # (The outbox publishes it; the read model catches up with the saga's next event.)
+    try:
+        deps.wake_relay(appended)
+        await project(order_id, appended, deps)
+    except Exception as exc:
+        log.error("order placed, but not yet projected", order_id=order_id, error=repr(exc))
+    # --8<-- [end:after-append]
     log.info("order placed", order_id=order_id, total_cents=placed.total_cents)
     return Placed(order_id=order_id)
 

@@ -1,12 +1,20 @@
-"""A simulated card gateway, idempotent per order like a real one with idempotency keys.
+"""A simulated card gateway, idempotent like a real one: one charge per idempotency key.
 
 Test tokens (after Stripe's): ``tok_visa`` always succeeds, ``tok_chargeDeclined`` and
 ``tok_insufficientFunds`` always decline. Any other token is declined with probability
 ``decline_rate`` -- decided by hashing the order id, so the same order always gets the same
 answer. ``error_rate`` makes the gateway briefly unavailable (a transient error to retry).
 
-The gateway keeps its own ``gateway_charges`` collection, keyed by order id: charging an
-order twice returns the first result and never moves money again.
+The gateway keeps its own ``gateway_charges`` collection, **one document per call**, as a real
+gateway's dashboard lists every request:
+
+* the first call with an idempotency key creates the charge (``_id`` = the key): ``captured``
+  (money moved) or ``declined``; a refund turns ``captured`` into ``refunded``;
+* a later call with the same key moves no money and returns the first result; it is
+  recorded as ``replayed``.
+
+So a double charge is visible: two ``captured`` documents for one order mean the caller used
+two keys for one payment. ``warren ledger`` counts them.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from shared.clock import utcnow_iso
 from shared.mongo import insert_first
 
 ALWAYS_SUCCEEDS = {"tok_visa"}
@@ -68,24 +77,49 @@ class SimulatedGateway:
         return True, ""
 
     # --8<-- [start:gateway-charge]
-    async def charge(self, order_id: str, amount_cents: int, token: str) -> ChargeResult:
+    async def charge(
+        self, order_id: str, amount_cents: int, token: str, *, idempotency_key: str
+    ) -> ChargeResult:
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
         if self.error_rate and random.random() < self.error_rate:
             raise GatewayUnavailableError("gateway timed out (simulated)")
         succeeded, reason = self._decide(order_id, token)
-        document = {
-            "_id": order_id,
+        charge = {
+            "_id": idempotency_key,
+            "order_id": order_id,
             "charge_id": f"ch_{uuid.uuid4().hex[:16]}",
             "status": "captured" if succeeded else "declined",
             "amount_cents": amount_cents if succeeded else 0,
             "reason": reason,
+            "at": utcnow_iso(),
         }
-        # Charged before: the first result stands, no money moves again.
-        document = await insert_first(self.charges, document) or document
+        stands = await insert_first(self.charges, charge) or charge
+        if stands is not charge:
+            # Charged before with this key: the first result stands, no money moves again.
+            await self.charges.insert_one(
+                {
+                    "_id": f"{idempotency_key}:replay:{uuid.uuid4().hex[:8]}",
+                    "order_id": order_id,
+                    "status": "replayed",
+                    "replay_of": idempotency_key,
+                    "at": utcnow_iso(),
+                }
+            )
         return ChargeResult(
-            succeeded=document["status"] == "captured",
-            charge_id=document["charge_id"],
-            reason=document["reason"],
+            succeeded=stands["status"] in ("captured", "refunded"),
+            charge_id=stands["charge_id"],
+            reason=stands["reason"],
         )
         # --8<-- [end:gateway-charge]
+
+    # --8<-- [start:gateway-refund]
+    async def refund(self, idempotency_key: str) -> bool:
+        """Give the money of a captured charge back (once). True if it is refunded now."""
+        await self.charges.update_one(
+            {"_id": idempotency_key, "status": "captured"},
+            {"$set": {"status": "refunded", "refunded_at": utcnow_iso()}},
+        )
+        charge = await self.charges.find_one({"_id": idempotency_key}, {"status": 1})
+        return charge is not None and charge["status"] == "refunded"
+        # --8<-- [end:gateway-refund]

@@ -23,9 +23,14 @@ async def charge_reserved_order(
     if recorded is not None:
         return [Envelope.model_validate(recorded["outcome_event"])]
 
-    # The gateway is idempotent per order id: a crash after charging and before recording
-    # gets the same charge back on the next attempt, not a second one.
-    result = await gateway.charge(reserved.order_id, reserved.amount_cents, reserved.payment_token)
+    # The order id is the idempotency key -- one payment per order: a crash after charging and
+    # before recording gets the same charge back on the next attempt, not a second one.
+    result = await gateway.charge(
+        reserved.order_id,
+        reserved.amount_cents,
+        reserved.payment_token,
+        idempotency_key=reserved.order_id,
+    )
     data: PaymentSucceeded | PaymentFailed = (
         PaymentSucceeded(
             order_id=reserved.order_id,

@@ -78,7 +78,7 @@ async def test_a_declined_card_cancels_the_order_and_gives_the_stock_back(
     )
     assert order_id not in after.get("holds", {})
     charges = mongo[system.database("payment")]["gateway_charges"]
-    assert await charges.count_documents({"_id": order_id, "status": "captured"}) == 0
+    assert await charges.count_documents({"order_id": order_id, "status": "captured"}) == 0
     mails = await emails_for(system, order_id, 2)
     assert any("cancelled" in m["Subject"] for m in mails)
 
@@ -92,7 +92,7 @@ async def test_an_order_for_more_than_the_stock_is_cancelled_without_a_charge(
     assert order["status"] == "CANCELLED"
     assert "insufficient stock" in order["cancel_reason"]
     payment_db = mongo[system.database("payment")]
-    assert await payment_db["gateway_charges"].count_documents({"_id": order_id}) == 0
+    assert await payment_db["gateway_charges"].count_documents({"order_id": order_id}) == 0
     assert await payment_db["payments"].count_documents({"_id": order_id}) == 0
     last = await stock(mongo, system, "LAST-CARROT")
     assert (last["available"], last["reserved"]) == (1, 0)
@@ -117,6 +117,16 @@ async def test_malformed_requests_are_422_with_the_field_at_fault(api: httpx.Asy
     padded = await api.post("/orders", json={**order_body(), "padding": "x" * 1000})
     assert padded.status_code == 422
     assert padded.json()["detail"][0]["loc"] == ["body", "padding"]
+
+
+async def test_an_order_without_an_idempotency_key_is_refused_so_that_no_retry_doubles_it(
+    system: System,
+) -> None:
+    async with httpx.AsyncClient(base_url=system.api) as bare:  # no key added for us
+        response = await bare.post("/orders", json=order_body())
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["header", "idempotency-key"] and detail["type"] == "missing"
 
 
 async def test_a_repeated_idempotency_key_returns_the_same_order(

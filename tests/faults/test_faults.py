@@ -160,7 +160,7 @@ async def test_every_event_delivered_twice_and_shuffled_changes_nothing(
     for sku in ("CARROT-MUG", "HAY-CUSHION"):
         assert stock_after[sku] == stock_before[sku]
     charges = mongo[faulty.database("payment")]["gateway_charges"]
-    assert await charges.count_documents({"_id": {"$in": orders}, "status": "captured"}) == 1
+    assert await charges.count_documents({"order_id": {"$in": orders}, "status": "captured"}) == 1
     assert len(faulty.emails()) == mails_before + 2  # only the fence's two
     await ledger_holds(faulty)
 
@@ -314,31 +314,36 @@ async def test_inventory_killed_after_saving_its_decision_still_announces_it(
     await ledger_holds(faulty)
 
 
-async def test_order_service_killed_after_saving_an_order_still_publishes_it(
-    faulty: System, api: httpx.AsyncClient, tmp_path: Path
+async def test_order_service_killed_after_saving_an_order_still_publishes_it_and_a_retry_gets_it(
+    faulty: System, api: httpx.AsyncClient, mongo: AsyncMongoClient, tmp_path: Path
 ) -> None:
+    """The client saw the connection drop after the order was saved. Its retry (same key) must
+    get that order back, not place a second one: one order, one charge, two emails."""
     marker = tmp_path / "order-crashed"
     faulty.restart("order", WARREN_CRASH_AT="order.after-append", WARREN_CRASH_MARKER=str(marker))
     customer = f"crash-{uuid.uuid4().hex[:6]}"
+    body = order_body(sku="MOON-RABBIT", customer=customer)
+    key = {"Idempotency-Key": str(uuid.uuid4())}
     try:
         with pytest.raises(httpx.TransportError):
-            await api.post("/orders", json=order_body(sku="MOON-RABBIT", customer=customer))
+            await api.post("/orders", json=body, headers=key)
         assert marker.exists()
         faulty.restart_after_crash("order")
-
-        async def listing() -> dict[str, Any]:
-            return (await api.get("/orders", params={"customer_id": customer})).json()
-
-        # The order was saved before the crash; its read model catches up as the saga runs.
-        # (Wait for the item itself too: the page's items and its total are two reads.)
-        page = await eventually(
-            listing, until=lambda p: p["total"] == 1 and p["items"], what="the saved order"
-        )
-        order_id = page["items"][0]["order_id"]
+        retried = await api.post("/orders", json=body, headers=key)
+        assert retried.status_code == 202, retried.text
+        order_id = retried.json()["order_id"]
         assert await until_status(api, order_id, FINAL) == "CONFIRMED"  # the outbox published it
     finally:
         faulty.restart("order", WARREN_CRASH_AT="")
+    listing = await api.get("/orders", params={"customer_id": customer})
+    assert [item["order_id"] for item in listing.json()["items"]] == [order_id]
+    charges = mongo[faulty.database("payment")]["gateway_charges"]
+    assert await charges.count_documents({"order_id": order_id, "status": "captured"}) == 1
+    await eventually(
+        lambda: len(faulty.emails_for(order_id)), until=lambda n: n == 2, what="two emails"
+    )
     await ledger_holds(faulty)
+    assert len(faulty.emails_for(order_id)) == 2
 
 
 # --- the broker restarts ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ from services.inventory.catalog import CatalogItem
 from services.inventory.repository import StockRepository
 from services.notification.repository import NotificationRepository
 from services.order.domain import NewEvent, Order
-from services.order.handlers import rebuild_projections
+from services.order.handlers import OrderDeps, PlaceOrder, place_order, rebuild_projections
 from services.order.repository import (
     ConcurrencyError,
     EventStore,
@@ -34,10 +34,13 @@ from services.payment.repository import PaymentRepository
 from shared.contracts import (
     Envelope,
     OrderConfirmed,
+    OrderLine,
     OrderPlaced,
     PaymentFailed,
     PaymentSucceeded,
     PricedLine,
+    Quote,
+    QuotedLine,
     StockReserved,
 )
 from shared.outbox import OutboxRelay, outbox_stats, retry_parked
@@ -188,6 +191,39 @@ async def test_two_writers_cannot_append_the_same_version(db: Any) -> None:
     with pytest.raises(ConcurrencyError):  # a second version 1 is refused
         await store.append("o1", 0, [order_placed("o1")])
     assert [e.version for e in await store.load("o1")] == [1]
+
+
+class BrokenViews(OrderViews):
+    async def save(self, order: Order) -> None:
+        raise ConnectionError("read model unreachable (simulated)")
+
+
+async def test_once_an_order_is_recorded_the_answer_is_that_order_whatever_fails_after(
+    db: Any,
+) -> None:
+    """Reproduced: a database error on the read-model update gave a 500, and the client's retry
+    placed a second order. Now the order is accepted; a retry with the key gets it back."""
+    store, keys = EventStore(db), IdempotencyKeys(db)
+    quoted = Quote(
+        lines=(
+            QuotedLine(
+                sku="CARROT-MUG", quantity=1, known=True, unit_price_cents=1250, available=9
+            ),
+        )
+    )
+
+    async def quote(lines: Any) -> Quote:
+        return quoted
+
+    deps = OrderDeps(
+        store=store, views=BrokenViews(db), keys=keys, quote=quote, wake_relay=lambda events: None
+    )
+    command = PlaceOrder("bugs-bunny", (OrderLine(sku="CARROT-MUG", quantity=1),), "tok_visa")
+    placed = await place_order(command, deps, idempotency_key="k-1")
+    retried = await place_order(command, deps, idempotency_key="k-1")
+    assert retried == placed
+    assert [e.type for e in await store.load(placed.order_id)] == ["order.placed"]
+    assert await db["order_events"].count_documents({"type": "order.placed"}) == 1
 
 
 async def test_the_read_model_never_goes_back_to_an_older_version(db: Any) -> None:

@@ -12,6 +12,7 @@ import mailbox
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -249,10 +250,18 @@ def seed_catalog(system: System) -> None:
     system.warren("seed", "--reset", check=True, timeout=60)
 
 
+async def _idempotency_key(request: httpx.Request) -> None:
+    if request.method == "POST" and "Idempotency-Key" not in request.headers:
+        request.headers["Idempotency-Key"] = str(uuid.uuid4())
+
+
 @asynccontextmanager
 async def api_client(system: System, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client for the system's order API."""
-    async with httpx.AsyncClient(base_url=system.api, timeout=timeout) as client:
+    """An HTTP client for the system's order API that behaves like a well-written client:
+    every POST carries a fresh Idempotency-Key unless the test gives one."""
+    async with httpx.AsyncClient(
+        base_url=system.api, timeout=timeout, event_hooks={"request": [_idempotency_key]}
+    ) as client:
         yield client
 
 
