@@ -70,7 +70,7 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
             stock.checked += 1
             held_by.update(doc.get("holds") or {})
             total = doc["available"] + doc["reserved"] + doc["sold"]
-            held = sum((doc.get("holds") or {}).values())
+            held = sum(hold["quantity"] for hold in (doc.get("holds") or {}).values())
             if total != doc["initial"]:
                 stock.failures.append(
                     f"{doc['_id']}: {doc['available']} + {doc['reserved']} + {doc['sold']}"
@@ -105,7 +105,10 @@ async def run_checks(settings: WarrenSettings) -> list[Check]:
             async for doc in inventory_db["reservations"].find({}, {"state": 1})
         }
         settled = Check("stock settled as the order ended (sold if confirmed, back if cancelled)")
-        expected = {"CONFIRMED": {"committed"}, "CANCELLED": {"rejected", "released"}}
+        expected = {
+            "CONFIRMED": {"committed"},
+            "CANCELLED": {"rejected", "released", "cancelled", "returned"},
+        }
         for order_id, status in statuses.items():
             if status not in expected:
                 continue

@@ -114,6 +114,8 @@ INVENTORY_ORDER_PLACED = ConsumerQueue("inventory.order-placed", ("order.placed"
 INVENTORY_PAYMENT_OUTCOMES = ConsumerQueue(
     "inventory.payment-outcomes", ("payment.succeeded", "payment.failed")
 )
+# An order cancelled by its saga deadline: inventory gives back (or never takes) its stock.
+INVENTORY_ORDER_CANCELLED = ConsumerQueue("inventory.order-cancelled", ("order.cancelled",))
 PAYMENT_STOCK_RESERVED = ConsumerQueue("payment.stock-reserved", ("stock.reserved",))
 ORDER_SAGA_REPLIES = ConsumerQueue(
     "order.saga-replies",
@@ -132,6 +134,7 @@ NOTIFICATION_ORDER_EVENTS = ConsumerQueue(
 CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (
     INVENTORY_ORDER_PLACED,
     INVENTORY_PAYMENT_OUTCOMES,
+    INVENTORY_ORDER_CANCELLED,
     PAYMENT_STOCK_RESERVED,
     ORDER_SAGA_REPLIES,
     NOTIFICATION_ORDER_EVENTS,

@@ -9,13 +9,23 @@ from services.inventory import handlers
 from services.inventory.repository import StockRepository
 from services.inventory.settings import InventorySettings
 from shared import topology
-from shared.contracts import Envelope, EventData, PaymentFailed, PaymentSucceeded, QuoteRequest
+from shared.clock import DatabaseClock
+from shared.contracts import (
+    Envelope,
+    EventData,
+    OrderCancelled,
+    PaymentFailed,
+    PaymentSucceeded,
+    QuoteRequest,
+)
 from shared.service import bootstrap, make_service_app
 
 
 def create_app(settings: InventorySettings | None = None) -> AsgiFastStream:
-    runtime = bootstrap(settings or InventorySettings())
-    repo = StockRepository(runtime.db)
+    settings = settings or InventorySettings()
+    runtime = bootstrap(settings)
+    clock = DatabaseClock()
+    repo = StockRepository(runtime.db, lease_seconds=settings.decision_lease_seconds, clock=clock)
 
     # --8<-- [start:answer-quote]
     # Request-reply: FastStream sends the return value to the caller's reply-to queue.
@@ -29,10 +39,15 @@ def create_app(settings: InventorySettings | None = None) -> AsgiFastStream:
     async def on_order_placed(envelope: Envelope, payload: EventData) -> list[Envelope]:
         return await handlers.reserve_stock(envelope, payload, repo)  # type: ignore[arg-type]
 
-    async def on_payment_outcome(envelope: Envelope, payload: EventData) -> list[Envelope]:
-        assert isinstance(payload, PaymentSucceeded | PaymentFailed)
+    async def on_settlement(envelope: Envelope, payload: EventData) -> list[Envelope]:
+        assert isinstance(payload, PaymentSucceeded | PaymentFailed | OrderCancelled)
         return await handlers.settle_reservation(envelope, payload, repo)
 
     runtime.subscribe(topology.INVENTORY_ORDER_PLACED, on_order_placed)
-    runtime.subscribe(topology.INVENTORY_PAYMENT_OUTCOMES, on_payment_outcome)
-    return make_service_app(runtime)
+    runtime.subscribe(topology.INVENTORY_PAYMENT_OUTCOMES, on_settlement)
+    runtime.subscribe(topology.INVENTORY_ORDER_CANCELLED, on_settlement)
+
+    async def sync_clock() -> None:
+        await clock.sync(runtime.client)  # leases on the database's clock
+
+    return make_service_app(runtime, on_startup=sync_clock)

@@ -10,17 +10,25 @@ two ids.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 
 import structlog
 
-from services.inventory.repository import StockRepository
+from services.inventory.domain import (
+    Action,
+    Placement,
+    Reservation,
+    ReservationState,
+    merge_lines,
+    on_order_placed,
+    settle,
+)
+from services.inventory.repository import Hold, HoldOutcome, StockRepository
 from shared.contracts import (
     Envelope,
+    OrderCancelled,
     OrderPlaced,
     PaymentFailed,
     PaymentSucceeded,
-    PricedLine,
     Quote,
     QuotedLine,
     QuoteRequest,
@@ -50,16 +58,12 @@ async def quote(request: QuoteRequest, repo: StockRepository) -> Quote:
     )
 
 
-def _merge_lines(lines: Sequence[PricedLine]) -> dict[str, int]:
-    """Quantities per SKU; the same SKU on two lines is one hold."""
-    merged: dict[str, int] = {}
-    for line in lines:
-        merged[line.sku] = merged.get(line.sku, 0) + line.quantity
-    return dict(sorted(merged.items()))
-
-
 class DecisionInProgressError(Exception):
     """Another delivery of the same order is deciding its reservation right now; retry later."""
+
+
+class LeaseLostError(Exception):
+    """Our claim ran out and another delivery took it over: stop, give back what we took."""
 
 
 # --8<-- [start:reserve-stock]
@@ -69,97 +73,184 @@ async def reserve_stock(
     """Reserve every line of a placed order, or none of them.
 
     First claim the decision, so that two deliveries of the same order (a redelivery while the
-    first is still running) never hold stock side by side; then hold line by line; then record
-    the outcome together with the event that announces it.
+    first is still running) never hold stock side by side; then hold line by line, renewing
+    the claim's lease before each write; then record the outcome together with the event that
+    announces it. A delivery that loses its claim half-way gives back what it took.
     """
-    order_id, owner = placed.order_id, str(uuid.uuid4())
-    claim = await repo.claim_decision(order_id, owner)
-    if claim["state"] != "deciding":
-        # Decided before: re-announce the same event, never decide again.
-        return [Envelope.model_validate(claim["outcome_event"])]
-    if claim["owner"] != owner:
-        raise DecisionInProgressError(f"order {order_id} is being decided by another delivery")
+    order_id, me = placed.order_id, str(uuid.uuid4())
+    wanted = merge_lines(placed.lines)
+    reservation = await repo.claim(order_id, me, wanted)
+    match on_order_placed(reservation, me, repo.now()):
+        case Placement.ANNOUNCE:  # decided before: re-announce the same event, never decide again
+            return [Envelope.model_validate(reservation.outcome_event)]
+        case Placement.WAIT:
+            raise DecisionInProgressError(f"order {order_id} is being decided by another delivery")
 
-    wanted = _merge_lines(placed.lines)
     held: dict[str, int] = {}
-    shortages: dict[str, int] = {}
-    for sku, quantity in wanted.items():
-        # "Held" includes a hold left by an earlier attempt of ours that died half-way.
-        if await repo.hold(sku, order_id, quantity):
-            held[sku] = quantity
+    try:
+        shortages = await _hold_every_line(order_id, me, wanted, held, repo)
+        if shortages:
+            # All or nothing: give back what this order managed to hold.
+            await _give_back(order_id, me, held, repo)
+            event = Envelope.wrap(
+                StockRejected(order_id=order_id, reason="insufficient stock", shortages=shortages),
+                source=SOURCE,
+                causation=envelope,
+            )
+            state = ReservationState.REJECTED
         else:
-            shortages[sku] = quantity
-            break
-
-    if shortages:
-        # All or nothing: give back what this order managed to hold.
-        for sku, quantity in held.items():
-            await repo.release_hold(sku, order_id, quantity)
-        event = Envelope.wrap(
-            StockRejected(order_id=order_id, reason="insufficient stock", shortages=shortages),
-            source=SOURCE,
-            causation=envelope,
-        )
-        state = "rejected"
-    else:
-        event = Envelope.wrap(
-            StockReserved(
-                order_id=order_id,
-                lines=placed.lines,
-                amount_cents=placed.total_cents,
-                payment_token=placed.payment_token,
-            ),
-            source=SOURCE,
-            causation=envelope,
-        )
-        state = "reserved"
-
-    if not await repo.record_decision(
-        order_id, owner, state=state, lines=wanted, event=event.model_dump(mode="json")
-    ):
-        # Our claim expired and another delivery took over: let it (or its record) stand.
-        raise DecisionInProgressError(f"order {order_id}: lost the claim while deciding")
-    log.info("reservation decided", order_id=order_id, state=state)
+            event = Envelope.wrap(
+                StockReserved(
+                    order_id=order_id,
+                    lines=placed.lines,
+                    amount_cents=placed.total_cents,
+                    payment_token=placed.payment_token,
+                ),
+                source=SOURCE,
+                causation=envelope,
+            )
+            state = ReservationState.RESERVED
+        if not await repo.record_decision(
+            order_id, me, state=state, event=event.model_dump(mode="json")
+        ):
+            raise LeaseLostError(order_id)
+    except LeaseLostError:
+        # Another delivery decides now (or has decided): let it stand, take nothing with us.
+        await _give_back(order_id, me, held, repo)
+        raise DecisionInProgressError(f"order {order_id}: lost the claim while deciding") from None
+    if state == ReservationState.REJECTED:
+        for sku in wanted:
+            await repo.settle_without_stock(sku, order_id, state.value)
+    log.info("reservation decided", order_id=order_id, state=state.value)
     return [event]
     # --8<-- [end:reserve-stock]
 
 
+async def _hold_every_line(
+    order_id: str, me: str, wanted: dict[str, int], held: dict[str, int], repo: StockRepository
+) -> dict[str, int]:
+    """Hold each SKU in turn (filling ``held``); returns the first shortage, if any."""
+    for sku, quantity in wanted.items():
+        if not await repo.renew(order_id, me):
+            raise LeaseLostError(order_id)
+        for _ in range(3):
+            hold = await repo.hold(sku, order_id, me, quantity)
+            if hold.outcome == HoldOutcome.OTHER_OWNER:
+                # A delivery whose claim ran out held this line: ours now -- if the claim is
+                # still ours (we may be the one that stalled).
+                if not await repo.renew(order_id, me):
+                    raise LeaseLostError(order_id)
+                if not await repo.adopt(sku, order_id, hold.owner, me):
+                    continue  # it changed under us: look again
+                hold = Hold(HoldOutcome.HELD, me)
+            break
+        match hold.outcome:
+            case HoldOutcome.HELD:
+                held[sku] = quantity
+            case HoldOutcome.SHORT:
+                return {sku: quantity}
+            case _:  # settled, or a hold that keeps changing hands: we are the stale one
+                raise LeaseLostError(order_id)
+    return {}
+
+
+async def _give_back(order_id: str, me: str, held: dict[str, int], repo: StockRepository) -> None:
+    for sku, quantity in held.items():
+        await repo.release(sku, order_id, me, quantity)  # only our own holds
+    held.clear()
+
+
 # --8<-- [start:settle-reservation]
 async def settle_reservation(
-    envelope: Envelope, outcome: PaymentSucceeded | PaymentFailed, repo: StockRepository
+    envelope: Envelope,
+    outcome: PaymentSucceeded | PaymentFailed | OrderCancelled,
+    repo: StockRepository,
 ) -> list[Envelope]:
-    """Payment decided: commit the held stock (sold), or release it (compensation)."""
+    """Payment decided, or the order was cancelled: commit the held stock (sold), release it
+    (compensation), or -- for an order cancelled after its sale -- return it."""
     order_id = outcome.order_id
     reservation = await repo.get_reservation(order_id)
-    if reservation is None or reservation["state"] == "deciding":
-        # Payment only charges after stock.reserved, which is sent after the decision is
-        # recorded: this cannot happen in the saga. Retry (and end in the DLQ) if it does.
-        raise DecisionInProgressError(
-            f"payment outcome for order {order_id} before its reservation"
-        )
-
-    lines: dict[str, int] = reservation["lines"]
-    if isinstance(outcome, PaymentSucceeded):
-        if reservation["state"] == "reserved":
-            for sku, quantity in lines.items():
-                await repo.commit_hold(sku, order_id, quantity)
-            await repo.set_state(order_id, from_state="reserved", to_state="committed")
-        return []
-
-    # Compensation. Fix the event id first, so a redelivery re-announces the same release.
-    if reservation["state"] == "reserved":
-        release = Envelope.wrap(
-            StockReleased(order_id=order_id, reason=f"payment failed: {outcome.reason}"),
-            source=SOURCE,
-            causation=envelope,
-            sequence=2,
-        )
-        reservation = await repo.begin_release(order_id, release.model_dump(mode="json")) or {}
-    if reservation.get("state") == "releasing":
-        for sku, quantity in lines.items():
-            await repo.release_hold(sku, order_id, quantity)
-        await repo.set_state(order_id, from_state="releasing", to_state="released")
-    if reservation.get("release_event"):
-        return [Envelope.model_validate(reservation["release_event"])]
+    action = settle(reservation, outcome, repo.now())
+    match action:
+        case Action.WAIT:
+            raise DecisionInProgressError(
+                f"{envelope.type} for order {order_id} before its decision"
+            )
+        case Action.CANCEL:
+            return await _cancel_undecided(envelope, order_id, reservation, repo)
+        case Action.COMMIT:
+            assert reservation is not None
+            for sku, quantity in reservation.lines.items():
+                await repo.commit(sku, order_id, reservation.owner, quantity)
+            await repo.set_state(
+                order_id, from_state=ReservationState.RESERVED, to_state=ReservationState.COMMITTED
+            )
+        case Action.RETURN:
+            assert reservation is not None
+            for sku, quantity in reservation.lines.items():
+                await repo.return_sold(sku, order_id, quantity)
+            await repo.set_state(
+                order_id, from_state=ReservationState.COMMITTED, to_state=ReservationState.RETURNED
+            )
+        case Action.RELEASE:
+            assert reservation is not None
+            if reservation.state == ReservationState.RESERVED:
+                # Fix the event id first, so a redelivery re-announces the same release.
+                reason = getattr(outcome, "reason", "")
+                release = Envelope.wrap(
+                    StockReleased(
+                        order_id=order_id,
+                        reason=f"payment failed: {reason}"
+                        if isinstance(outcome, PaymentFailed)
+                        else f"order cancelled: {reason}",
+                    ),
+                    source=SOURCE,
+                    causation=envelope,
+                    sequence=2,
+                )
+                reservation = await repo.begin_release(order_id, release.model_dump(mode="json"))
+                assert reservation is not None
+            if reservation.state == ReservationState.RELEASING:
+                for sku, quantity in reservation.lines.items():
+                    await repo.release(
+                        sku, order_id, reservation.owner, quantity, settle_as="released"
+                    )
+                await repo.set_state(
+                    order_id,
+                    from_state=ReservationState.RELEASING,
+                    to_state=ReservationState.RELEASED,
+                )
+    if isinstance(outcome, PaymentFailed | OrderCancelled):
+        # Announced (again, with the same id) on every delivery: a redelivery after a crash
+        # must not lose it.
+        settled = await repo.get_reservation(order_id)
+        if settled is not None and settled.release_event:
+            return [Envelope.model_validate(settled.release_event)]
     return []
     # --8<-- [end:settle-reservation]
+
+
+async def _cancel_undecided(
+    envelope: Envelope, order_id: str, reservation: Reservation | None, repo: StockRepository
+) -> list[Envelope]:
+    """The order was cancelled (its saga deadline passed) before its stock was decided.
+
+    Nothing decided yet: a reservation that is final from the start. A claim that ran out
+    (its delivery died or froze): take it over, give back whatever it held, and cancel.
+    """
+    event = Envelope.wrap(
+        StockRejected(order_id=order_id, reason="order cancelled before its stock was reserved"),
+        source=SOURCE,
+        causation=envelope,
+    ).model_dump(mode="json")
+    if reservation is None:
+        await repo.record_cancelled(order_id, event)
+        return []
+    me = str(uuid.uuid4())
+    if not await repo.take_over(order_id, me):
+        raise DecisionInProgressError(f"order {order_id}: its claim was renewed meanwhile")
+    for sku in reservation.lines:
+        await repo.settle_without_stock(sku, order_id, ReservationState.CANCELLED.value)
+    if not await repo.record_decision(order_id, me, state=ReservationState.CANCELLED, event=event):
+        raise DecisionInProgressError(f"order {order_id}: lost the claim while cancelling")
+    return []

@@ -2,7 +2,7 @@
 outage, processes killed mid-message, and a broker restart with orders in flight.
 
 These tests get a system of their own (its own MongoDB stand-in, which they stop and start,
-and a short retry backoff of 1 s, 2 s, 4 s) so the faults never reach the other end-to-end tests.
+and a short retry backoff of 1 s, 2 s, 4 s, and a 5 s inventory lease to match) so the faults never reach the other end-to-end tests.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ async def faulty(
         mongo_url_of(database),
         run_dir,
         f"faults{run_id}",
-        extra_env={"RETRY_DELAYS_SECONDS": "[1, 2, 4]"},
+        extra_env={"RETRY_DELAYS_SECONDS": "[1, 2, 4]", "DECISION_LEASE_SECONDS": "5"},
         database=database,
     ) as system:
         yield system

@@ -17,7 +17,7 @@ from pamqp.commands import Basic
 
 from services.inventory import handlers as inventory
 from services.inventory.catalog import CatalogItem
-from services.inventory.repository import StockRepository
+from services.inventory.repository import HoldOutcome, StockRepository
 from services.notification.repository import NotificationRepository
 from services.order.domain import NewEvent, Order
 from services.order.handlers import OrderDeps, PlaceOrder, place_order, rebuild_projections
@@ -31,8 +31,11 @@ from services.order.repository import (
 from services.payment import handlers as payment
 from services.payment.gateway import SimulatedGateway
 from services.payment.repository import PaymentRepository
+from shared.clock import DatabaseClock
 from shared.contracts import (
     Envelope,
+    EventData,
+    OrderCancelled,
     OrderConfirmed,
     OrderLine,
     OrderPlaced,
@@ -47,6 +50,7 @@ from shared.outbox import OutboxRelay, outbox_stats, retry_parked
 
 MUGS = CatalogItem("CARROT-MUG", "Carrot-shaped mug", 1250, 10)
 LAMPS = CatalogItem("BURROW-LAMP", "Burrow night lamp", 4500, 3)
+LAMPS_10 = CatalogItem("BURROW-LAMP", "Burrow night lamp", 4500, 10)
 
 
 def placed(order_id: str, *lines: tuple[CatalogItem, int], token: str = "tok_visa") -> Envelope:
@@ -124,11 +128,127 @@ async def test_payment_success_commits_and_failure_releases_once(db: Any) -> Non
 async def test_seeding_again_keeps_levels_unless_reset(db: Any) -> None:
     repo = StockRepository(db)
     await repo.seed([MUGS])
-    assert await repo.hold("CARROT-MUG", "o1", 4)
+    assert (await repo.hold("CARROT-MUG", "o1", "owner", 4)).outcome == HoldOutcome.HELD
     await repo.seed([MUGS])
     assert await levels(repo) == {"CARROT-MUG": (6, 4, 0)}
     await repo.seed([MUGS], reset=True)
     assert await levels(repo) == {"CARROT-MUG": (10, 0, 0)}
+
+
+class ManualClock(DatabaseClock):
+    """Lease time that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.time = 1_000_000.0
+
+    def now(self) -> float:
+        return self.time
+
+
+class StallingRepository(StockRepository):
+    """Freezes the delivery that owns ``stalled_owner`` right before it holds ``stall_sku``
+    (as a SIGSTOP, a GC pause or a lost network would), until the test lets it go."""
+
+    def __init__(self, db: Any, clock: ManualClock, stall_sku: str) -> None:
+        super().__init__(db, lease_seconds=30, clock=clock)
+        self.stall_sku = stall_sku
+        self.stalled = asyncio.Event()
+        self.resume = asyncio.Event()
+        self.first_owner: str | None = None
+
+    async def hold(self, sku: str, order_id: str, owner: str, quantity: int) -> Any:
+        self.first_owner = self.first_owner or owner
+        if owner == self.first_owner and sku == self.stall_sku:
+            self.stalled.set()
+            await self.resume.wait()
+        return await super().hold(sku, order_id, owner, quantity)
+
+
+async def _stale_copy_resumes_after(db: Any, settle_with: EventData | None) -> StallingRepository:
+    """Delivery A stalls half-way (the mugs held, about to hold the lamps) past its lease;
+    delivery B takes over and reserves; the payment outcome (if any) settles it; A resumes."""
+    clock = ManualClock()
+    repo = StallingRepository(db, clock, stall_sku="CARROT-MUG")
+    await repo.seed([LAMPS_10, MUGS])
+    order = placed("o1", (LAMPS_10, 2), (MUGS, 3))  # held in SKU order: lamps, then mugs
+    stale = asyncio.create_task(inventory.reserve_stock(order, order.payload(), repo))  # type: ignore[arg-type]
+    await repo.stalled.wait()
+    clock.time += 31  # A's lease runs out
+    [reserved] = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    assert reserved.type == "stock.reserved"
+    if settle_with is not None:
+        outcome = Envelope.wrap(settle_with, source="payment")
+        await inventory.settle_reservation(outcome, outcome.payload(), repo)  # type: ignore[arg-type]
+    repo.resume.set()
+    with pytest.raises(inventory.DecisionInProgressError):
+        await stale
+    again = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    assert again[0].id == reserved.id  # A's redelivery re-announces B's decision
+    return repo
+
+
+async def test_a_stale_delivery_that_resumes_after_the_takeover_leaves_the_reservation_alone(
+    db: Any,
+) -> None:
+    repo = await _stale_copy_resumes_after(db, settle_with=None)
+    # B adopted A's lamps: nothing held twice, nothing given back that B counted on.
+    assert await levels(repo) == {"BURROW-LAMP": (8, 2, 0), "CARROT-MUG": (7, 3, 0)}
+    await assert_holds_balance(repo)
+
+
+async def test_a_stale_delivery_cannot_take_stock_again_after_the_sale(db: Any) -> None:
+    repo = await _stale_copy_resumes_after(
+        db, PaymentSucceeded(order_id="o1", payment_id="ch", amount_cents=1)
+    )
+    assert await levels(repo) == {"BURROW-LAMP": (8, 0, 2), "CARROT-MUG": (7, 0, 3)}
+    await assert_holds_balance(repo)
+
+
+async def test_a_stale_delivery_cannot_take_stock_again_after_the_release(db: Any) -> None:
+    repo = await _stale_copy_resumes_after(db, PaymentFailed(order_id="o1", reason="declined"))
+    assert await levels(repo) == {"BURROW-LAMP": (10, 0, 0), "CARROT-MUG": (10, 0, 0)}
+    await assert_holds_balance(repo)
+
+
+async def assert_holds_balance(repo: StockRepository) -> None:
+    for doc in await repo.all_stock():
+        held = sum(hold["quantity"] for hold in (doc.get("holds") or {}).values())
+        assert held == doc["reserved"], doc
+        assert doc["available"] + doc["reserved"] + doc["sold"] == doc["initial"], doc
+
+
+async def test_a_cancelled_order_gives_back_held_or_sold_stock_and_is_never_reserved_later(
+    db: Any,
+) -> None:
+    clock = ManualClock()
+    repo = StockRepository(db, clock=clock)
+    await repo.seed([MUGS])
+    for order_id in ("held", "sold"):
+        order = placed(order_id, (MUGS, 2))
+        await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    paid = Envelope.wrap(
+        PaymentSucceeded(order_id="sold", payment_id="c", amount_cents=1), source="p"
+    )
+    await inventory.settle_reservation(paid, paid.payload(), repo)  # type: ignore[arg-type]
+    for order_id in ("held", "sold", "never-placed"):
+        cancelled = Envelope.wrap(
+            OrderCancelled(order_id=order_id, customer_id="c", reason="saga deadline passed"),
+            source="order",
+        )
+        for _ in range(2):  # a duplicate changes nothing
+            await inventory.settle_reservation(cancelled, cancelled.payload(), repo)  # type: ignore[arg-type]
+    assert await levels(repo) == {"CARROT-MUG": (10, 0, 0)}
+    late = placed("never-placed", (MUGS, 1))
+    [rejected] = await inventory.reserve_stock(late, late.payload(), repo)  # type: ignore[arg-type]
+    assert rejected.type == "stock.rejected"
+    assert await levels(repo) == {"CARROT-MUG": (10, 0, 0)}
+    states = {
+        r.order_id: r.state
+        for r in [await repo.get_reservation(o) for o in ("held", "sold", "never-placed")]
+        if r
+    }
+    assert states == {"held": "released", "sold": "returned", "never-placed": "cancelled"}
+    await assert_holds_balance(repo)
 
 
 # --- payment -----------------------------------------------------------------------------------
