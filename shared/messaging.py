@@ -6,7 +6,8 @@ decodes the envelope, calls the service's handler, publishes what it returns, an
 acks. Failures never drop a message:
 
 * poison (undecodable, schema-invalid, unknown type/version) -> the queue's DLQ at once;
-* anything else -> retried after 1 s, 5 s, 25 s through the delay queues, then the DLQ.
+* anything else -> retried after 1 s, 5 s, 25 s, 1, 2, 5 and 5 min through the delay queues
+  (``topology.RETRY_DELAYS_SECONDS``), then the DLQ.
 
 Each dead-lettered message carries ``x-warren-*`` headers saying why.
 """

@@ -23,7 +23,8 @@ class WarrenSettings(BaseSettings):
     # consumers share work fairly and a crash returns little to the queue.
     prefetch: int = Field(default=10, ge=1)
     # Backoff before each retry of a failed message (JSON list in the environment, e.g.
-    # RETRY_DELAYS_SECONDS='[1, 5, 25]'); one more failure sends it to its DLQ.
+    # RETRY_DELAYS_SECONDS='[1, 5, 25]'); one more failure sends it to its DLQ. Their sum is the
+    # retry budget: how long an outage the services wait out.
     retry_delays_seconds: tuple[int, ...] = RETRY_DELAYS_SECONDS
     log_level: str = "INFO"
     # "console" for humans, "json" for machines (compose sets json).

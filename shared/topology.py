@@ -37,7 +37,10 @@ REQUEUE = RabbitExchange("shop.requeue", type=ExchangeType.DIRECT, durable=True)
 """Where delayed retries come back from. Routing key = the queue to return to."""
 
 # Delay before the 1st, 2nd, 3rd... retry. A retry beyond the last goes to the DLQ.
-RETRY_DELAYS_SECONDS: tuple[int, ...] = (1, 5, 25)
+# Quick at first (a blip), then a capped exponential tail: together they outlast a realistic
+# outage -- a database failover, a broker restart, a minute of maintenance -- so that what is
+# in flight waits it out instead of filling the DLQs. 8 attempts over 811 s (13.5 min).
+RETRY_DELAYS_SECONDS: tuple[int, ...] = (1, 5, 25, 60, 120, 300, 300)
 # --8<-- [end:exchanges]
 
 # A quorum queue dead-letters a message redelivered this many times (a consumer that crashes
@@ -117,6 +120,8 @@ INVENTORY_PAYMENT_OUTCOMES = ConsumerQueue(
 # An order cancelled by its saga deadline: inventory gives back (or never takes) its stock.
 INVENTORY_ORDER_CANCELLED = ConsumerQueue("inventory.order-cancelled", ("order.cancelled",))
 PAYMENT_STOCK_RESERVED = ConsumerQueue("payment.stock-reserved", ("stock.reserved",))
+# An order cancelled by its saga deadline: payment refunds it (or makes sure it is never charged).
+PAYMENT_ORDER_CANCELLED = ConsumerQueue("payment.order-cancelled", ("order.cancelled",))
 ORDER_SAGA_REPLIES = ConsumerQueue(
     "order.saga-replies",
     (
@@ -136,6 +141,7 @@ CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (
     INVENTORY_PAYMENT_OUTCOMES,
     INVENTORY_ORDER_CANCELLED,
     PAYMENT_STOCK_RESERVED,
+    PAYMENT_ORDER_CANCELLED,
     ORDER_SAGA_REPLIES,
     NOTIFICATION_ORDER_EVENTS,
 )

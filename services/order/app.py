@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
@@ -29,6 +32,8 @@ from shared.contracts import Envelope, EventData, OrderLine, Quote, QuoteRequest
 from shared.outbox import PENDING, OutboxRelay, outbox_stats
 from shared.rpc import RpcClient, RpcUnavailableError
 from shared.service import bootstrap, readiness, start_dependencies
+
+log = structlog.get_logger(__name__)
 
 
 # --8<-- [start:publish-stored-event]
@@ -101,8 +106,23 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         relay.wake([doc for doc in map(to_document, events) if doc["outbox"] == PENDING])
 
     deps = OrderDeps(
-        store=store, views=views, keys=keys, quote=ask_inventory, wake_relay=wake_relay
+        store=store,
+        views=views,
+        keys=keys,
+        quote=ask_inventory,
+        wake_relay=wake_relay,
+        saga_deadline_seconds=settings.saga_deadline_seconds,
     )
+
+    # --8<-- [start:deadline-watch]
+    async def watch_deadlines() -> None:
+        while True:
+            try:
+                await handlers.expire_overdue_orders(deps)
+            except Exception as exc:  # the database is away: try again next round
+                log.warning("saga deadline sweep failed", error=repr(exc))
+            await asyncio.sleep(settings.saga_sweep_seconds)
+        # --8<-- [end:deadline-watch]
 
     async def on_saga_event(envelope: Envelope, payload: EventData) -> list[Envelope]:
         return await handlers.follow_saga(envelope, payload, deps)
@@ -117,9 +137,13 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         await broker.start()
         relay.start()
         relay.wake()  # sweep now: publish whatever a previous run left pending
+        deadlines = asyncio.create_task(watch_deadlines(), name="saga-deadlines")
         try:
             yield
         finally:
+            deadlines.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deadlines
             await relay.stop()
             await quotes.close()
             await broker.stop()

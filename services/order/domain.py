@@ -170,3 +170,25 @@ def react(order: Order, incoming: EventData) -> list[NewEvent]:
             return [cancelled(order.payment_failure or reason)]
     return []
     # --8<-- [end:react]
+
+
+# --8<-- [start:expire]
+SAGA_DEADLINE_REASON = "saga deadline passed"
+
+
+def expire(order: Order) -> list[NewEvent]:
+    """The order's saga deadline passed: cancel it, unless it ended in the meantime.
+
+    The cancellation is the compensation's trigger: inventory gives the stock back (or never
+    takes it), payment refunds a charge that went through.
+    """
+    if order.version == 0 or order.is_final:
+        return []
+    return [
+        NewEvent.of(
+            OrderCancelled(
+                order_id=order.id, customer_id=order.customer_id, reason=SAGA_DEADLINE_REASON
+            )
+        )
+    ]
+    # --8<-- [end:expire]

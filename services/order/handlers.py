@@ -11,10 +11,12 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import structlog
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from services.order.domain import NewEvent, Order, OrderEvent, react
+from services.order.domain import NewEvent, Order, OrderEvent, expire, react
 from services.order.repository import (
     ConcurrencyError,
     EventStore,
@@ -39,6 +41,8 @@ class OrderDeps:
     quote: QuoteFn
     # Hands the outbox relay the events just saved, to publish at once.
     wake_relay: Callable[[Sequence[OrderEvent]], None]
+    # An order not final this long after it was placed is cancelled (and compensated).
+    saga_deadline_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,11 @@ async def _accept(
     # --8<-- [start:record-order-placed]
     try:
         appended = await deps.store.append(
-            order_id, 0, [NewEvent.of(placed)], trace_context=current_trace_context()
+            order_id,
+            0,
+            [NewEvent.of(placed)],
+            trace_context=current_trace_context(),
+            saga_deadline=datetime.now(UTC) + timedelta(seconds=deps.saga_deadline_seconds),
         )
     except ConcurrencyError:
         # The same Idempotency-Key, twice at the same moment: the other request won.
@@ -179,9 +187,48 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
         raise ConcurrencyError(f"order {order_id}: too much contention")
     # Also on a duplicate: a crash may have come between an earlier append and its projection.
     await deps.views.save(order)
+    if order.is_final:
+        await deps.store.close_saga(order_id)
     log.info("saga step", order_id=order_id, on=envelope.type, status=order.status.value)
     return []
     # --8<-- [end:follow-saga]
+
+
+# --8<-- [start:expire-overdue]
+async def expire_overdue_orders(deps: OrderDeps, *, limit: int = 100) -> int:
+    """Cancel every order whose saga is still open past its deadline. Returns how many.
+
+    Nothing stays non-final for ever: whatever got stuck -- a message in a DLQ, a service
+    down for longer than the retry budget -- the order ends CANCELLED, and its cancellation
+    makes inventory and payment undo what they did.
+    """
+    cancelled = 0
+    with suppress_instrumentation():  # a sweep every few seconds: not part of any order's trace
+        overdue = await deps.store.overdue_sagas(datetime.now(UTC), limit)
+    for order_id in overdue:
+        with order_context(order_id):
+            for _ in range(10):
+                order = Order.from_events(order_id, await deps.store.load(order_id))
+                decided = expire(order)
+                if not decided:
+                    break
+                try:
+                    appended = await deps.store.append(
+                        order_id, order.version, decided, trace_context=current_trace_context()
+                    )
+                except ConcurrencyError:
+                    continue  # a saga event moved it on meanwhile: look again
+                deps.wake_relay(appended)
+                for event in appended:
+                    order.apply(event)
+                cancelled += 1
+                log.warning("saga deadline passed: order cancelled", order_id=order_id)
+                break
+            await deps.views.save(order)
+            if order.is_final:
+                await deps.store.close_saga(order_id)
+    return cancelled
+    # --8<-- [end:expire-overdue]
 
 
 # --8<-- [start:rebuild]

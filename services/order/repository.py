@@ -34,6 +34,9 @@ from shared.mongo import insert_first
 IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
 
 
+SAGA_OPEN = "open"
+
+
 class ConcurrencyError(Exception):
     """Another writer appended to this order's stream first; reload and decide again."""
 
@@ -103,8 +106,10 @@ class EventStore:
         self.events = db["order_events"]
 
     async def create_indexes(self) -> None:
-        # (order, version) is unique through _id; the outbox sweep has an index of its own.
+        # (order, version) is unique through _id; the outbox sweep has an index of its own,
+        # and so has the saga deadline sweep.
         await outbox.create_indexes(self.events)
+        await self.events.create_index([("saga", ASCENDING), ("saga_deadline", ASCENDING)])
 
     async def append(
         self,
@@ -114,11 +119,13 @@ class EventStore:
         *,
         causation_id: str | None = None,
         trace_context: dict[str, str] | None = None,
+        saga_deadline: datetime | None = None,
     ) -> list[OrderEvent]:
         """Append after ``expected_version``; raises :class:`ConcurrencyError` if it moved on.
 
         Events are inserted one by one, each a single atomic insert: if the process dies
         half-way, the stream is still a valid prefix, and the next attempt carries on.
+        ``saga_deadline`` (with the first event) opens the order's saga until then.
         """
         now = datetime.now(UTC)
         # BSON dates keep milliseconds: round here so the events returned equal the stored ones.
@@ -135,8 +142,12 @@ class EventStore:
                 causation_id=causation_id,
                 trace_context=trace_context or {},
             )
+            document = to_document(event)
+            if saga_deadline is not None and event.version == 1:
+                # In the same insert: an order never exists without its deadline.
+                document |= {"saga": SAGA_OPEN, "saga_deadline": saga_deadline}
             try:
-                await self.events.insert_one(to_document(event))
+                await self.events.insert_one(document)
             except DuplicateKeyError as exc:
                 raise ConcurrencyError(f"order {order_id} moved past {event.version - 1}") from exc
             appended.append(event)
@@ -156,6 +167,23 @@ class EventStore:
             events += batch
             if len(batch) < _LOAD_BATCH:
                 return events
+
+    # --8<-- [start:saga-deadlines]
+    async def overdue_sagas(self, now: datetime, limit: int = 100) -> list[str]:
+        """Orders whose saga is still open past its deadline (oldest deadline first)."""
+        cursor = (
+            self.events.find({"saga": SAGA_OPEN, "saga_deadline": {"$lte": now}}, {"order_id": 1})
+            .sort("saga_deadline", ASCENDING)
+            .limit(limit)
+        )
+        return [doc["order_id"] async for doc in cursor]
+
+    async def close_saga(self, order_id: str) -> None:
+        """The order is final: its deadline no longer matters."""
+        await self.events.update_one(
+            {"_id": event_key(order_id, 1), "saga": SAGA_OPEN}, {"$set": {"saga": "closed"}}
+        )
+        # --8<-- [end:saga-deadlines]
 
     async def exists(self, order_id: str) -> bool:
         return await self.events.find_one({"_id": event_key(order_id, 1)}, {"_id": 1}) is not None

@@ -9,7 +9,7 @@ from services.payment.gateway import SimulatedGateway
 from services.payment.repository import PaymentRepository
 from services.payment.settings import PaymentSettings
 from shared import topology
-from shared.contracts import Envelope, EventData, StockReserved
+from shared.contracts import Envelope, EventData, OrderCancelled, StockReserved
 from shared.service import bootstrap, make_service_app
 
 
@@ -30,5 +30,10 @@ def create_app(settings: PaymentSettings | None = None) -> AsgiFastStream:
             envelope, payload, repo, gateway, processed_by=settings.instance_id
         )
 
+    async def on_order_cancelled(envelope: Envelope, payload: EventData) -> list[Envelope]:
+        assert isinstance(payload, OrderCancelled)
+        return await handlers.refund_cancelled_order(payload, repo, gateway)
+
     runtime.subscribe(topology.PAYMENT_STOCK_RESERVED, on_stock_reserved)
+    runtime.subscribe(topology.PAYMENT_ORDER_CANCELLED, on_order_cancelled)
     return make_service_app(runtime)

@@ -21,3 +21,8 @@ class PaymentRepository:
         stands = await insert_first(self.payments, {"_id": order_id, **document})
         assert stands is not None  # outcomes are never deleted
         return stands
+
+    async def mark_refunded(self, order_id: str) -> None:
+        await self.payments.update_one(
+            {"_id": order_id, "status": "paid"}, {"$set": {"status": "refunded"}}
+        )

@@ -30,7 +30,7 @@ from cli.ledger import run_checks
 from services.order.repository import stored_envelope
 from shared import topology
 from shared.settings import WarrenSettings
-from tests.support.orders import FINAL, order_body, place, status_of, until_status
+from tests.support.orders import FINAL, final_order, order_body, place, status_of, until_status
 from tests.support.polling import eventually
 from tests.support.system import (
     System,
@@ -281,6 +281,47 @@ async def test_retries_exhausted_go_to_the_dlq_and_a_replay_completes_the_order(
     # Charging is fast again: the replay goes through.
     assert await dlq.replay_messages(topology.PAYMENT_STOCK_RESERVED.name, None) == 1
     assert await until_status(api, order_id, FINAL) == "CONFIRMED"
+    await ledger_holds(faulty)
+
+
+# --- a saga that cannot finish --------------------------------------------------------------
+
+
+async def test_an_order_stuck_past_its_saga_deadline_is_cancelled_and_compensated(
+    faulty: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
+) -> None:
+    """The gateway is down for longer than the order may wait: nothing stays non-final."""
+    faulty.restart("order", SAGA_DEADLINE_SECONDS="3", SAGA_SWEEP_SECONDS="0.5")
+    for name in PAYMENTS:
+        faulty.restart(name, PAYMENT_ERROR_RATE="1")
+    try:
+        stock = mongo[faulty.database("inventory")]["stock"]
+        before = await stock.find_one({"_id": "HOP-SOCKS"})
+        order_id = await place(api, order_body(sku="HOP-SOCKS", quantity=2))
+        order = await final_order(api, order_id, timeout=30)
+        assert order["status"] == "CANCELLED"
+        assert order["cancel_reason"] == "saga deadline passed"
+
+        async def settled() -> dict[str, Any] | None:
+            return await mongo[faulty.database("inventory")]["reservations"].find_one(
+                {"_id": order_id}
+            )
+
+        await eventually(settled, until=lambda r: r and r["state"] == "released", what="release")
+        # The charge still being retried finds the order cancelled and charges nothing.
+        await eventually(
+            lambda: mongo[faulty.database("payment")]["payments"].find_one({"_id": order_id}),
+            until=lambda p: p and p["status"] == "cancelled",
+            what="payment's cancelled record",
+        )
+    finally:
+        faulty.restart("order", SAGA_DEADLINE_SECONDS="600", SAGA_SWEEP_SECONDS="5")
+        for name in PAYMENTS:
+            faulty.restart(name, PAYMENT_ERROR_RATE="0")
+    after = await stock.find_one({"_id": "HOP-SOCKS"})
+    assert (after["available"], after["sold"]) == (before["available"], before["sold"])
+    charges = mongo[faulty.database("payment")]["gateway_charges"]
+    assert await charges.count_documents({"order_id": order_id}) == 0
     await ledger_holds(faulty)
 
 

@@ -146,7 +146,7 @@ class ManualClock(DatabaseClock):
 
 
 class StallingRepository(StockRepository):
-    """Freezes the delivery that owns ``stalled_owner`` right before it holds ``stall_sku``
+    """Freezes the first delivery right before it holds ``stall_sku``
     (as a SIGSTOP, a GC pause or a lost network would), until the test lets it go."""
 
     def __init__(self, db: Any, clock: ManualClock, stall_sku: str) -> None:
@@ -165,7 +165,7 @@ class StallingRepository(StockRepository):
 
 
 async def _stale_copy_resumes_after(db: Any, settle_with: EventData | None) -> StallingRepository:
-    """Delivery A stalls half-way (the mugs held, about to hold the lamps) past its lease;
+    """Delivery A stalls half-way (the lamps held, about to hold the mugs) past its lease;
     delivery B takes over and reserves; the payment outcome (if any) settles it; A resumes."""
     clock = ManualClock()
     repo = StallingRepository(db, clock, stall_sku="CARROT-MUG")
@@ -254,6 +254,13 @@ async def test_a_cancelled_order_gives_back_held_or_sold_stock_and_is_never_rese
 # --- payment -----------------------------------------------------------------------------------
 
 
+def reserved_event(order_id: str) -> Envelope:
+    return Envelope.wrap(
+        StockReserved(order_id=order_id, lines=(), amount_cents=2500, payment_token="tok_visa"),
+        source="inventory",
+    )
+
+
 async def test_an_order_is_charged_once_however_often_it_arrives(db: Any) -> None:
     repo, gateway = PaymentRepository(db), SimulatedGateway(db)
     reserved = Envelope.wrap(
@@ -267,6 +274,28 @@ async def test_an_order_is_charged_once_however_often_it_arrives(db: Any) -> Non
     assert {o[0].id for o in outcomes} == {outcomes[0][0].id}
     assert outcomes[0][0].type == "payment.succeeded"
     assert await db["gateway_charges"].count_documents({"status": "captured"}) == 1
+
+
+async def test_a_cancelled_order_that_was_charged_is_refunded_once(db: Any) -> None:
+    repo, gateway = PaymentRepository(db), SimulatedGateway(db)
+    order = reserved_event("late")
+    [paid] = await payment.charge_reserved_order(order, order.payload(), repo, gateway)  # type: ignore[arg-type]
+    assert paid.type == "payment.succeeded"
+    cancelled = OrderCancelled(order_id="late", customer_id="c", reason="saga deadline passed")
+    for _ in range(2):  # a duplicate refunds nothing more
+        assert await payment.refund_cancelled_order(cancelled, repo, gateway) == []
+    charges = [d async for d in db["gateway_charges"].find({"order_id": "late"})]
+    assert [c["status"] for c in charges] == ["refunded"]
+    assert (await repo.get("late"))["status"] == "refunded"
+
+
+async def test_an_order_cancelled_before_its_charge_is_never_charged(db: Any) -> None:
+    repo, gateway = PaymentRepository(db), SimulatedGateway(db)
+    cancelled = OrderCancelled(order_id="slow", customer_id="c", reason="saga deadline passed")
+    await payment.refund_cancelled_order(cancelled, repo, gateway)
+    order = reserved_event("slow")  # still being retried when the deadline passed
+    assert await payment.charge_reserved_order(order, order.payload(), repo, gateway) == []  # type: ignore[arg-type]
+    assert await db["gateway_charges"].count_documents({}) == 0
 
 
 async def test_a_declined_card_moves_no_money(db: Any) -> None:

@@ -42,7 +42,7 @@ def free_port() -> int:
 
 async def reset_broker(rabbit_url: str) -> None:
     """Delete Warren's queues (services re-declare them), dropping leftovers of earlier runs."""
-    await topology.delete_queues(rabbit_url, retry_delays=(1, 2, 4, 5, 25))
+    await topology.delete_queues(rabbit_url, retry_delays=(1, 2, 4, 8))
 
 
 @dataclass

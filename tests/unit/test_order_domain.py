@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.order.domain import NewEvent, Order, OrderEvent, OrderStatus, react
+from services.order.domain import (
+    SAGA_DEADLINE_REASON,
+    NewEvent,
+    Order,
+    OrderEvent,
+    OrderStatus,
+    expire,
+    react,
+)
 from shared.contracts import (
     EventData,
     OrderPlaced,
@@ -121,3 +129,27 @@ def test_final_orders_ignore_everything() -> None:
 
 def test_events_for_an_unknown_order_are_ignored() -> None:
     assert react(Order(id="nobody"), paid) == []
+
+
+def test_an_order_past_its_saga_deadline_is_cancelled_whatever_stage_it_is_stuck_at() -> None:
+    for stuck in ([], [reserved], [reserved, declined]):
+        order = feed(stuck)
+        [cancelled] = expire(order)
+        assert cancelled.type == "order.cancelled"
+        assert cancelled.data["reason"] == SAGA_DEADLINE_REASON
+        order.apply(
+            OrderEvent(
+                id="e",
+                order_id=order.id,
+                version=order.version + 1,
+                type=cancelled.type,
+                data=cancelled.data,
+                occurred_at=order.placed_at or datetime.now(UTC),
+            )
+        )
+        assert order.status == OrderStatus.CANCELLED
+
+
+def test_a_final_order_is_not_expired() -> None:
+    assert expire(feed([reserved, paid])) == []
+    assert expire(Order(id="nobody")) == []

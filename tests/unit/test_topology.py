@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from dotenv import dotenv_values
 
 from shared import topology
@@ -62,3 +63,17 @@ def test_password_hash_is_rabbitmq_sha256_format() -> None:
     raw = base64.b64decode(topology.password_hash("warren", "secret"))
     salt, digest = raw[:4], raw[4:]
     assert digest == hashlib.sha256(salt + b"secret").digest()
+
+
+def test_the_retry_budget_outlasts_a_ten_minute_outage() -> None:
+    assert sum(topology.RETRY_DELAYS_SECONDS) > 600
+
+
+def test_inventory_refuses_a_lease_longer_than_the_retry_budget() -> None:
+    import pydantic
+
+    from services.inventory.settings import InventorySettings
+
+    with pytest.raises(pydantic.ValidationError, match="shorter than the retry budget"):
+        InventorySettings(retry_delays_seconds=(1, 2, 4), decision_lease_seconds=30)
+    assert InventorySettings(retry_delays_seconds=(1, 2, 4), decision_lease_seconds=5)
