@@ -245,25 +245,17 @@ def mail_sink(
     maildir: Path = typer.Option(Path(".run/mail"), help="Maildir that receives every message."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(1025, help="SMTP port."),
+    api_port: int = typer.Option(8025, help="Port of the Mailpit-like API (0: none)."),
 ) -> None:
-    """Run a local SMTP server that keeps every email in a Maildir (the local stand-in for Mailpit)."""
-    import threading
+    """Run a local SMTP server that keeps every email in a Maildir, with Mailpit's API (the
+    local stand-in for Mailpit)."""
+    from cli.mail_sink import serve
 
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Mailbox
-
-    # Maildir(create=True) leaves an existing empty folder without tmp/new/cur: make them.
-    for part in ("tmp", "new", "cur"):
-        (maildir / part).mkdir(parents=True, exist_ok=True)
-    controller = Controller(Mailbox(maildir), hostname=host, port=port)
-    controller.start()
-    console.print(f"SMTP sink on {host}:{port}, mail kept in {maildir}/new")
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        controller.stop()
+    console.print(
+        f"SMTP sink on {host}:{port}, mail kept in {maildir}/new"
+        + (f", API on http://{host}:{api_port}" if api_port else "")
+    )
+    serve(maildir, host, port, api_port)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,11 @@ class ConsumerQueue:
     quorum: bool = True
     # Backoff before each retry of a failed message; one more failure goes to the DLQ.
     retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS
+    # Messages expire after this long in the queue (None: never).
+    message_ttl_ms: int | None = None
+    # The broker dead-letters what it rejects or expires into the DLQ too. Off for a queue
+    # whose expired messages are worthless: only Warren's own poison copies land there.
+    broker_dead_letters: bool = True
 
     @property
     def dlq_name(self) -> str:
@@ -94,12 +99,14 @@ class ConsumerQueue:
 
     @property
     def queue(self) -> RabbitQueue:
-        arguments: dict[str, Any] = {
-            "x-dead-letter-exchange": DEAD_LETTER.name,
-            "x-dead-letter-routing-key": self.name,
-        }
+        arguments: dict[str, Any] = {}
+        if self.broker_dead_letters:
+            arguments["x-dead-letter-exchange"] = DEAD_LETTER.name
+            arguments["x-dead-letter-routing-key"] = self.name
         if self.quorum:
             arguments["x-delivery-limit"] = DELIVERY_LIMIT
+        if self.message_ttl_ms is not None:
+            arguments["x-message-ttl"] = self.message_ttl_ms
         queue_type = QueueType.QUORUM if self.quorum else QueueType.CLASSIC
         return RabbitQueue(self.name, queue_type=queue_type, durable=True, arguments=arguments)
 
@@ -152,22 +159,32 @@ CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (
 # --8<-- [start:quotes-queue]
 QUOTE_TTL_MS = 10_000
 
-INVENTORY_QUOTES = RabbitQueue(
+INVENTORY_QUOTES = ConsumerQueue(
     "inventory.quotes",
-    queue_type=QueueType.CLASSIC,
-    durable=True,
-    # A quote nobody picked up within the TTL is worthless: the caller has already given up.
-    arguments={"x-message-ttl": QUOTE_TTL_MS},
+    routing_keys=(),  # requests come through the default exchange
+    quorum=False,
+    retry_delays=(),  # a quote is answered now or never: the caller is waiting
+    # A quote nobody picked up within the TTL is worthless: the caller has already given up
+    # (and answered its client 503). Expired requests are dropped, not dead-lettered; a
+    # request that cannot be read is answered with an error and copied to the DLQ.
+    message_ttl_ms=QUOTE_TTL_MS,
+    broker_dead_letters=False,
 )
 """Order asks inventory for a quote here; the answer goes to the caller's direct reply-to."""
 # --8<-- [end:quotes-queue]
 
 # --- the Celery work queue -------------------------------------------------------------------
 
-NOTIFICATION_EMAILS = ConsumerQueue("notification.emails", routing_keys=(), quorum=False)
-"""Celery's queue for email delivery. Celery publishes to it through the default exchange."""
+NOTIFICATION_EMAILS = ConsumerQueue("notification.emails", routing_keys=())
+"""Celery's queue for email delivery. Celery publishes to it through the default exchange.
+A quorum queue with a delivery limit like the others: a task that kills its worker every time
+is dead-lettered, not redelivered for ever (one email per loop)."""
 
-ALL_QUEUES_WITH_DLQ: tuple[ConsumerQueue, ...] = (*CONSUMER_QUEUES, NOTIFICATION_EMAILS)
+ALL_QUEUES_WITH_DLQ: tuple[ConsumerQueue, ...] = (
+    *CONSUMER_QUEUES,
+    NOTIFICATION_EMAILS,
+    INVENTORY_QUOTES,
+)
 
 
 def exchanges() -> Iterator[RabbitExchange]:
@@ -209,17 +226,16 @@ async def declare_topology(broker: Any, retry_delays: tuple[int, ...] | None = N
     for exchange in exchanges():
         await broker.declare_exchange(exchange)
     for consumer_queue in ALL_QUEUES_WITH_DLQ:
-        if retry_delays is not None:
+        if retry_delays is not None and consumer_queue.retry_delays:
             consumer_queue = replace(consumer_queue, retry_delays=retry_delays)
         await declare_consumer_queue(broker, consumer_queue)
-    await broker.declare_queue(INVENTORY_QUOTES)
 
 
 def queue_names(retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> list[str]:
     """Every queue the topology declares (with these retry delays)."""
     names = [q.name for q in ALL_QUEUES_WITH_DLQ] + [q.dlq_name for q in ALL_QUEUES_WITH_DLQ]
     names += [retry_queue(delay).name for delay in sorted({*RETRY_DELAYS_SECONDS, *retry_delays})]
-    return [*names, INVENTORY_QUOTES.name]
+    return names
 
 
 async def delete_queues(
@@ -290,7 +306,6 @@ def definitions(
         bindings += [(EVENTS.name, consumer_queue.name, key) for key in consumer_queue.routing_keys]
         bindings.append((REQUEUE.name, consumer_queue.name, consumer_queue.name))
         bindings.append((DEAD_LETTER.name, consumer_queue.dlq_name, consumer_queue.name))
-    queues.append(INVENTORY_QUOTES)
     access: dict[str, Any] = {}
     if user is not None and password is not None:
         access = {

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import structlog
 from faststream.asgi import AsgiFastStream
 from faststream.rabbit import RabbitResponse
+from faststream.rabbit.annotations import RabbitMessage
 
 from services.inventory import handlers
 from services.inventory.repository import StockRepository
@@ -18,7 +22,10 @@ from shared.contracts import (
     PaymentSucceeded,
     QuoteRequest,
 )
+from shared.messaging import dead_letter
 from shared.service import bootstrap, make_service_app
+
+log = structlog.get_logger(__name__)
 
 
 def create_app(settings: InventorySettings | None = None) -> AsgiFastStream:
@@ -29,8 +36,24 @@ def create_app(settings: InventorySettings | None = None) -> AsgiFastStream:
 
     # --8<-- [start:answer-quote]
     # Request-reply: FastStream sends the return value to the caller's reply-to queue.
-    @runtime.broker.subscriber(topology.INVENTORY_QUOTES)
-    async def answer_quote(request: QuoteRequest) -> RabbitResponse:
+    @runtime.broker.subscriber(topology.INVENTORY_QUOTES.queue)
+    async def answer_quote(body: Any, message: RabbitMessage) -> RabbitResponse:
+        try:
+            request = QuoteRequest.model_validate_json(message.body)
+        except ValueError as exc:
+            # The caller (if any) gets the reason at once rather than a timeout; a copy goes
+            # to inventory.quotes.dlq so that the bad request is seen, not just logged.
+            reason = f"poison: {' | '.join(str(exc).splitlines())[:500]}"
+            log.warning("poison quote request", reason=reason)
+            await dead_letter(
+                runtime.broker,
+                message,
+                topology.INVENTORY_QUOTES.name,
+                reason=reason,
+                exception=exc,
+                attempts=1,
+            )
+            return RabbitResponse({"error": reason}, mandatory=False)
         # Not mandatory: RabbitMQ 3.10 answers a mandatory publish to a direct reply-to
         # pseudo-queue with NO_ROUTE even though it delivers it.
         return RabbitResponse(await handlers.quote(request, repo), mandatory=False)

@@ -6,18 +6,25 @@ import asyncio
 import contextvars
 import functools
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
+import structlog
 from faststream.asgi import AsgiFastStream
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from services.notification import handlers
 from services.notification.repository import NotificationRepository
 from services.notification.settings import NotificationSettings
-from services.notification.worker import TASK_NAME, make_celery
+from services.notification.worker import STALE_CLAIM_SECONDS, TASK_NAME, make_celery
 from shared import topology
+from shared.clock import DatabaseClock, iso
 from shared.contracts import Envelope, EventData
 from shared.service import bootstrap, make_service_app
 
 ENQUEUE_TIMEOUT_SECONDS = 10.0
+# A notification still queued this long after it was recorded lost its task: enqueue it again.
+STALE_QUEUED_SECONDS = 120.0
+log = structlog.get_logger(__name__)
 
 
 def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
@@ -51,7 +58,38 @@ def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
 
     runtime.subscribe(topology.NOTIFICATION_ORDER_EVENTS, on_order_event)
 
+    # --8<-- [start:sweeper]
+    clock = DatabaseClock()
+
+    async def sweep_stuck_notifications() -> None:
+        """Re-enqueue emails whose task was lost (a worker killed mid-send, a task that
+        failed before giving its claim back). The task's claim rules keep it to one email."""
+        while True:
+            try:
+                now = clock.now()
+                with suppress_instrumentation():
+                    stuck = await repo.stuck(
+                        queued_before=iso(datetime.fromtimestamp(now - STALE_QUEUED_SECONDS, UTC)),
+                        claimed_before=now - STALE_CLAIM_SECONDS,
+                    )
+                for notification_id in stuck:
+                    await enqueue(notification_id)
+                if stuck:
+                    log.warning("re-enqueued stuck notifications", count=len(stuck))
+            except Exception as exc:  # the database or the broker is away: next round
+                log.warning("notification sweep failed", error=repr(exc))
+            await asyncio.sleep(settings.sweep_seconds)
+            # --8<-- [end:sweeper]
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def startup() -> None:
+        await clock.sync(runtime.client)
+        tasks.append(asyncio.create_task(sweep_stuck_notifications(), name="email-sweeper"))
+
     async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
         celery_thread.shutdown(wait=True)
 
-    return make_service_app(runtime, on_shutdown=shutdown)
+    return make_service_app(runtime, on_startup=startup, on_shutdown=shutdown)

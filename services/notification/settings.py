@@ -11,5 +11,10 @@ class NotificationSettings(WarrenSettings):
     mail_from: str = "Warren shop <shop@warren.example>"
     # Customers have no address book here: mail goes to <customer_id>@<this domain>.
     customer_mail_domain: str = "customers.warren.example"
+    # The mail system's API (Mailpit's, or `warren mail-sink`'s): asked whether an email whose
+    # worker died mid-send arrived after all, before it is sent again. Empty: nothing to ask.
+    mail_api_url: str = "http://127.0.0.1:8025"
     # Celery worker processes (each takes one email at a time: prefetch multiplier 1).
     worker_concurrency: int = Field(default=2, ge=1)
+    # How often the service looks for emails whose task was lost (and enqueues them again).
+    sweep_seconds: float = Field(default=15.0, gt=0)

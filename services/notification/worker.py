@@ -2,37 +2,51 @@
 
 Run a worker with ``python -m services.notification.worker`` (``--ping`` checks one answers).
 
-Delivery is at-least-once with one email per notification in practice: a worker that dies
-after the SMTP server accepted the message but before it was marked sent will send it again
-after the claim expires; ``Message-ID`` (the notification id) lets a mail system drop that copy.
-
 Celery's defaults lose work on a crash, so this app turns them around:
 
 * ``task_acks_late`` -- ack after the task ran, not before;
 * ``task_reject_on_worker_lost`` -- a worker killed mid-task puts the task back;
 * ``worker_prefetch_multiplier = 1`` -- a worker holds one task at a time (fair dispatch);
-* ``confirm_publish`` -- enqueueing waits for RabbitMQ's publisher confirm.
+* ``confirm_publish`` -- enqueueing waits for RabbitMQ's publisher confirm;
+* ``notification.emails`` is a quorum queue with a delivery limit, like every Warren queue: a
+  task that kills its worker every time is dead-lettered after a few tries, not run for ever;
+* a message that cannot even be decoded is rejected into ``notification.emails.dlq`` (Celery
+  would ack it away with one log line).
 
-With acks late a task can run twice, so the task itself is idempotent: it claims the
+With acks late a task can run twice, so the task itself is idempotent: it **claims** the
 notification (``queued`` -> ``sending``) in one atomic update and marks it ``sent`` after the
-SMTP server accepted it. Every email carries ``Message-ID: <notification id@warren>``.
+SMTP server accepted it. A claim is never taken over while it is fresh -- not even by a
+redelivery of the same task, whose first run may still be sending (a lost connection does
+not stop it). A claim older than ``STALE_CLAIM_SECONDS`` belongs to a worker that died or froze
+mid-send: the next task (or the notification service's sweeper) takes it over, but first asks
+the mail system whether the email arrived after all (``MAIL_API_URL``: Mailpit's API, or the
+local sink's), so that "accepted, then the worker died before marking it sent" is marked sent,
+not sent again. Every email carries ``Message-ID: <notification id@warren>``.
+
+The duplicate that remains possible: with no mail system to ask (a plain SMTP relay), an email
+accepted by the server whose worker died before marking it is sent once more, with the same
+Message-ID, ``STALE_CLAIM_SECONDS`` later -- at most once per such crash. With one to ask, only a
+worker frozen for longer than that *between its last claim check and the end of the SMTP
+conversation* can send a copy beside its successor's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import smtplib
 import sys
 import threading
-import time
 import uuid
 from email.message import EmailMessage
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
+import httpx
 import structlog
 import typer
 from celery import Celery, Task, signals
+from celery.worker.consumer import Consumer
 from kombu import Exchange, Queue
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -40,13 +54,15 @@ from tenacity import retry, stop_after_attempt, wait_exponential
 
 from services.notification.settings import NotificationSettings
 from shared import topology
-from shared.clock import utcnow_iso
+from shared.clock import DatabaseClock, utcnow_iso
 from shared.mongo import CLIENT_OPTIONS
 from shared.observability import setup_observability
 
 TASK_NAME = "notification.send_email"
-# A claim older than this belongs to a worker that died mid-send: deliver again.
+# A claim older than this belongs to a worker that died or froze mid-send: take it over.
 STALE_CLAIM_SECONDS = 60.0
+# Stale claims of one notification (its worker died or froze mid-send) before it is failed.
+MAX_TAKEOVERS = 5
 
 log = structlog.get_logger(__name__)
 
@@ -71,19 +87,23 @@ def _collection(mongo_url: str, db_name: str) -> Any:
 
 
 # --8<-- [start:claim]
-def _claim(notifications: Any, notification_id: str, task_id: str) -> dict[str, Any] | None:
-    """Take the notification for this task: queued, already ours (a redelivery or retry of
-    the same task), or abandoned by a worker that died mid-send. None if someone else has it."""
-    now = time.time()
-    for condition in (
-        {"state": "queued"},
-        {"state": "sending", "claimed_by": task_id},
-        {"state": "sending", "claimed_at": {"$lt": now - STALE_CLAIM_SECONDS}},
+def _claim(
+    notifications: Any, notification_id: str, task_id: str, now: float
+) -> dict[str, Any] | None:
+    """Take the notification for this task: queued, or abandoned by a worker that died or froze
+    mid-send (a stale claim). Returns the notification as it was *before* (its ``state`` says
+    which); None if it is sent, failed, or freshly claimed by someone -- this very task's
+    earlier run included."""
+    claim = {"state": "sending", "claimed_at": now, "claimed_by": task_id}
+    for condition, update in (
+        ({"state": "queued"}, {"$set": claim}),
+        # Counted: a notification whose sending kills its worker every time ends failed.
+        (
+            {"state": "sending", "claimed_at": {"$lt": now - STALE_CLAIM_SECONDS}},
+            {"$set": claim, "$inc": {"takeovers": 1}},
+        ),
     ):
-        claimed = notifications.find_one_and_update(
-            {"_id": notification_id, **condition},
-            {"$set": {"state": "sending", "claimed_at": now, "claimed_by": task_id}},
-        )
+        claimed = notifications.find_one_and_update({"_id": notification_id, **condition}, update)
         if claimed is not None:
             return claimed
     return None
@@ -92,22 +112,33 @@ def _claim(notifications: Any, notification_id: str, task_id: str) -> dict[str, 
 def deliver(notification_id: str, settings: NotificationSettings, task_id: str = "") -> str:
     """Send one notification's email unless it was sent already. Returns what happened."""
     notifications = _collection(settings.mongo_url, settings.mongo_db)
-    claimed = _claim(notifications, notification_id, task_id or uuid.uuid4().hex)
+    now = _clock(settings.mongo_url, settings.mongo_db).now()
+    claimed = _claim(notifications, notification_id, task_id or uuid.uuid4().hex, now)
     if claimed is None:
         current = notifications.find_one({"_id": notification_id}, {"state": 1})
         if current is None:
             return "unknown"
-        return "already sent" if current["state"] == "sent" else "being sent by another task"
+        return {"sent": "already sent", "failed": "failed before"}.get(
+            current["state"], "being sent by another task"
+        )
     # --8<-- [end:claim]
-
-    message = EmailMessage()
-    message["From"] = settings.mail_from
-    message["To"] = claimed["to"]
-    message["Subject"] = claimed["subject"]
-    message["Message-ID"] = f"<{notification_id}@warren>"
-    message["X-Warren-Order-Id"] = claimed["order_id"]
-    message["X-Warren-Event-Type"] = claimed["event_type"]
-    message.set_content(claimed["body"])
+    message_id = f"<{notification_id}@warren>"
+    # --8<-- [start:ask-mail-system]
+    if claimed["state"] == "sending" and delivered_before(message_id, settings.mail_api_url):
+        # The worker that died had got the email accepted: record it, do not send it again.
+        _mark_sent(notifications, notification_id)
+        log.warning("stale claim: the email had arrived", notification_id=notification_id)
+        return "found delivered"
+    # --8<-- [end:ask-mail-system]
+    if claimed["state"] == "sending" and claimed.get("takeovers", 0) + 1 >= MAX_TAKEOVERS:
+        _fail(notifications, notification_id, f"its worker died {MAX_TAKEOVERS} times sending it")
+        return "failed"
+    try:
+        message = _compose(claimed, message_id, settings)
+    except (ValueError, TypeError) as exc:
+        # It can never be sent (a header that cannot be written): fail it for good, visibly.
+        _fail(notifications, notification_id, f"cannot build the email: {exc}")
+        return "failed"
     try:
         send_message(message, settings.smtp_host, settings.smtp_port)
     except Exception:
@@ -125,6 +156,56 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
         )
     log.info("email sent", notification_id=notification_id, order_id=claimed["order_id"])
     return "sent"
+
+
+def _compose(
+    claimed: dict[str, Any], message_id: str, settings: NotificationSettings
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = settings.mail_from
+    message["To"] = claimed["to"]
+    message["Subject"] = claimed["subject"]
+    message["Message-ID"] = message_id
+    message["X-Warren-Order-Id"] = claimed["order_id"]
+    message["X-Warren-Event-Type"] = claimed["event_type"]
+    message.set_content(claimed["body"])
+    return message
+
+
+def _fail(notifications: Any, notification_id: str, reason: str) -> None:
+    notifications.update_one(
+        {"_id": notification_id}, {"$set": {"state": "failed", "failure": reason[:500]}}
+    )
+    log.error("email failed for good", notification_id=notification_id, reason=reason)
+
+
+# --8<-- [start:delivered-before]
+def delivered_before(message_id: str, mail_api_url: str) -> bool:
+    """Has the mail system got an email with this Message-ID? (False when there is none to ask.)
+
+    Mailpit's search API under compose; ``warren mail-sink`` answers the same call locally.
+    A mail system that cannot answer right now makes the task fail and retry later: sending
+    blind is what would make the duplicate.
+    """
+    if not mail_api_url:
+        return False
+    response = httpx.get(
+        f"{mail_api_url.rstrip('/')}/api/v1/search",
+        params={"query": f'message-id:"{message_id.strip("<>")}"'},
+        timeout=5.0,
+    )
+    response.raise_for_status()
+    return bool(response.json().get("messages"))
+    # --8<-- [end:delivered-before]
+
+
+@cache
+def _clock(mongo_url: str, db_name: str) -> DatabaseClock:
+    """Claim times on the database's clock, like the notification service's sweeper."""
+    clock = DatabaseClock()
+    with contextlib.suppress(PyMongoError):  # not reachable now: the local clock, until then
+        clock.sync_blocking(_collection(mongo_url, db_name).database.client)
+    return clock
 
 
 # --8<-- [start:smtp-connection]
@@ -170,6 +251,32 @@ def _mark_sent(notifications: Any, notification_id: str) -> None:
     )
 
 
+# --8<-- [start:email-consumer]
+class EmailConsumer(Consumer):
+    """Celery's worker consumer, with two of its defaults turned around."""
+
+    class Blueprint(Consumer.Blueprint):
+        # Celery declares 28 exchanges and queues for "native delayed delivery" as soon as it
+        # sees a quorum queue. Warren's email retries wait in the worker instead (a handful
+        # at a time, prefetch 1), so the broker keeps only the topology Warren declares.
+        default_steps: ClassVar[list[str]] = [
+            step
+            for step in Consumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
+        ]
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        # Celery acks a message it cannot decode: dropped, one log line. Reject it instead,
+        # so that it lands in notification.emails.dlq like every other queue's poison.
+        log.error(
+            "undecodable task message: dead-lettered",
+            error=repr(exc)[:500],
+            content_type=message.content_type,
+        )
+        message.reject(requeue=False)
+        # --8<-- [end:email-consumer]
+
+
 # --8<-- [start:make-celery]
 def make_celery(settings: NotificationSettings) -> Celery:
     app = Celery("warren-notification", broker=settings.rabbit_url)
@@ -185,6 +292,7 @@ def make_celery(settings: NotificationSettings) -> Celery:
         task_queues=[queue],
         task_default_queue=queue.name,
         task_routes={TASK_NAME: {"queue": queue.name}},
+        worker_consumer=f"{__name__}:EmailConsumer",
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -196,7 +304,8 @@ def make_celery(settings: NotificationSettings) -> Celery:
         bind=True,
         name=TASK_NAME,
         # SMTP trouble and a database that is briefly away are both worth waiting out.
-        autoretry_for=(smtplib.SMTPException, OSError, PyMongoError),
+        # (and a mail system that cannot say whether a stale claim's email arrived).
+        autoretry_for=(smtplib.SMTPException, OSError, PyMongoError, httpx.HTTPError),
         retry_backoff=2,
         retry_backoff_max=60,
         max_retries=8,

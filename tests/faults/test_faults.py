@@ -8,6 +8,7 @@ and a short retry backoff of 1 s, 2 s, 4 s, and a 5 s inventory lease to match) 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -29,6 +30,7 @@ from cli import dlq
 from cli.ledger import run_checks
 from services.order.repository import stored_envelope
 from shared import topology
+from shared.rpc import RpcClient
 from shared.settings import WarrenSettings
 from tests.support.orders import FINAL, final_order, order_body, place, status_of, until_status
 from tests.support.polling import eventually
@@ -114,8 +116,6 @@ async def bus_events_of(
 async def test_every_event_delivered_twice_and_shuffled_changes_nothing(
     faulty: System, api: httpx.AsyncClient, mongo: AsyncMongoClient, rabbit_url: str
 ) -> None:
-    import json
-
     orders = [
         await place(
             api, order_body(sku="CARROT-MUG", token="tok_visa", quantity=2, customer="dup")
@@ -204,6 +204,51 @@ async def test_a_poison_event_is_dead_lettered_within_a_second_and_orders_keep_f
     assert await until_status(api, order_id, FINAL) == "CONFIRMED"
     await dlq.purge_queue(topology.INVENTORY_ORDER_PLACED.name)
     await dlq.purge_queue(topology.NOTIFICATION_ORDER_EVENTS.name)
+
+
+async def test_garbage_on_the_email_queue_is_dead_lettered_and_emails_keep_going(
+    faulty: System, api: httpx.AsyncClient, rabbit_url: str, dlq_tool: None
+) -> None:
+    """Reproduced: Celery acked undecodable bytes away with one log line."""
+    garbage_id = f"garbage-{uuid.uuid4()}"
+    await publish_raw(
+        rabbit_url,
+        "",  # Celery's tasks go through the default exchange
+        topology.NOTIFICATION_EMAILS.name,
+        b"\x00\x01 not a task at all",
+        message_id=garbage_id,
+        content_type="application/json",
+    )
+    dead = await eventually(
+        lambda: dlq.show_messages(topology.NOTIFICATION_EMAILS.name, 50),
+        until=lambda ms: any(m["message_id"] == garbage_id for m in ms),
+        what="the garbage in notification.emails.dlq",
+    )
+    [message] = [m for m in dead if m["message_id"] == garbage_id]
+    assert message["reason"].startswith("broker: rejected")
+    order_id = await place(api, order_body())
+    await until_status(api, order_id, FINAL)
+    await eventually(lambda: len(faulty.emails_for(order_id)), until=lambda n: n == 2)
+    await dlq.purge_queue(topology.NOTIFICATION_EMAILS.name)
+
+
+async def test_a_quote_request_that_cannot_be_read_is_answered_and_kept_in_the_dlq(
+    faulty: System, rabbit_url: str, dlq_tool: None
+) -> None:
+    """Reproduced: poison on inventory.quotes was rejected and dropped (the queue had no DLQ)."""
+    client = RpcClient(rabbit_url, app_id="test")
+    try:
+        reply = await client.request(
+            topology.INVENTORY_QUOTES.name, {"lines": "not a list"}, timeout=5
+        )
+    finally:
+        await client.close()
+    assert json.loads(reply)["error"].startswith("poison:")
+    [dead] = await eventually(
+        lambda: dlq.show_messages(topology.INVENTORY_QUOTES.name, 5), until=lambda ms: len(ms) == 1
+    )
+    assert dead["headers"]["x-warren-original-queue"] == "inventory.quotes"
+    await dlq.purge_queue(topology.INVENTORY_QUOTES.name)
 
 
 # --- the database goes away ----------------------------------------------------------------------

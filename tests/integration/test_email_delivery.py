@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mailbox
 import smtplib
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +16,9 @@ from aiosmtpd.handlers import Mailbox
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
+from cli.mail_sink import make_api
 from services.notification.settings import NotificationSettings
-from services.notification.worker import deliver
+from services.notification.worker import MAX_TAKEOVERS, deliver
 from tests.support.system import free_port
 
 
@@ -31,9 +34,22 @@ def smtp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 @pytest.fixture
-def settings(mongo_url: str, smtp: tuple[int, Path]) -> NotificationSettings:
+def mail_api(smtp: tuple[int, Path]) -> Iterator[str]:
+    """The sink's Mailpit-like API over the same Maildir (as `warren mail-sink` serves it)."""
+    api = make_api(smtp[1], "127.0.0.1", free_port())
+    thread = threading.Thread(target=api.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{api.server_address[1]}"
+    api.shutdown()
+
+
+@pytest.fixture
+def settings(mongo_url: str, smtp: tuple[int, Path], mail_api: str) -> NotificationSettings:
     return NotificationSettings(
-        mongo_url=mongo_url, mongo_db_prefix=f"mail{uuid.uuid4().hex[:6]}", smtp_port=smtp[0]
+        mongo_url=mongo_url,
+        mongo_db_prefix=f"mail{uuid.uuid4().hex[:6]}",
+        smtp_port=smtp[0],
+        mail_api_url=mail_api,
     )
 
 
@@ -92,17 +108,17 @@ def test_an_smtp_failure_gives_the_claim_back_so_the_retry_sends_it(
     assert sent(smtp[1]) == [f"<{notification_id}@warren>"]
 
 
-def test_a_task_redelivered_after_its_worker_died_mid_send_sends_it(
+def test_a_redelivered_task_sends_nothing_while_its_first_run_may_still_be_sending(
     settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
 ) -> None:
-    import time
-
+    """Reproduced: a same-id task redelivered after a connection loss re-took its own claim
+    and sent at once, while the first run was still sending (two emails, 170 ms apart)."""
     notification_id = queued(
         notifications, state="sending", claimed_by="t1", claimed_at=time.time()
     )
     assert deliver(notification_id, settings, task_id="t2") == "being sent by another task"
-    assert deliver(notification_id, settings, task_id="t1") == "sent"  # the same task, back
-    assert state(notifications, notification_id) == "sent"
+    assert deliver(notification_id, settings, task_id="t1") == "being sent by another task"
+    assert sent(smtp[1]) == []
 
 
 def test_an_abandoned_claim_is_taken_over_after_a_while(
@@ -111,6 +127,43 @@ def test_an_abandoned_claim_is_taken_over_after_a_while(
     notification_id = queued(notifications, state="sending", claimed_by="t1", claimed_at=0.0)
     assert deliver(notification_id, settings, task_id="t9") == "sent"
     assert len(sent(smtp[1])) == 1
+
+
+def test_an_email_accepted_before_its_worker_died_is_marked_sent_not_sent_again(
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
+) -> None:
+    notification_id = queued(notifications)
+    assert deliver(notification_id, settings, task_id="t1") == "sent"
+    # The worker "died" after the SMTP server accepted, before marking it sent.
+    notifications.update_one(
+        {"_id": notification_id}, {"$set": {"state": "sending", "claimed_at": 0.0}}
+    )
+    assert deliver(notification_id, settings, task_id="t2") == "found delivered"
+    assert state(notifications, notification_id) == "sent"
+    assert sent(smtp[1]) == [f"<{notification_id}@warren>"]
+
+
+def test_an_email_that_can_never_be_built_fails_for_good_instead_of_staying_claimed(
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
+) -> None:
+    """Reproduced after API fuzzing: a line break in the address raised while the To header
+    was built, before the claim was given back -- 'sending' for ever, the ledger red."""
+    notification_id = queued(notifications, to="victim@evil.example\nBcc: x@y")
+    assert deliver(notification_id, settings, task_id="t1") == "failed"
+    doc = notifications.find_one({"_id": notification_id})
+    assert doc["state"] == "failed" and "cannot build" in doc["failure"]
+    assert sent(smtp[1]) == []
+
+
+def test_an_email_whose_sending_keeps_killing_its_worker_ends_failed(
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
+) -> None:
+    notification_id = queued(
+        notifications, state="sending", claimed_at=0.0, takeovers=MAX_TAKEOVERS - 1
+    )
+    assert deliver(notification_id, settings, task_id="t9") == "failed"
+    assert state(notifications, notification_id) == "failed"
+    assert sent(smtp[1]) == []
 
 
 class CountingMailbox(Mailbox):

@@ -187,7 +187,16 @@ def build_system(
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = {
         name: free_port()
-        for name in ("order", "inventory", "payment_1", "payment_2", "notification", "smtp", "otlp")
+        for name in (
+            "order",
+            "inventory",
+            "payment_1",
+            "payment_2",
+            "notification",
+            "smtp",
+            "mail_api",
+            "otlp",
+        )
     }
     env = {
         "RABBIT_URL": rabbit_url,
@@ -195,6 +204,7 @@ def build_system(
         "MONGO_DB_PREFIX": prefix,
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(ports["smtp"]),
+        "MAIL_API_URL": f"http://127.0.0.1:{ports['mail_api']}",
         "QUOTE_TIMEOUT_SECONDS": "1",
         "PAYMENT_DECLINE_RATE": "0",
         "PAYMENT_LATENCY_MS": "0",
@@ -211,7 +221,16 @@ def build_system(
     )
     python, warren = str(BIN / "python"), str(BIN / "warren")
     smtp = TCPExecutor(
-        [warren, "mail-sink", "--maildir", str(maildir), "--port", str(ports["smtp"])],
+        [
+            warren,
+            "mail-sink",
+            "--maildir",
+            str(maildir),
+            "--port",
+            str(ports["smtp"]),
+            "--api-port",
+            str(ports["mail_api"]),
+        ],
         host="127.0.0.1",
         port=ports["smtp"],
         envvars=env,
@@ -317,7 +336,11 @@ async def publish_raw(
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(exchange_name)
+        exchange = (
+            await channel.get_exchange(exchange_name)
+            if exchange_name
+            else channel.default_exchange  # "" cannot be looked up, only used
+        )
         await exchange.publish(
             aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **properties),
             routing_key=routing_key,

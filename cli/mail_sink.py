@@ -1,0 +1,93 @@
+"""``warren mail-sink``: the local stand-in for Mailpit -- SMTP in, a Maildir, and Mailpit's API.
+
+Emails arrive over SMTP and are kept in a Maildir (``.run/mail/new``), one file each. A small
+HTTP server answers the two calls of Mailpit's API that Warren makes, so that the local run and
+compose behave alike:
+
+* ``GET /api/v1/search?query=message-id:"<id>"`` -- asked by the email worker before it re-sends
+  an email whose worker died mid-send;
+* ``GET /api/v1/messages`` -- every message, with its Message-ID (``warren ledger`` counts them).
+"""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+_MESSAGE_ID_QUERY = re.compile(r'message-id:"?<?([^">]+)>?"?')
+
+
+def message_ids(maildir: Path) -> Iterator[str]:
+    """The Message-ID of every email in the Maildir, without angle brackets."""
+    for message in mailbox.Maildir(maildir, create=False):
+        yield str(message.get("Message-ID", "")).strip().strip("<>")
+
+
+def _summary(message_id: str) -> dict[str, Any]:
+    return {"MessageID": message_id}  # the field Mailpit's summaries carry it in
+
+
+def make_api(maildir: Path, host: str, port: int) -> ThreadingHTTPServer:
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            ids = list(message_ids(maildir))
+            if url.path == "/api/v1/messages":
+                found = ids
+            elif url.path == "/api/v1/search":
+                query = parse_qs(url.query).get("query", [""])[0]
+                wanted = _MESSAGE_ID_QUERY.search(query)
+                if wanted is None:
+                    self.send_error(400, "only message-id:<id> searches are supported")
+                    return
+                found = [i for i in ids if i == wanted.group(1)]
+            else:
+                self.send_error(404)
+                return
+            body = json.dumps(
+                {
+                    "total": len(ids),
+                    "messages_count": len(found),
+                    "messages": [_summary(i) for i in found],
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # quiet: one line per call is noise
+            pass
+
+    return ThreadingHTTPServer((host, port), Api)
+
+
+def serve(maildir: Path, host: str, port: int, api_port: int) -> None:
+    """Run the SMTP sink (and the API, unless ``api_port`` is 0) until interrupted."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Mailbox
+
+    # Maildir(create=True) leaves an existing empty folder without tmp/new/cur: make them.
+    for part in ("tmp", "new", "cur"):
+        (maildir / part).mkdir(parents=True, exist_ok=True)
+    controller = Controller(Mailbox(maildir), hostname=host, port=port)
+    controller.start()
+    api = make_api(maildir, host, api_port) if api_port else None
+    if api is not None:
+        threading.Thread(target=api.serve_forever, name="mail-api", daemon=True).start()
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if api is not None:
+            api.shutdown()
+        controller.stop()
