@@ -56,8 +56,8 @@ def _consumer_queue(name: str) -> topology.ConsumerQueue:
 
 
 @asynccontextmanager
-async def _channel() -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect(WarrenSettings().rabbit_url)
+async def _channel(rabbit_url: str | None = None) -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect(rabbit_url or WarrenSettings().rabbit_url)
     async with connection:
         # A replay to a queue that no longer exists must fail, not ack the dead letter away.
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -135,10 +135,10 @@ async def _take(
     return taken
 
 
-async def list_counts() -> list[tuple[str, int, int]]:
+async def list_counts(rabbit_url: str | None = None) -> list[tuple[str, int, int]]:
     """(queue, ready messages in the queue, messages in its DLQ) for every consumer queue."""
     rows = []
-    async with _channel() as channel:
+    async with _channel(rabbit_url) as channel:
         for consumer_queue in topology.ALL_QUEUES_WITH_DLQ:
             main = await channel.declare_queue(consumer_queue.name, passive=True)
             dead = await channel.declare_queue(consumer_queue.dlq_name, passive=True)

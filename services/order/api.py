@@ -35,7 +35,13 @@ class PlaceOrderRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str = Field(min_length=1, max_length=64, examples=["bugs-bunny"])
+    customer_id: str = Field(
+        min_length=1,
+        max_length=64,
+        # Letters, digits, '.', '_' and '-': it ends up in an email address and in headers.
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        examples=["bugs-bunny"],
+    )
     lines: list[LineIn] = Field(min_length=1, max_length=50)
     payment_token: str = Field(
         min_length=1,
