@@ -15,7 +15,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from services.notification import handlers
 from services.notification.repository import NotificationRepository
 from services.notification.settings import NotificationSettings
-from services.notification.worker import STALE_CLAIM_SECONDS, TASK_NAME, make_celery
+from services.notification.worker import TASK_NAME, make_celery
 from shared import topology
 from shared.clock import DatabaseClock, iso
 from shared.contracts import Envelope, EventData
@@ -70,7 +70,7 @@ def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
                 with suppress_instrumentation():
                     stuck = await repo.stuck(
                         queued_before=iso(datetime.fromtimestamp(now - STALE_QUEUED_SECONDS, UTC)),
-                        claimed_before=now - STALE_CLAIM_SECONDS,
+                        claimed_before=now - settings.stale_claim_seconds,
                     )
                 for notification_id in stuck:
                     await enqueue(notification_id)

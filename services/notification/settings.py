@@ -16,5 +16,8 @@ class NotificationSettings(WarrenSettings):
     mail_api_url: str = "http://127.0.0.1:8025"
     # Celery worker processes (each takes one email at a time: prefetch multiplier 1).
     worker_concurrency: int = Field(default=2, ge=1)
+    # A claim older than this belongs to a worker that died or froze mid-send: taken over.
+    # Longer than any SMTP conversation (the SMTP client's timeout is 10 s).
+    stale_claim_seconds: float = Field(default=60.0, gt=10)
     # How often the service looks for emails whose task was lost (and enqueues them again).
     sweep_seconds: float = Field(default=15.0, gt=0)

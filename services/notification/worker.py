@@ -17,7 +17,7 @@ With acks late a task can run twice, so the task itself is idempotent: it **clai
 notification (``queued`` -> ``sending``) in one atomic update and marks it ``sent`` after the
 SMTP server accepted it. A claim is never taken over while it is fresh -- not even by a
 redelivery of the same task, whose first run may still be sending (a lost connection does
-not stop it). A claim older than ``STALE_CLAIM_SECONDS`` belongs to a worker that died or froze
+not stop it). A claim older than ``stale_claim_seconds`` (60 s) belongs to a worker that died or froze
 mid-send: the next task (or the notification service's sweeper) takes it over, but first asks
 the mail system whether the email arrived after all (``MAIL_API_URL``: Mailpit's API, or the
 local sink's), so that "accepted, then the worker died before marking it sent" is marked sent,
@@ -25,7 +25,7 @@ not sent again. Every email carries ``Message-ID: <notification id@warren>``.
 
 The duplicate that remains possible: with no mail system to ask (a plain SMTP relay), an email
 accepted by the server whose worker died before marking it is sent once more, with the same
-Message-ID, ``STALE_CLAIM_SECONDS`` later -- at most once per such crash. With one to ask, only a
+Message-ID, ``stale_claim_seconds`` later -- at most once per such crash. With one to ask, only a
 worker frozen for longer than that *between its last claim check and the end of the SMTP
 conversation* can send a copy beside its successor's.
 """
@@ -59,8 +59,6 @@ from shared.mongo import CLIENT_OPTIONS
 from shared.observability import setup_observability
 
 TASK_NAME = "notification.send_email"
-# A claim older than this belongs to a worker that died or froze mid-send: take it over.
-STALE_CLAIM_SECONDS = 60.0
 # Stale claims of one notification (its worker died or froze mid-send) before it is failed.
 MAX_TAKEOVERS = 5
 
@@ -88,7 +86,7 @@ def _collection(mongo_url: str, db_name: str) -> Any:
 
 # --8<-- [start:claim]
 def _claim(
-    notifications: Any, notification_id: str, task_id: str, now: float
+    notifications: Any, notification_id: str, task_id: str, now: float, stale_after: float
 ) -> dict[str, Any] | None:
     """Take the notification for this task: queued, or abandoned by a worker that died or froze
     mid-send (a stale claim). Returns the notification as it was *before* (its ``state`` says
@@ -99,7 +97,7 @@ def _claim(
         ({"state": "queued"}, {"$set": claim}),
         # Counted: a notification whose sending kills its worker every time ends failed.
         (
-            {"state": "sending", "claimed_at": {"$lt": now - STALE_CLAIM_SECONDS}},
+            {"state": "sending", "claimed_at": {"$lt": now - stale_after}},
             {"$set": claim, "$inc": {"takeovers": 1}},
         ),
     ):
@@ -113,7 +111,13 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
     """Send one notification's email unless it was sent already. Returns what happened."""
     notifications = _collection(settings.mongo_url, settings.mongo_db)
     now = _clock(settings.mongo_url, settings.mongo_db).now()
-    claimed = _claim(notifications, notification_id, task_id or uuid.uuid4().hex, now)
+    claimed = _claim(
+        notifications,
+        notification_id,
+        task_id or uuid.uuid4().hex,
+        now,
+        settings.stale_claim_seconds,
+    )
     if claimed is None:
         current = notifications.find_one({"_id": notification_id}, {"state": 1})
         if current is None:

@@ -106,7 +106,10 @@ def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
             "description": "Invalid request, unknown SKU, Idempotency-Key missing, or reused "
             "with a different body"
         },
-        503: {"description": "Inventory did not answer in time; retry after Retry-After"},
+        503: {
+            "description": "Inventory or the database did not answer in time; retry after "
+            "Retry-After with the same Idempotency-Key"
+        },
     },
 )
 async def place_order(

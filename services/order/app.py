@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from pymongo.errors import ConnectionFailure, PyMongoError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -158,6 +159,21 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     )
     app.state.deps = deps
     app.include_router(api.router)
+
+    # --8<-- [start:database-unavailable]
+    @app.exception_handler(PyMongoError)
+    async def database_unavailable(request: Request, exc: PyMongoError) -> JSONResponse:
+        """The database is away (a failover, a restart): a clear 503 to retry, not a 500.
+        A client that retries with its Idempotency-Key gets one order, whatever happened."""
+        if isinstance(exc, ConnectionFailure) or getattr(exc, "timeout", False):
+            log.warning("database unavailable", path=request.url.path, error=repr(exc))
+            return JSONResponse(
+                {"detail": "the database is not answering; retry with the same Idempotency-Key"},
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
+        raise exc
+        # --8<-- [end:database-unavailable]
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

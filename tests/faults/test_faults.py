@@ -297,6 +297,9 @@ async def test_a_database_outage_is_retried_with_backoff_then_processed(
             timeout=15,
             what="a retry while the database is down",
         )
+        # Meanwhile a new order gets a clear "retry later", not a 500.
+        refused = await api.post("/orders", json=order_body(sku="EAR-MUFFS"))
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "2"
         faulty.start("mongo")
         assert await until_status(api, order_id, FINAL, timeout=40) == "CONFIRMED"
         retries = _retries(faulty, order_id)
