@@ -61,6 +61,10 @@ bench: $(STAMP) ## Benchmark: broker, FastStream hop, saga traced/sampled/untrac
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python -m loadtests.bench --output reports/bench.json
 
+chaos: $(STAMP) ## Every fault in turn under load; counts lost orders and duplicated effects (~20 min; ONLY=name)
+	@scripts/ensure-rabbitmq.sh
+	$(BIN)/python -m loadtests.chaos $(foreach s,$(ONLY),--only $(s)) --output reports/chaos.json
+
 seed: $(STAMP) ## (Re)load the demo catalog, resetting stock levels
 	$(BIN)/warren seed --reset
 
@@ -83,4 +87,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-unit run demo load bench seed definitions compose-check docs lint constraints clean
+.PHONY: help install test test-unit run demo load bench chaos seed definitions compose-check docs lint constraints clean

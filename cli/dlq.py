@@ -209,9 +209,9 @@ async def replay_messages(queue_name: str, message_id: str | None) -> int:
     return replayed
 
 
-async def purge_queue(queue_name: str) -> int:
+async def purge_queue(queue_name: str, rabbit_url: str | None = None) -> int:
     consumer_queue = _consumer_queue(queue_name)
-    async with _channel() as channel:
+    async with _channel(rabbit_url) as channel:
         queue = await channel.declare_queue(consumer_queue.dlq_name, passive=True)
         result = await queue.purge()
         return int(result.message_count or 0)

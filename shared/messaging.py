@@ -264,6 +264,17 @@ async def retry_later(
     # --8<-- [end:retry-later]
 
 
+async def undecoded(message: Any) -> bytes:
+    """A FastStream decoder that leaves the body alone.
+
+    FastStream would parse a body labelled ``application/json`` *before* the handler runs;
+    bytes that are not even text raise there, outside the handler's try -- and the message
+    stays unacked, filling the prefetch until the consumer stops. Warren decodes in
+    :func:`shared.contracts.decode_event`, where every failure is poison with a reason.
+    """
+    return bytes(message.body)
+
+
 # --8<-- [start:subscribe-events]
 def subscribe_events(
     broker: RabbitBroker,
@@ -285,7 +296,10 @@ def subscribe_events(
         consumer_queue = replace(consumer_queue, retry_delays=retry_delays)
 
     @broker.subscriber(
-        consumer_queue.queue, ack_policy=AckPolicy.MANUAL, title=f"{consumer_queue.name}:consume"
+        consumer_queue.queue,
+        ack_policy=AckPolicy.MANUAL,
+        decoder=undecoded,
+        title=f"{consumer_queue.name}:consume",
     )
     async def consume(message: RabbitMessage) -> None:
         try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from faststream.asgi import AsgiFastStream
 from faststream.rabbit import RabbitResponse
@@ -22,7 +20,7 @@ from shared.contracts import (
     PaymentSucceeded,
     QuoteRequest,
 )
-from shared.messaging import dead_letter
+from shared.messaging import dead_letter, undecoded
 from shared.service import bootstrap, make_service_app
 
 log = structlog.get_logger(__name__)
@@ -36,8 +34,8 @@ def create_app(settings: InventorySettings | None = None) -> AsgiFastStream:
 
     # --8<-- [start:answer-quote]
     # Request-reply: FastStream sends the return value to the caller's reply-to queue.
-    @runtime.broker.subscriber(topology.INVENTORY_QUOTES.queue)
-    async def answer_quote(body: Any, message: RabbitMessage) -> RabbitResponse:
+    @runtime.broker.subscriber(topology.INVENTORY_QUOTES.queue, decoder=undecoded)
+    async def answer_quote(body: bytes, message: RabbitMessage) -> RabbitResponse:
         try:
             request = QuoteRequest.model_validate_json(message.body)
         except ValueError as exc:

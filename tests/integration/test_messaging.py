@@ -261,3 +261,34 @@ async def test_an_event_with_a_field_added_by_a_newer_producer_is_handled_not_de
     finally:
         await broker.stop()
     assert await dead_letters(rabbit_url, test_queue) == []
+
+
+async def test_bytes_that_claim_to_be_json_but_are_not_even_text_are_dead_lettered(
+    rabbit_url: str, test_queue: topology.ConsumerQueue
+) -> None:
+    """Found by `make chaos`: FastStream decoded a body labelled JSON before the handler ran;
+    undecodable bytes raised there, and the message stayed unacked -- ten of them filled the
+    prefetch and the consumer stopped."""
+    handler = FlakyHandler()
+    broker = await run_consumer(rabbit_url, test_queue, handler)
+    try:
+        for n in range(messaging_prefetch() + 2):
+            await broker.publish(
+                b"\x00\xff not json",
+                queue=test_queue.name,
+                persist=True,
+                message_id=f"poison-{n}",
+                content_type="application/json",
+            )
+        good = confirmed()
+        await send(broker, test_queue, good.model_dump_json(), good.id)
+        await eventually(lambda: list(handler.handled), until=lambda h: good.id in h, timeout=10)
+    finally:
+        await broker.stop()
+    dead = await dead_letters(rabbit_url, test_queue)
+    assert len(dead) == messaging_prefetch() + 2
+    assert all(str(d.headers["x-warren-reason"]).startswith("poison:") for d in dead)
+
+
+def messaging_prefetch() -> int:
+    return WarrenSettings().prefetch
