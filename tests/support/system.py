@@ -8,6 +8,7 @@ returns a tail for failure messages.
 
 from __future__ import annotations
 
+import json
 import mailbox
 import os
 import subprocess
@@ -40,9 +41,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def reset_broker(rabbit_url: str) -> None:
-    """Delete Warren's queues (services re-declare them), dropping leftovers of earlier runs."""
-    await topology.delete_queues(rabbit_url, retry_delays=(1, 2, 4, 8))
+async def reset_broker(rabbit_url: str, retry_delays: tuple[int, ...] = ()) -> None:
+    """Delete Warren's queues (services re-declare them), dropping leftovers of earlier runs --
+    the delay queues too, or a retry of an earlier run would come back into this one."""
+    await topology.delete_queues(rabbit_url, retry_delays=(1, 2, 4, 8, 16, *retry_delays))
 
 
 @dataclass
@@ -305,7 +307,8 @@ async def running_system(
     database: TCPExecutor | None = None,
 ) -> AsyncIterator[System]:
     """A whole system on a clean broker, stopped (and its ``database``, if given) on exit."""
-    await reset_broker(rabbit_url)
+    delays = json.loads((extra_env or {}).get("RETRY_DELAYS_SECONDS", "[]"))
+    await reset_broker(rabbit_url, tuple(delays))
     system = build_system(rabbit_url, mongo_url, run_dir, prefix, extra_env)
     if database is not None:
         # First in, last out: stop_all stops the services before their database.
