@@ -159,14 +159,16 @@ class Faults:
 
     async def kill_email_worker_mid_send(self) -> None:
         """SIGKILL one of the Celery worker's pool children: it is sending under load."""
-        children = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(self.pid("emails"))],
+        listing = subprocess.run(
+            ["ps", "-o", "pid=,stat=", "--ppid", str(self.pid("emails"))],
             capture_output=True,
             text=True,
-        ).stdout.split()
-        if children:
-            self.log(f"SIGKILL the email worker's pool child {children[0]}")
-            os.kill(int(children[0]), signal.SIGKILL)
+        ).stdout.splitlines()
+        alive = [line.split()[0] for line in listing if not line.split()[1].startswith("Z")]
+        if alive:
+            child = random.choice(alive)
+            self.log(f"SIGKILL the email worker's pool child {child}")
+            os.kill(int(child), signal.SIGKILL)
 
     async def freeze(self, name: str, seconds: float) -> None:
         self.log(f"SIGSTOP {name} for {seconds:g} s")
@@ -404,7 +406,10 @@ SCENARIOS = [
         needs_root_broker=True,
     ),
     Scenario(
-        "kill-services", "SIGKILL each service in turn, the email worker mid-send", _kill_each
+        "kill-services",
+        "SIGKILL each service in turn, the email worker mid-send",
+        _kill_each,
+        orders=700,  # 47 s of load: every kill lands while orders flow
     ),
     Scenario("database-killed", "the MongoDB stand-in SIGKILLed and restarted", _database_killed),
     Scenario(
@@ -613,8 +618,8 @@ def render(results: list[Result]) -> str:
         title="Warren under chaos",
     )
     lines = [
-        "| scenario | fault | offered | accepted | final | lost | duplicated (charges / emails / stock) | recovered after | result |",
-        "|---|---|---:|---:|---:|---:|---|---:|---|",
+        "| scenario | fault | offered | accepted | final | lost | duplicated (charges / emails / stock) | recovered after | result | notes |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in results:
         table.add_row(
@@ -632,7 +637,7 @@ def render(results: list[Result]) -> str:
         lines.append(
             f"| `{r.scenario}` | {r.fault} | {r.offered} | {r.accepted} | {r.final} | {r.lost} "
             f"| {r.extra_charges} / {r.extra_emails} / {r.extra_stock_moves} "
-            f"| {r.recovery_s:g} s | {'pass' if r.passed else 'FAIL'} |"
+            f"| {r.recovery_s:g} s | {'pass' if r.passed else 'FAIL'} | {r.notes.strip('; ')} |"
         )
     console.print(table)
     return "\n".join(lines) + "\n"
