@@ -41,6 +41,13 @@ REQUEUE = RabbitExchange("shop.requeue", type=ExchangeType.DIRECT, durable=True)
 # outage -- a database failover, a broker restart, a minute of maintenance -- so that what is
 # in flight waits it out instead of filling the DLQs. 8 attempts over 811 s (13.5 min).
 RETRY_DELAYS_SECONDS: tuple[int, ...] = (1, 5, 25, 60, 120, 300, 300)
+
+
+def delay_steps(delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> list[int]:
+    """The distinct delays: one delay queue each, however often a delay repeats."""
+    return sorted(set(delays))
+
+
 # --8<-- [end:exchanges]
 
 # A quorum queue dead-letters a message redelivered this many times (a consumer that crashes
@@ -189,7 +196,7 @@ ALL_QUEUES_WITH_DLQ: tuple[ConsumerQueue, ...] = (
 
 def exchanges() -> Iterator[RabbitExchange]:
     yield from (EVENTS, DEAD_LETTER, REQUEUE)
-    yield from (retry_exchange(delay) for delay in RETRY_DELAYS_SECONDS)
+    yield from (retry_exchange(delay) for delay in delay_steps())
 
 
 def queue_by_name(name: str) -> ConsumerQueue:
@@ -205,7 +212,7 @@ async def declare_consumer_queue(broker: Any, consumer_queue: ConsumerQueue) -> 
     events = await broker.declare_exchange(EVENTS)
     requeue = await broker.declare_exchange(REQUEUE)
     dead_letter = await broker.declare_exchange(DEAD_LETTER)
-    for delay in consumer_queue.retry_delays:
+    for delay in delay_steps(consumer_queue.retry_delays):
         delay_exchange = await broker.declare_exchange(retry_exchange(delay))
         delay_queue = await broker.declare_queue(retry_queue(delay))
         await delay_queue.bind(delay_exchange, routing_key="")
@@ -234,7 +241,9 @@ async def declare_topology(broker: Any, retry_delays: tuple[int, ...] | None = N
 def queue_names(retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> list[str]:
     """Every queue the topology declares (with these retry delays)."""
     names = [q.name for q in ALL_QUEUES_WITH_DLQ] + [q.dlq_name for q in ALL_QUEUES_WITH_DLQ]
-    names += [retry_queue(delay).name for delay in sorted({*RETRY_DELAYS_SECONDS, *retry_delays})]
+    names += [
+        retry_queue(delay).name for delay in delay_steps((*RETRY_DELAYS_SECONDS, *retry_delays))
+    ]
     return names
 
 
@@ -297,9 +306,9 @@ def definitions(
         }
         for exchange in exchanges()
     ]
-    queues: list[RabbitQueue] = [retry_queue(delay) for delay in RETRY_DELAYS_SECONDS]
+    queues: list[RabbitQueue] = [retry_queue(delay) for delay in delay_steps()]
     bindings: list[tuple[str, str, str]] = [
-        (retry_exchange(delay).name, retry_queue(delay).name, "") for delay in RETRY_DELAYS_SECONDS
+        (retry_exchange(delay).name, retry_queue(delay).name, "") for delay in delay_steps()
     ]
     for consumer_queue in ALL_QUEUES_WITH_DLQ:
         queues += [consumer_queue.queue, consumer_queue.dlq]

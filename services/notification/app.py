@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 
 import structlog
 from faststream.asgi import AsgiFastStream
@@ -17,20 +16,19 @@ from services.notification.repository import NotificationRepository
 from services.notification.settings import NotificationSettings
 from services.notification.worker import TASK_NAME, make_celery
 from shared import topology
-from shared.clock import DatabaseClock, iso
+from shared.clock import DatabaseClock
 from shared.contracts import Envelope, EventData
 from shared.service import bootstrap, make_service_app
 
 ENQUEUE_TIMEOUT_SECONDS = 10.0
-# A notification still queued this long after it was recorded lost its task: enqueue it again.
-STALE_QUEUED_SECONDS = 120.0
 log = structlog.get_logger(__name__)
 
 
 def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
     settings = settings or NotificationSettings()
     runtime = bootstrap(settings)
-    repo = NotificationRepository(runtime.db)
+    clock = DatabaseClock()  # the sweeper's clock, and the email worker's: the database's
+    repo = NotificationRepository(runtime.db, clock)
     celery = make_celery(settings)
     # Celery's client is blocking: one thread publishes tasks, off the event loop.
     celery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-publish")
@@ -59,22 +57,17 @@ def create_app(settings: NotificationSettings | None = None) -> AsgiFastStream:
     runtime.subscribe(topology.NOTIFICATION_ORDER_EVENTS, on_order_event)
 
     # --8<-- [start:sweeper]
-    clock = DatabaseClock()
-
     async def sweep_stuck_notifications() -> None:
         """Re-enqueue emails whose task was lost (a worker killed mid-send, a task that
         failed before giving its claim back). The task's claim rules keep it to one email."""
         while True:
             try:
-                now = clock.now()
                 with suppress_instrumentation():
-                    stuck = await repo.stuck(
-                        queued_before=iso(datetime.fromtimestamp(now - STALE_QUEUED_SECONDS, UTC)),
-                        claimed_before=now - settings.stale_claim_seconds,
-                    )
+                    stuck = await repo.stuck(stale_claim_seconds=settings.stale_claim_seconds)
                 for notification_id in stuck:
                     await enqueue(notification_id)
                 if stuck:
+                    await repo.touched(stuck)
                     log.warning("re-enqueued stuck notifications", count=len(stuck))
             except Exception as exc:  # the database or the broker is away: next round
                 log.warning("notification sweep failed", error=repr(exc))

@@ -145,10 +145,15 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
         return "failed"
     try:
         send_message(message, settings.smtp_host, settings.smtp_port)
-    except Exception:
+    except Exception as exc:
+        if _refused_for_good(exc):
+            # The server said no for good (5xx): retrying would only be refused again.
+            _fail(notifications, notification_id, f"refused by the mail server: {exc}")
+            return "failed"
         # Not sent: give the claim back so that the retry (or any task) can take it.
         notifications.update_one(
-            {"_id": notification_id, "state": "sending"}, {"$set": {"state": "queued"}}
+            {"_id": notification_id, "state": "sending"},
+            {"$set": {"state": "queued", "touched_at": now}},
         )
         raise
     try:
@@ -174,6 +179,13 @@ def _compose(
     message["X-Warren-Event-Type"] = claimed["event_type"]
     message.set_content(claimed["body"])
     return message
+
+
+def _refused_for_good(exc: Exception) -> bool:
+    """A permanent SMTP refusal (5xx), as opposed to a busy or unreachable server."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in exc.recipients.values())
+    return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500
 
 
 def _fail(notifications: Any, notification_id: str, reason: str) -> None:

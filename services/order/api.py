@@ -144,7 +144,7 @@ async def place_order(
         ) from exc
     except handlers.IdempotencyConflictError as exc:
         raise _unprocessable(
-            ["header", "Idempotency-Key"],
+            ["header", "idempotency-key"],  # as FastAPI names a missing one
             "this Idempotency-Key was used with a different request body",
             "idempotency_key_reused",
         ) from exc

@@ -86,6 +86,17 @@ async def project(order_id: str, events: Sequence[OrderEvent], deps: OrderDeps) 
     return order
 
 
+async def _project_if_possible(
+    order_id: str, events: Sequence[OrderEvent], deps: OrderDeps
+) -> None:
+    """Project a recorded order; a failure is logged, not raised (the order exists: the read
+    model catches up with the saga's next event, or the client's retry)."""
+    try:
+        await project(order_id, events, deps)
+    except Exception as exc:
+        log.error("order placed, but not yet projected", order_id=order_id, error=repr(exc))
+
+
 # --8<-- [start:place-order]
 async def place_order(command: PlaceOrder, deps: OrderDeps, *, idempotency_key: str) -> Placed:
     """Accept an order once per ``idempotency_key``, however often the request is retried.
@@ -101,7 +112,10 @@ async def place_order(command: PlaceOrder, deps: OrderDeps, *, idempotency_key: 
         raise IdempotencyConflictError(idempotency_key)
     order_id = binding["order_id"]
     if order_id != new_id and await deps.store.exists(order_id):
-        return Placed(order_id=order_id)  # a retry of a request that got as far as the append
+        # A retry of a request that got as far as the append: the same order. Its read model
+        # may be missing (the first request died before projecting it): make sure it is not.
+        await _project_if_possible(order_id, await deps.store.load(order_id), deps)
+        return Placed(order_id=order_id)
     with order_context(order_id):
         return await _accept(order_id, command, deps, idempotency_key)
     # --8<-- [end:place-order]
@@ -143,11 +157,8 @@ async def _accept(
     # --8<-- [start:after-append]
     # The order exists from here on: whatever fails now, the answer is 202 with this order.
     # (The outbox publishes it; the read model catches up with the saga's next event.)
-    try:
-        deps.wake_relay(appended)
-        await project(order_id, appended, deps)
-    except Exception as exc:
-        log.error("order placed, but not yet projected", order_id=order_id, error=repr(exc))
+    deps.wake_relay(appended)  # hands the documents over: no I/O, cannot fail
+    await _project_if_possible(order_id, appended, deps)
     # --8<-- [end:after-append]
     log.info("order placed", order_id=order_id, total_cents=placed.total_cents)
     return Placed(order_id=order_id)

@@ -424,6 +424,8 @@ async def test_order_service_killed_after_saving_an_order_still_publishes_it_and
         retried = await api.post("/orders", json=body, headers=key)
         assert retried.status_code == 202, retried.text
         order_id = retried.json()["order_id"]
+        # The retry also made sure the order can be read (its projection died with the crash).
+        assert (await api.get(f"/orders/{order_id}")).status_code == 200
         assert await until_status(api, order_id, FINAL) == "CONFIRMED"  # the outbox published it
     finally:
         faulty.restart("order", WARREN_CRASH_AT="")

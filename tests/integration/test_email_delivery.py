@@ -223,3 +223,28 @@ def test_an_email_sent_but_not_marked_is_not_failed_and_so_not_sent_again(
     # No exception: a failed task would be retried by Celery and send the email twice.
     assert deliver(notification_id, settings, task_id="t-1") == "sent"
     assert sent(smtp[1]) == [f"<{notification_id}@warren>"]
+
+
+class RefusingMailbox(Mailbox):
+    """An SMTP server that refuses every recipient for good (550)."""
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        return "550 no such user here"
+
+
+def test_an_email_the_server_refuses_for_good_fails_instead_of_retrying_for_ever(
+    settings: NotificationSettings, tmp_path: Path, notifications: Collection
+) -> None:
+    maildir = tmp_path / "refusing"
+    mailbox.Maildir(maildir, create=True)
+    port = free_port()
+    controller = Controller(RefusingMailbox(maildir), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        notification_id = queued(notifications)
+        refusing = settings.model_copy(update={"smtp_port": port})
+        assert deliver(notification_id, refusing, task_id="t1") == "failed"
+    finally:
+        controller.stop()
+    doc = notifications.find_one({"_id": notification_id})
+    assert doc["state"] == "failed" and "550" in doc["failure"]

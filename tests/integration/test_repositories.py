@@ -549,6 +549,26 @@ async def test_a_notification_is_recorded_once_per_event(db: Any) -> None:
     assert await db["notifications"].count_documents({}) == 1
 
 
+async def test_the_sweeper_finds_emails_whose_task_was_lost_and_leaves_busy_ones_alone(
+    db: Any,
+) -> None:
+    clock = ManualClock()
+    repo = NotificationRepository(db, clock)
+    for n in ("lost", "retrying", "dead-worker", "sending"):
+        await repo.record({"_id": n, "order_id": "o1", "event_type": "order.placed"})
+    clock.time += 200  # longer than QUIET_SECONDS
+    await repo.touched(["retrying"])  # a task gave its claim back just now (SMTP retry)
+    await db["notifications"].update_one(
+        {"_id": "dead-worker"}, {"$set": {"state": "sending", "claimed_at": clock.time - 90}}
+    )
+    await db["notifications"].update_one(
+        {"_id": "sending"}, {"$set": {"state": "sending", "claimed_at": clock.time - 5}}
+    )
+    assert sorted(await repo.stuck(stale_claim_seconds=60)) == ["dead-worker", "lost"]
+    await repo.touched(["lost"])
+    assert await repo.stuck(stale_claim_seconds=60) == ["dead-worker"]
+
+
 async def test_the_relay_publishes_woken_events_and_falls_back_to_sweeps_after_a_failure(
     db: Any,
 ) -> None:
