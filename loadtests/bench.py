@@ -85,8 +85,11 @@ async def raw_broker(url: str, count: int, size: int = 200, window: int = 256) -
     async with connection:
         # What Warren's guarantees cost at the broker: transient, unconfirmed messages to a
         # queue that is not durable, against persistent, confirmed ones to a durable queue.
+        # The transient queue is exclusive: RabbitMQ 4.3 refuses one that is not.
         loose = await connection.channel(publisher_confirms=False)
-        scratch = await loose.declare_queue(f"bench.loose.{uuid.uuid4().hex[:6]}", durable=False)
+        scratch = await loose.declare_queue(
+            f"bench.loose.{uuid.uuid4().hex[:6]}", durable=False, exclusive=True
+        )
         loose_rate = await _publish_many(
             loose, scratch.name, count, b"x" * size, persistent=False, window=window
         )

@@ -24,7 +24,9 @@ async def responder(rabbit_url: str) -> AsyncIterator[tuple[str, list[aio_pika.I
     name = f"test.rpc.{uuid.uuid4().hex[:8]}"
     connection = await aio_pika.connect(rabbit_url)
     channel = await connection.channel()
-    queue = await channel.declare_queue(name, auto_delete=True)
+    # Exclusive: ours alone and deleted with the connection. A transient queue that is not
+    # exclusive is refused by RabbitMQ 4.3.
+    queue = await channel.declare_queue(name, exclusive=True)
     waiting: list[aio_pika.IncomingMessage] = []
     seen: list[aio_pika.IncomingMessage] = []
 
