@@ -28,5 +28,8 @@ COPY cli/ cli/
 RUN pip install --no-deps .
 
 # Run as an unprivileged user. The code under /app belongs to root and is read-only for it.
-RUN useradd --system --create-home --uid 10001 --user-group warren
+# /definitions is where the broker-definitions job writes; a named volume mounted there starts
+# with this folder's owner, so the job can write into it.
+RUN useradd --system --create-home --uid 10001 --user-group warren \
+    && mkdir /definitions && chown warren:warren /definitions
 USER warren

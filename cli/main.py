@@ -55,9 +55,6 @@ def _observe() -> None:
         # --8<-- [end:cli-tracing]
 
 
-DEFINITIONS = Path("infra/rabbitmq/definitions.json")
-
-
 @app.command()
 def seed(
     reset: bool = typer.Option(False, help="Also put every SKU's stock back to its initial level."),
@@ -170,13 +167,15 @@ def rebuild_read_model() -> None:
 
 @topology_app.command("export")
 def export_topology(
-    output: Path = typer.Option(DEFINITIONS, help="Where to write RabbitMQ definitions."),
-    check: bool = typer.Option(False, help="Exit 1 if the file differs instead of writing it."),
+    output: Path = typer.Option(
+        Path("-"), help="Where to write the definitions; '-' (the default) is standard output."
+    ),
 ) -> None:
-    """Write the topology, and the broker user from .env, as RabbitMQ definitions.
+    """Write the topology, and the broker user from RABBITMQ_USER / RABBITMQ_PASSWORD (the
+    environment, else .env), as RabbitMQ definitions.
 
-    Compose's broker loads this file at boot (infra/rabbitmq/rabbitmq.conf). Run it again
-    after changing RABBITMQ_USER / RABBITMQ_PASSWORD in .env or the topology.
+    Compose's `broker-definitions` job runs this at every `docker compose up`, and the broker
+    loads the file at boot (infra/rabbitmq/rabbitmq.conf).
     """
     from dotenv import dotenv_values
 
@@ -188,15 +187,12 @@ def export_topology(
         console.print("[red]RABBITMQ_USER and RABBITMQ_PASSWORD must be set (in .env)[/]")
         raise typer.Exit(2)
     text = json.dumps(definitions(user=user, password=password), indent=2) + "\n"
-    if check:
-        if not output.exists() or output.read_text() != text:
-            console.print(f"[red]{output} is out of date[/]: run `warren topology export`")
-            raise typer.Exit(1)
-        console.print(f"{output} is up to date")
+    if str(output) == "-":
+        typer.echo(text, nl=False)
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
-    console.print(f"wrote {output}")
+    console.print(f"wrote {output} (user {user})")
 
 
 @topology_app.command("declare")

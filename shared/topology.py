@@ -1,8 +1,8 @@
 """The message topology: every exchange, queue and binding in Warren is declared here, and only here.
 
-Services declare it at start-up (declaration is idempotent); ``infra/rabbitmq/definitions.json``
-is generated from it (``warren topology export``) so that compose's broker shows the same
-topology before any service has started. A test keeps the two in step.
+Services declare it at start-up (declaration is idempotent); ``warren topology export`` writes it
+as RabbitMQ definitions, which compose's broker loads at boot, so that it holds the same topology
+(and the broker user from ``.env``) before any service has started.
 
 Shape::
 

@@ -23,11 +23,11 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 ENV_FILE = REPO / ".env"
 RABBITMQ_CONF = REPO / "infra" / "rabbitmq" / "rabbitmq.conf"
-APP_IMAGE = "warren-app:latest"
+JAEGER_CONFIG = REPO / "infra" / "jaeger" / "config.yaml"
 
 # Containers that run once and exit. A healthcheck means nothing for them. Their dependents wait
 # for `service_completed_successfully`, and they must never be restarted.
-ONE_SHOT = {"seed"}
+ONE_SHOT = {"seed", "broker-definitions"}
 
 # Modules the app image runs with `python -m`, relative to the repository root.
 APP_MODULES = [
@@ -54,6 +54,11 @@ def _compose() -> dict[str, Any]:
 
 def _services() -> dict[str, dict[str, Any]]:
     return _compose()["services"]
+
+
+def _app_services() -> dict[str, dict[str, Any]]:
+    """The services built from the repository's Dockerfile."""
+    return {name: svc for name, svc in _services().items() if svc.get("build") == "."}
 
 
 def _env_names(path: Path) -> dict[str, str]:
@@ -105,14 +110,12 @@ def test_compose_file_has_no_obsolete_version_key() -> None:
 
 
 def test_yaml_anchors_resolve_into_every_app_service() -> None:
-    services = _services()
-    app_services = {name for name, svc in services.items() if svc.get("image") == APP_IMAGE}
+    services = _app_services()
     expected = {"seed", "order", "inventory", "payment", "notification", "celery-worker"}
-    assert app_services >= expected
-    for name in app_services:
+    assert set(services) == expected | {"broker-definitions"}
+    for name in expected:
         svc = services[name]
         assert "<<" not in svc, f"{name}: merge key left unresolved"
-        assert svc["build"] == ".", name
         assert svc["env_file"] == ".env", name
         env = svc["environment"]
         assert "<<" not in env, f"{name}: environment merge key left unresolved"
@@ -150,7 +153,7 @@ def test_one_shot_jobs_run_once_and_have_no_healthcheck(name: str) -> None:
     svc = _services()[name]
     assert svc["restart"] == "no"
     assert "healthcheck" not in svc
-    assert "deploy" not in svc
+    assert "replicas" not in svc.get("deploy", {})
 
 
 def test_every_dependency_states_a_condition_that_the_target_can_meet() -> None:
@@ -179,16 +182,73 @@ def test_every_app_service_waits_for_a_healthy_broker_and_database() -> None:
     }
 
 
-def test_broker_loads_the_generated_definitions_at_boot() -> None:
+def test_broker_loads_the_definitions_the_one_shot_job_writes_from_env() -> None:
     # A node that loads definitions at boot creates no default user: the file brings its own.
     settings = dict(
         (part.strip() for part in line.split("=", 1))
         for line in RABBITMQ_CONF.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     )
-    assert settings["load_definitions"] == "/etc/rabbitmq/definitions.json"
-    volumes = _services()["rabbitmq"]["volumes"]
-    assert "./infra/rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro" in volumes
+    job, broker = _services()["broker-definitions"], _services()["rabbitmq"]
+    assert job["command"][:3] == ["warren", "topology", "export"]
+    written = job["command"][job["command"].index("--output") + 1]
+    [job_volume] = job["volumes"]
+    volume, job_mount = job_volume.split(":")[:2]
+    assert written.startswith(job_mount + "/")
+    [broker_mount] = [v.split(":")[1] for v in broker["volumes"] if v.startswith(volume + ":")]
+    assert settings["load_definitions"] == broker_mount + written.removeprefix(job_mount)
+    assert broker["depends_on"]["broker-definitions"] == {
+        "condition": "service_completed_successfully"
+    }
+    # A changed user or password changes the broker's configuration, so `up` re-creates it and
+    # it loads the new definitions.
+    assert set(broker["environment"].values()) == {
+        "${RABBITMQ_USER:?set it in .env}",
+        "${RABBITMQ_PASSWORD:?set it in .env}",
+    }
+
+
+def test_no_two_services_share_an_image_tag_that_compose_builds() -> None:
+    # Current Compose builds each service as its own target: two of them exporting one tag race
+    # on the containerd image store ("image already exists").
+    for name, svc in _app_services().items():
+        assert "image" not in svc, f"{name}: a built service gets its own image name"
+
+
+def test_every_image_is_pinned_to_an_exact_version() -> None:
+    for name, svc in _services().items():
+        if "image" in svc:
+            assert re.search(r":v?\d+\.\d+\.\d+(-[a-z]+)?$", svc["image"]), (name, svc["image"])
+
+
+def test_every_published_port_comes_from_env_and_binds_to_localhost() -> None:
+    for name, svc in _services().items():
+        for port in svc.get("ports", []):
+            assert re.fullmatch(
+                r"127\.0\.0\.1:\$\{HOST_PORT_[A-Z_]+:\?set it in \.env\}:\d+", port
+            ), (
+                name,
+                port,
+            )
+
+
+def test_every_long_running_service_has_a_memory_limit() -> None:
+    for name, svc in _services().items():
+        if name in ONE_SHOT or "profiles" in svc:
+            continue
+        assert svc["deploy"]["resources"]["limits"]["memory"], name
+
+
+def test_jaeger_caps_its_traces_and_listens_where_compose_looks() -> None:
+    jaeger = _services()["jaeger"]
+    config_mount = next(v for v in jaeger["volumes"] if v.startswith("./infra/jaeger/config.yaml:"))
+    assert jaeger["command"] == ["--config", config_mount.split(":")[1]]
+    config = yaml.safe_load(JAEGER_CONFIG.read_text(encoding="utf-8"))
+    [backend] = config["extensions"]["jaeger_storage"]["backends"].values()
+    assert 0 < backend["memory"]["max_traces"] <= 20_000
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "0.0.0.0:4318"
+    assert config["extensions"]["healthcheckv2"]["http"]["endpoint"] == "0.0.0.0:13133"
+    assert "13133/status" in " ".join(jaeger["healthcheck"]["test"])
 
 
 # --- (c) values live in .env ---------------------------------------------------------------------
@@ -230,9 +290,7 @@ def test_python_modules_run_by_the_image_exist(module: str) -> None:
 
 def test_every_python_command_in_the_compose_file_is_listed() -> None:
     used: set[str] = set()
-    for svc in _services().values():
-        if svc.get("image") != APP_IMAGE:
-            continue
+    for svc in _app_services().values():
         for argv in (svc.get("command") or [], (svc.get("healthcheck") or {}).get("test") or []):
             argv = [arg for arg in argv if arg not in {"CMD", "CMD-SHELL"}]
             if argv[:2] == ["python", "-m"]:
@@ -262,5 +320,5 @@ def test_warren_command_used_by_seed_is_installed_by_the_image() -> None:
 )
 def test_bind_mounted_host_paths_exist(source: str) -> None:
     # A missing file is silently replaced by an empty directory when the engine creates the
-    # mount. infra/rabbitmq/definitions.json comes from `warren topology export`.
+    # mount.
     assert (REPO / source).exists(), f"{source} does not exist"

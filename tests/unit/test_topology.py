@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from dotenv import dotenv_values
 
 from shared import topology
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_definitions_file_is_generated_from_the_topology_and_env() -> None:
-    env = dotenv_values(REPO / ".env")
-    expected = topology.definitions(user=env["RABBITMQ_USER"], password=env["RABBITMQ_PASSWORD"])
-    on_disk = json.loads((REPO / "infra/rabbitmq/definitions.json").read_text())
-    assert on_disk == expected, "run `make definitions` (warren topology export)"
+def test_the_exported_definitions_carry_the_topology_and_the_user_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    """What compose's broker-definitions job runs: a changed password gives a new hash."""
+    out = tmp_path / "definitions.json"
+    env = {**os.environ, "RABBITMQ_USER": "warren", "RABBITMQ_PASSWORD": "changed"}
+    subprocess.run(
+        [str(Path(sys.executable).parent / "warren"), "topology", "export", "--output", str(out)],
+        cwd=tmp_path,  # no .env here: the values come from the environment alone
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    exported = json.loads(out.read_text())
+    assert exported == topology.definitions(user="warren", password="changed")
+    [user] = exported["users"]
+    assert user["password_hash"] == topology.password_hash("warren", "changed")
+    assert user["password_hash"] != topology.password_hash("warren", "warren")
 
 
 def test_every_consumer_queue_has_a_dead_letter_queue_bound_by_its_name() -> None:
