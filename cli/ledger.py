@@ -23,6 +23,7 @@ never do that. Exits 1 naming what failed. ``--wait`` keeps checking until every
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -313,14 +314,15 @@ def ledger(
     ),
     maildir: Path | None = typer.Option(
         None,
-        help="Count emails in this Maildir (default: .run/mail if it exists, else MAIL_API_URL).",
+        help="Count emails in this Maildir (default: .run/mail if it exists, else MAIL_API_URL; "
+        "with --compose, Mailpit's API).",
     ),
 ) -> None:
     """Count every effect: final orders, stock, money, emails in the sink, DLQs, outbox."""
     from services.notification.settings import NotificationSettings
 
     settings = NotificationSettings()
-    if maildir is None and Path(".run/mail/new").is_dir():
+    if maildir is None and not os.environ.get("WARREN_COMPOSE") and Path(".run/mail/new").is_dir():
         maildir = Path(".run/mail")
     deadline = time.monotonic() + wait
     while True:

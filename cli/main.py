@@ -38,10 +38,43 @@ app.command("ledger")(ledger.ledger)
 console = Console()
 
 
+# The addresses compose publishes on this machine, from .env (docker-compose.yml's `ports:`).
+COMPOSE_ADDRESSES = {
+    "RABBIT_URL": "amqp://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@127.0.0.1:{HOST_PORT_RABBITMQ}/",
+    "MONGO_URL": "mongodb://127.0.0.1:{HOST_PORT_MONGO}",
+    "MAIL_API_URL": "http://127.0.0.1:{HOST_PORT_MAILPIT}",
+    "WARREN_API": "http://127.0.0.1:{HOST_PORT_API}",
+}
+
+
+def use_compose() -> None:
+    """Point this command at the compose stack from the host: the broker user and the host
+    ports come from .env, as docker-compose.yml uses them."""
+    from dotenv import dotenv_values
+
+    values = {**dotenv_values(".env"), **os.environ}
+    try:
+        os.environ.update({k: v.format(**values) for k, v in COMPOSE_ADDRESSES.items()})
+    except KeyError as missing:
+        console.print(f"[red]--compose needs {missing} in .env[/] (see .env.example)")
+        raise typer.Exit(2) from None
+    os.environ["WARREN_COMPOSE"] = "1"
+
+
 # --8<-- [start:cli-tracing]
 @app.callback()
-def _observe() -> None:
+def _observe(
+    compose: bool = typer.Option(
+        False,
+        "--compose",
+        envvar="WARREN_COMPOSE",
+        help="Talk to the compose stack from this machine (user and ports from .env). "
+        "Inside a container, use `docker compose exec order warren ...` instead.",
+    ),
+) -> None:
     """Trace the CLI's own work (e.g. DLQ replays) when OTEL_* variables say where to send it."""
+    if compose:
+        use_compose()
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_TRACES_EXPORTER"):
         from shared.observability import setup_observability, shutdown_tracing
 

@@ -1,0 +1,40 @@
+"""`warren --compose` reaches the compose stack from the host with .env's user and ports."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from dotenv import dotenv_values
+
+from cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_compose_addresses_come_from_env_as_compose_publishes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO)
+    for name in (*main.COMPOSE_ADDRESSES, "WARREN_COMPOSE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RABBITMQ_PASSWORD", "changed")  # the environment wins over .env
+    env = dotenv_values(REPO / ".env")
+    main.use_compose()
+    assert os.environ["RABBIT_URL"] == (
+        f"amqp://{env['RABBITMQ_USER']}:changed@127.0.0.1:{env['HOST_PORT_RABBITMQ']}/"
+    )
+    assert os.environ["MONGO_URL"] == f"mongodb://127.0.0.1:{env['HOST_PORT_MONGO']}"
+    assert os.environ["MAIL_API_URL"] == f"http://127.0.0.1:{env['HOST_PORT_MAILPIT']}"
+    assert os.environ["WARREN_API"] == f"http://127.0.0.1:{env['HOST_PORT_API']}"
+
+
+def test_compose_without_the_values_says_which_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    for name in ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "HOST_PORT_RABBITMQ"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(main.typer.Exit):
+        main.use_compose()
