@@ -25,6 +25,14 @@ test: $(STAMP) ## Run every test (starts RabbitMQ if down; the tests start the M
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+RABBITMQ4_URL := amqp://guest:guest@127.0.0.1:5673/
+
+test-rabbitmq4: $(STAMP) ## The broker tests against RabbitMQ 4.x with 4.3's defaults (builds it once, ~6 min)
+	@scripts/rabbitmq4.sh start
+	RABBIT_URL=$(RABBITMQ4_URL) WARREN_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
+		$(BIN)/pytest tests/integration tests/e2e tests/faults tests/chaos $(PYTEST_ARGS)
+	@scripts/rabbitmq4.sh version
+
 test-unit: $(STAMP) ## Unit tests only (no broker needed)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
@@ -68,8 +76,9 @@ chaos: $(STAMP) ## Every fault in turn under load; counts lost orders and duplic
 seed: $(STAMP) ## (Re)load the demo catalog, resetting stock levels
 	$(BIN)/warren seed --reset
 
-definitions: $(STAMP) ## Regenerate infra/rabbitmq/definitions.json from shared/topology.py
-	$(BIN)/warren topology export
+compose-rehearsal: $(STAMP) ## Run docker-compose.yml's app containers locally against stand-ins and place an order
+	@scripts/ensure-rabbitmq.sh
+	$(BIN)/python scripts/compose_rehearsal.py
 
 compose-check: $(STAMP) ## Validate docker-compose.yml against the Compose schema
 	$(BIN)/check-jsonschema --schemafile $$( [ -f ../shared/compose-spec.schema.json ] && echo ../shared/compose-spec.schema.json || echo infra/compose-spec.schema.json ) docker-compose.yml
@@ -87,4 +96,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-unit run demo load bench chaos seed definitions compose-check docs lint constraints clean
+.PHONY: help install test test-rabbitmq4 test-unit run demo load bench chaos seed compose-rehearsal compose-check docs lint constraints clean

@@ -17,7 +17,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from cli import dlq, ledger, outbox, traces
+from cli import dlq, ledger, outbox, supervise, traces
 
 app = typer.Typer(
     help="Warren: event-driven microservices on RabbitMQ. Seed, demo and operate the system.",
@@ -34,6 +34,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(traces.app, name="traces")
 app.command("ledger")(ledger.ledger)
+app.command("supervise", context_settings=supervise.CONTEXT_SETTINGS)(supervise.supervise)
 
 console = Console()
 

@@ -180,8 +180,11 @@ class Faults:
             self.log(f"SIGCONT {name}")
 
     async def rabbitmqctl(self, *args: str) -> None:
+        from tests.support.system import rabbitmqctl_command
+
+        command = rabbitmqctl_command() or ["rabbitmqctl"]
         await asyncio.to_thread(
-            subprocess.run, ["rabbitmqctl", *args], check=True, capture_output=True, timeout=120
+            subprocess.run, [*command, *args], check=True, capture_output=True, timeout=120
         )
 
     async def restart_broker(self, down_for: float = 3.0) -> None:

@@ -7,10 +7,13 @@ Environment:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlparse
 
+import aiormq
 import pytest
 from pymongo import AsyncMongoClient
 
@@ -18,9 +21,32 @@ from tests.support.mongo_backends import AsyncMongomockDatabase
 from tests.support.system import mongo_standin, mongo_url_of, open_mongo
 
 
+def _rabbit_url() -> str:
+    return os.environ.get("RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def pytest_report_header() -> str:
+    """Name the broker the tests run against: its version comes from the AMQP handshake."""
+
+    async def ask() -> str:
+        connection = await aiormq.connect(_rabbit_url())
+        try:
+            version = connection.server_properties.get("version", "?")
+            return f"{connection.server_properties.get('product', 'broker')} {version}"
+        finally:
+            await connection.close()
+
+    url = urlparse(_rabbit_url())
+    try:
+        server = asyncio.run(ask())
+    except Exception as exc:  # the unit tests run without a broker
+        server = f"not reachable ({type(exc).__name__})"
+    return f"broker: {server} at {url.hostname}:{url.port or 5672}"
+
+
 @pytest.fixture(scope="session")
 def rabbit_url() -> str:
-    return os.environ.get("RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    return _rabbit_url()
 
 
 @pytest.fixture(scope="session")

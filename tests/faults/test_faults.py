@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import shutil
 import socket
 import subprocess
 import time
@@ -41,6 +39,7 @@ from tests.support.system import (
     mongo_url_of,
     open_mongo,
     publish_raw,
+    rabbitmqctl_command,
     running_system,
 )
 
@@ -443,13 +442,10 @@ async def test_order_service_killed_after_saving_an_order_still_publishes_it_and
 # --- the broker restarts ---------------------------------------------------------------------
 
 
-def _local_rabbitmqctl(rabbit_url: str) -> bool:
-    host = urlparse(rabbit_url).hostname
-    return (
-        host in ("127.0.0.1", "localhost")
-        and shutil.which("rabbitmqctl") is not None
-        and os.geteuid() == 0
-    )
+def _local_rabbitmqctl(rabbit_url: str) -> list[str] | None:
+    if urlparse(rabbit_url).hostname not in ("127.0.0.1", "localhost"):
+        return None
+    return rabbitmqctl_command()
 
 
 def _amqp_answers(rabbit_url: str) -> bool:
@@ -464,7 +460,8 @@ def _amqp_answers(rabbit_url: str) -> bool:
 async def test_a_broker_restart_with_200_orders_in_flight_loses_nothing(
     faulty: System, rabbit_url: str
 ) -> None:
-    if not _local_rabbitmqctl(rabbit_url):
+    rabbitmqctl = _local_rabbitmqctl(rabbit_url)
+    if rabbitmqctl is None:
         pytest.skip("needs the local RabbitMQ and rabbitmqctl as root (stop_app/start_app)")
     accepted: list[str] = []
     refused = 0
@@ -496,9 +493,9 @@ async def test_a_broker_restart_with_200_orders_in_flight_loses_nothing(
             timeout=30,
             what="orders in flight",
         )
-        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
+        subprocess.run([*rabbitmqctl, "stop_app"], check=True, capture_output=True, timeout=60)
         await eventually(lambda: _amqp_answers(rabbit_url), until=lambda up: not up, timeout=30)
-        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*rabbitmqctl, "start_app"], check=True, capture_output=True, timeout=120)
         await eventually(lambda: _amqp_answers(rabbit_url), timeout=60, what="RabbitMQ back")
         await load
         assert len(accepted) + refused == 200

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import mailbox
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import uuid
@@ -39,6 +41,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def rabbitmqctl_command() -> list[str] | None:
+    """The command that runs rabbitmqctl against the broker under test, or None where the tests
+    may not run it (not root, or no rabbitmqctl). ``WARREN_RABBITMQCTL`` names another node's:
+    `make test-rabbitmq4` sets it to ``scripts/rabbitmq4.sh ctl``."""
+    command = shlex.split(os.environ.get("WARREN_RABBITMQCTL", "rabbitmqctl"))
+    if os.geteuid() != 0 or shutil.which(command[0]) is None:
+        return None
+    return command
 
 
 async def reset_broker(rabbit_url: str, retry_delays: tuple[int, ...] = ()) -> None:

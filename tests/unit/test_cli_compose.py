@@ -18,7 +18,8 @@ def test_compose_addresses_come_from_env_as_compose_publishes_them(
 ) -> None:
     monkeypatch.chdir(REPO)
     for name in (*main.COMPOSE_ADDRESSES, "WARREN_COMPOSE"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that what use_compose() sets is undone
+        monkeypatch.delenv(name)
     monkeypatch.setenv("RABBITMQ_PASSWORD", "changed")  # the environment wins over .env
     env = dotenv_values(REPO / ".env")
     main.use_compose()
