@@ -76,7 +76,14 @@ def _observe(
     """Trace the CLI's own work (e.g. DLQ replays) when OTEL_* variables say where to send it."""
     if compose:
         use_compose()
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_TRACES_EXPORTER"):
+    if any(
+        os.environ.get(name)
+        for name in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_TRACES_EXPORTER",
+        )
+    ):
         from shared.observability import setup_observability, shutdown_tracing
 
         setup_observability("warren-cli", level=os.environ.get("LOG_LEVEL", "WARNING"))

@@ -9,7 +9,9 @@ acks. Failures never drop a message:
 * anything else -> retried after 1 s, 5 s, 25 s, 1, 2, 5 and 5 min through the delay queues
   (``topology.RETRY_DELAYS_SECONDS``), then the DLQ.
 
-Each dead-lettered message carries ``x-warren-*`` headers saying why.
+Each dead-lettered message carries ``x-warren-*`` headers saying why. The trace context and
+the baggage travel in message headers, in the format ``OTEL_PROPAGATORS`` names (W3C by
+default), as on every other hop.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from faststream import AckPolicy, BaseMiddleware
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.trace import TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared import topology
 from shared.clock import utcnow_iso
@@ -59,24 +64,49 @@ EventHandler = Callable[[Envelope, EventData], Awaitable[Sequence[Envelope]]]
 """A service's business function: the event in, the events to publish out."""
 
 
-# --8<-- [start:make-broker]
 # --8<-- [start:baggage-middleware]
-_BAGGAGE = W3CBaggagePropagator()
+# FastStream's telemetry middleware reads and writes W3C headers only, whatever OTEL_PROPAGATORS
+# says (FastStream 0.7 has no setting for it): the two middlewares below translate at its edges.
+_FASTSTREAM_TRACE = TraceContextTextMapPropagator()
+_FASTSTREAM_FIELDS = _FASTSTREAM_TRACE.fields | W3CBaggagePropagator().fields
 
 
-class BaggageMiddleware(BaseMiddleware):
-    """Carry OpenTelemetry baggage (``order.id``, ``synthetic_request``) in message headers.
+def _text(headers: dict[str, Any]) -> dict[str, str]:
+    """The headers a propagator may read (AMQP headers also hold numbers, lists, bytes)."""
+    return {key: value for key, value in headers.items() if isinstance(value, str)}
 
-    FastStream's telemetry middleware propagates the trace context but not the global baggage,
-    and starts each consumer span from a fresh context. Inside it, this one attaches the
-    message's baggage (so spans, logs and the events stored by the handler carry it on) and
-    tags the consumer span itself.
+
+class IncomingTraceMiddleware(BaseMiddleware):
+    """Listed first: hands FastStream the message's trace context as the ``traceparent`` it reads.
+
+    The context arrives in the format OTEL_PROPAGATORS names (W3C by default, B3...); without
+    this, a message whose context FastStream cannot read would start a trace of its own.
     """
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        context = _BAGGAGE.extract(msg.headers or {})  # on top of the current context
-        span = trace.get_current_span()
-        for key, value in baggage.get_all(context).items():
+        incoming = propagate.extract(_text(msg.headers), context=Context())
+        headers = {k: v for k, v in msg.headers.items() if k not in _FASTSTREAM_TRACE.fields}
+        _FASTSTREAM_TRACE.inject(headers, context=incoming)
+        msg.headers = headers
+        return await call_next(msg)
+
+
+class PropagationMiddleware(BaseMiddleware):
+    """Listed last, so it runs inside FastStream's spans: baggage in, OTEL_PROPAGATORS out.
+
+    Consuming: FastStream starts its consumer span from the trace context alone, so this one
+    attaches the message's baggage (``order.id``, ``synthetic_request``: spans, logs and the
+    events stored by the handler carry it on) and tags the consumer span itself.
+
+    Publishing: FastStream has just written its span's context as W3C headers; this one writes
+    that span and the current baggage again with the configured propagators.
+    """
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        incoming = propagate.extract(_text(msg.headers), context=Context())
+        context, span = otel_context.get_current(), trace.get_current_span()
+        for key, value in baggage.get_all(incoming).items():
+            context = baggage.set_baggage(key, value, context)
             if key in TAGGED_BAGGAGE:
                 span.set_attribute(key, str(value))
         token = otel_context.attach(context)
@@ -86,11 +116,34 @@ class BaggageMiddleware(BaseMiddleware):
             otel_context.detach(token)
 
     async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
-        _BAGGAGE.inject(cmd.headers)
+        written = _FASTSTREAM_TRACE.extract(_text(cmd.headers), context=Context())
+        propagator = propagate.get_global_textmap()
+        # A retried or dead-lettered copy still carries the original's: drop those too.
+        stale = _FASTSTREAM_FIELDS | propagator.fields
+        headers = {k: v for k, v in cmd.headers.items() if k not in stale}
+        # FastStream's span, with the current baggage.
+        context = trace.set_span_in_context(
+            trace.get_current_span(written), otel_context.get_current()
+        )
+        propagator.inject(headers, context=context)
+        cmd.headers = headers
         return await call_next(cmd)
         # --8<-- [end:baggage-middleware]
 
 
+# --8<-- [start:broker-middlewares]
+def broker_middlewares(tracer_provider: TracerProvider | None = None) -> tuple[Any, ...]:
+    """Every broker's middlewares, outermost first: a message passes them in this order on
+    its way to the handler, and so does a publish on its way to the broker."""
+    return (
+        IncomingTraceMiddleware,  # the message's trace context, as FastStream reads it
+        RabbitTelemetryMiddleware(tracer_provider=tracer_provider or trace.get_tracer_provider()),
+        PropagationMiddleware,  # inside the telemetry middleware's spans
+    )
+    # --8<-- [end:broker-middlewares]
+
+
+# --8<-- [start:make-broker]
 def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> RabbitBroker:
     """The one broker factory: confirms on, unroutable messages raise, telemetry on."""
     return RabbitBroker(
@@ -104,13 +157,7 @@ def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> Rab
         graceful_timeout=10.0,
         # Keep retrying the connection after start-up; services reconnect by themselves.
         reconnect_interval=2.0,
-        # --8<-- [start:broker-middlewares]
-        # Telemetry first (outermost); the baggage middleware then runs inside its consumer span.
-        middlewares=(
-            RabbitTelemetryMiddleware(tracer_provider=trace.get_tracer_provider()),
-            BaggageMiddleware,  # listed last: runs inside the telemetry middleware's span
-        ),
-        # --8<-- [end:broker-middlewares]
+        middlewares=broker_middlewares(),  # tracing: spans, trace headers, baggage
         logger=logging.getLogger("faststream.broker"),
         # FastStream's own "Received"/"Processed" lines at DEBUG: our handler logs say more.
         log_level=logging.DEBUG,

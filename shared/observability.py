@@ -1,9 +1,22 @@
 """Logging and tracing, set up once for every process; a service passes only its name.
 
-Tracing follows the standard ``OTEL_*`` variables: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) sends OTLP over HTTP (Jaeger accepts it on 4318);
-``OTEL_TRACES_EXPORTER=console`` prints spans; with neither, spans are made (so logs carry trace
-ids) but not exported. ``OTEL_SDK_DISABLED=true`` turns tracing off.
+Tracing follows the OpenTelemetry environment variables:
+
+* ``OTEL_TRACES_EXPORTER``: a comma-separated list of ``otlp``, ``console`` or any other
+  installed ``opentelemetry_traces_exporter`` entry point; ``none`` exports nothing.
+* ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_PROTOCOL``: ``http/protobuf``
+  (the default, what Jaeger and ``warren traces collect`` take on 4318) or ``grpc`` (4317).
+  The exporters read their own ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, timeout).
+* ``OTEL_PROPAGATORS`` (default ``tracecontext,baggage``): the headers that carry the context
+  on every hop -- HTTP, Celery, the outbox, and RabbitMQ messages too (``shared.messaging``).
+* ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER`` (``_ARG``), ``OTEL_BSP_*``: read by the SDK.
+* ``OTEL_SDK_DISABLED=true`` turns tracing off.
+
+One deliberate deviation from the specification: with ``OTEL_TRACES_EXPORTER`` unset, Warren
+exports over OTLP only when an endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); the specification's default, ``otlp``, would have
+every test, CLI run and script without a collector log connection errors to localhost:4318.
+Without an exporter, spans are still made (log lines carry trace ids) but go nowhere.
 
 Logs are structured (structlog): one line per event with ``trace_id``, ``span_id`` and whatever
 the code bound (``order_id``, ``event_id``...); JSON with ``LOG_FORMAT=json``.
@@ -17,15 +30,17 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from typing import Any
 
 import structlog
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
+from opentelemetry.processor.baggage import BaggageSpanProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 _configured_for: str | None = None
 
@@ -40,31 +55,37 @@ _REPLY_QUEUE = re.compile(r"amq\.rabbitmq\.reply-to\.\S+")
 
 
 # --8<-- [start:order-span-processor]
+def is_tagged_baggage(key: str) -> bool:
+    """The baggage that ``BaggageSpanProcessor`` copies onto every span as an attribute."""
+    return key in TAGGED_BAGGAGE
+
+
 class OrderSpanProcessor(SpanProcessor):
-    """Tags every span with ``order.id`` and ``synthetic_request`` (both carried as W3C baggage
-    across every hop; load tests set the latter) and keeps span names stable (no per-request
-    reply-queue names)."""
+    """What ``BaggageSpanProcessor`` cannot do: keep span names stable (no per-request
+    reply-queue names), and tag a span whose parent context carries no baggage.
+
+    FastStream publishes a reply after its consumer scope has ended, under the consumer span
+    but outside the context that held the baggage: such a span inherits the parent's tags.
+    """
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if "amq.rabbitmq.reply-to" in span.name:
+            span.update_name(_REPLY_QUEUE.sub("(direct reply-to)", span.name))
         parent_attributes = (
             getattr(trace.get_current_span(parent_context), "attributes", None) or {}
         )
         for key in TAGGED_BAGGAGE:
-            # From the baggage of the parent context or of the current one (FastStream starts
-            # its consumer span from a fresh context), else from the parent span itself.
-            value = (
-                baggage.get_baggage(key, parent_context)
-                or baggage.get_baggage(key)
-                or parent_attributes.get(key)
-            )
-            if value:
-                span.set_attribute(key, str(value))
-        if "amq.rabbitmq.reply-to" in span.name:
-            span.update_name(_REPLY_QUEUE.sub("(direct reply-to)", span.name))
+            if key in parent_attributes and not baggage.get_baggage(key, parent_context):
+                span.set_attribute(key, parent_attributes[key])
 
     def on_end(self, span: ReadableSpan) -> None:
         pass
-        # --8<-- [end:order-span-processor]
+
+
+def span_processors() -> list[SpanProcessor]:
+    """The processors every span goes through before it is exported."""
+    return [BaggageSpanProcessor(is_tagged_baggage), OrderSpanProcessor()]
+    # --8<-- [end:order-span-processor]
 
 
 # --8<-- [start:order-context]
@@ -83,7 +104,8 @@ def order_context(order_id: str) -> Iterator[None]:
 
 
 def current_trace_context() -> dict[str, str]:
-    """The active trace context and baggage as W3C headers: for a message, or to store."""
+    """The active trace context and baggage as headers, in the format ``OTEL_PROPAGATORS``
+    names (W3C by default): for a message, or to store."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
@@ -138,24 +160,73 @@ def configure_logging(service_name: str, level: str = "INFO", fmt: str = "consol
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# The OTLP exporter entry point for each value of OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL.
+_OTLP_BY_PROTOCOL = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
+_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_EXPORTERS = "opentelemetry_traces_exporter"
+
+
+def _exporter_names() -> list[str]:
+    """The ``opentelemetry_traces_exporter`` entry points the environment asks for, in order.
+
+    ``OTEL_TRACES_EXPORTER`` is read as the specification says, but for its default (see the
+    module docstring); ``otlp`` becomes the exporter of the configured OTLP protocol.
+    """
+    value = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not value:
+        value = "otlp" if any(os.environ.get(name) for name in _OTLP_ENDPOINTS) else "none"
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    if "none" in names:
+        raise ValueError(f"OTEL_TRACES_EXPORTER={value!r}: 'none' cannot be combined")
+    return [_otlp_exporter_name() if name == "otlp" else name for name in names]
+
+
+def _otlp_exporter_name() -> str:
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"  # the specification's default (the SDK's own helper says grpc)
+    ).strip()
+    if protocol not in _OTLP_BY_PROTOCOL:
+        raise ValueError(f"OTLP protocol {protocol!r}: use one of {sorted(_OTLP_BY_PROTOCOL)}")
+    return _OTLP_BY_PROTOCOL[protocol]
+
+
+def make_trace_exporters() -> list[SpanExporter]:
+    """One exporter per name the environment asks for, loaded from its entry point.
+
+    Each is built without arguments, so it configures itself from its own ``OTEL_EXPORTER_*``
+    variables (endpoint, headers, timeout, compression...), as the SDK would build it.
+    """
+    exporters: list[SpanExporter] = []
+    for name in _exporter_names():
+        found = entry_points(group=_EXPORTERS, name=name)
+        if not found:
+            installed = sorted(entry.name for entry in entry_points(group=_EXPORTERS))
+            raise ValueError(f"no trace exporter {name!r} is installed; have {installed}")
+        exporters.append(next(iter(found)).load()())
+    return exporters
+
+
 def configure_tracing(service_name: str) -> TracerProvider | None:
-    """Install the global tracer provider and instrument PyMongo. Returns None when disabled."""
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    """Install the global tracer provider and instrument PyMongo. Returns None when disabled.
+
+    The exporters are chosen first, so that a misspelt setting stops the process at start-up.
+    The propagators need nothing here: ``opentelemetry.propagate`` reads ``OTEL_PROPAGATORS``.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
+    exporters = make_trace_exporters()
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based,
     # always on).
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(OrderSpanProcessor())
-    exporter_kind = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    elif exporter_kind == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    for processor in span_processors():
+        provider.add_span_processor(processor)
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
 
     from opentelemetry.instrumentation.pymongo import PymongoInstrumentor

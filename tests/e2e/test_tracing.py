@@ -179,7 +179,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
         message_id=stored["event_id"],
         correlation_id=order_id,
         headers={
-            "traceparent": stored["trace_context"]["traceparent"],
+            **stored["trace_context"],  # in whatever format OTEL_PROPAGATORS names
             "x-warren-reason": "retries exhausted",
             "x-warren-original-queue": topology.NOTIFICATION_ORDER_EVENTS.name,
         },
