@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import pymongo
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
@@ -23,6 +24,13 @@ async def get_deps(request: Request) -> OrderDeps:
 Deps = Annotated[OrderDeps, Depends(get_deps)]
 
 router = APIRouter()
+
+# A status poll should fail fast when the database is away (a clear 503, see app.py), not hold
+# the client for the database client's whole 10 s timeout.
+READ_TIMEOUT_SECONDS = 2.0
+DATABASE_AWAY = {
+    503: {"description": "The database did not answer in time; retry after Retry-After"}
+}
 
 
 class LineIn(OrderLine):
@@ -101,7 +109,7 @@ def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=OrderAccepted,
     responses={
-        400: {"description": "The body is not JSON at all"},
+        400: {"description": "The body is not text at all (bytes that are not UTF-8)"},
         422: {
             "description": "Invalid request, unknown SKU, Idempotency-Key missing, or reused "
             "with a different body"
@@ -164,18 +172,19 @@ async def place_order(
 @router.get(
     "/orders/{order_id}",
     response_model=OrderView,
-    responses={404: {"description": "No order with this id"}},
+    responses={404: {"description": "No order with this id"}, **DATABASE_AWAY},
 )
 async def get_order(order_id: str, deps: Deps) -> OrderView:
     """The order's status, lines, total and the history of its events."""
     trace.get_current_span().set_attribute(ORDER_ID, order_id)
-    doc = await deps.views.get(order_id)
+    with pymongo.timeout(READ_TIMEOUT_SECONDS):
+        doc = await deps.views.get(order_id)
     if doc is None:
         raise HTTPException(status_code=404, detail=f"no order {order_id}")
     return _view(doc)
 
 
-@router.get("/orders", response_model=OrderPage)
+@router.get("/orders", response_model=OrderPage, responses=DATABASE_AWAY)
 async def list_orders(
     deps: Deps,
     customer_id: Annotated[str, Query(min_length=1, max_length=64)],
@@ -183,5 +192,6 @@ async def list_orders(
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> OrderPage:
     """A customer's orders, newest first."""
-    items, total = await deps.views.by_customer(customer_id, limit=limit, offset=offset)
+    with pymongo.timeout(READ_TIMEOUT_SECONDS):
+        items, total = await deps.views.by_customer(customer_id, limit=limit, offset=offset)
     return OrderPage(items=[_view(doc) for doc in items], total=total, limit=limit, offset=offset)

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pymongo.errors import ConnectionFailure, PyMongoError
 from starlette.datastructures import MutableHeaders
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.order import api, handlers
@@ -167,8 +168,9 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         A client that retries with its Idempotency-Key gets one order, whatever happened."""
         if isinstance(exc, ConnectionFailure) or getattr(exc, "timeout", False):
             log.warning("database unavailable", path=request.url.path, error=repr(exc))
+            advice = "retry with the same Idempotency-Key" if request.method == "POST" else "retry"
             return JSONResponse(
-                {"detail": "the database is not answering; retry with the same Idempotency-Key"},
+                {"detail": f"the database is not answering; {advice}"},
                 status_code=503,
                 headers={"Retry-After": "2"},
             )
@@ -180,7 +182,11 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"description": "The broker or the database does not answer"}},
+    )
     async def readyz() -> JSONResponse:
         """Readiness: the broker and the database answer. The outbox is shown, not judged:
         parked events need an operator (``warren outbox``), not a restart."""
@@ -188,6 +194,23 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         if body["database"]:
             body["outbox"] = await outbox_stats(store.events)
         return JSONResponse(body, status_code=status)
+
+    @app.options("/{path:path}", include_in_schema=False, status_code=204)
+    async def allowed_methods(path: str) -> Response:
+        """OPTIONS names every method the path takes. (Starlette's default answers 405 with the
+        methods of the first route that matches the path alone: POST for /orders.)"""
+        methods = [
+            method
+            for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+            if any(
+                route.matches({"type": "http", "path": f"/{path}", "method": method})[0]
+                == Match.FULL
+                for route in app.router.routes
+            )
+        ]
+        if not methods:
+            return Response(status_code=404)
+        return Response(status_code=204, headers={"Allow": ", ".join([*methods, "OPTIONS"])})
 
     # --8<-- [start:trace-id-header]
     # Every answer names its trace: paste the X-Trace-Id into Jaeger's search box.

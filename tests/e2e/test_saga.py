@@ -185,6 +185,21 @@ async def test_an_unknown_order_is_404(api: httpx.AsyncClient) -> None:
     assert (await api.get(f"/orders/{uuid.uuid4()}")).status_code == 404
 
 
+async def test_options_names_every_method_a_path_takes(api: httpx.AsyncClient) -> None:
+    orders = await api.options("/orders")
+    assert orders.status_code == 204 and orders.headers["Allow"] == "GET, POST, OPTIONS"
+    one = await api.options(f"/orders/{uuid.uuid4()}")
+    assert one.headers["Allow"] == "GET, OPTIONS"
+    assert (await api.options("/no-such-path")).status_code == 404
+
+
+async def test_every_answer_the_api_can_give_is_documented(api: httpx.AsyncClient) -> None:
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    assert "503" in paths["/readyz"]["get"]["responses"]
+    assert "503" in paths["/orders/{order_id}"]["get"]["responses"]
+    assert {"400", "422", "503"} <= set(paths["/orders"]["post"]["responses"])
+
+
 async def test_health_endpoints_report_broker_and_database(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).status_code == 200
     ready = await api.get("/readyz")

@@ -296,9 +296,14 @@ async def test_a_database_outage_is_retried_with_backoff_then_processed(
             timeout=15,
             what="a retry while the database is down",
         )
-        # Meanwhile a new order gets a clear "retry later", not a 500.
+        # Meanwhile a new order gets a clear "retry later", not a 500; so does a read, and
+        # sooner than the client's 10 s database timeout.
         refused = await api.post("/orders", json=order_body(sku="EAR-MUFFS"))
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "2"
+        asked = time.monotonic()
+        unread = await api.get(f"/orders/{order_id}")
+        assert unread.status_code == 503 and unread.headers["Retry-After"] == "2", unread.text
+        assert time.monotonic() - asked < 5
         faulty.start("mongo")
         assert await until_status(api, order_id, FINAL, timeout=40) == "CONFIRMED"
         retries = _retries(faulty, order_id)
