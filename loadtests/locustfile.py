@@ -19,6 +19,7 @@ import time
 import uuid
 
 from locust import FastHttpUser, between, events, task
+from unsampled import unsampled_traceparent  # beside this file (locust puts it on sys.path)
 
 FINAL = {"CONFIRMED", "CANCELLED"}
 SAGA_TIMEOUT_S = float(os.environ.get("WARREN_SAGA_TIMEOUT", "30"))
@@ -44,8 +45,11 @@ class Shopper(FastHttpUser):
             order_id = response.json()["order_id"]
         status, error = None, None
         while time.perf_counter() - started < SAGA_TIMEOUT_S:
+            # Each poll says "not sampled": no trace of its own (loadtests/unsampled.py).
             view = self.client.get(
-                f"/orders/{order_id}", name="GET /orders/[id]", headers=SYNTHETIC
+                f"/orders/{order_id}",
+                name="GET /orders/[id]",
+                headers={**SYNTHETIC, "traceparent": unsampled_traceparent()},
             )
             if view.status_code == 200 and view.json()["status"] in FINAL:
                 status = view.json()["status"]
