@@ -763,8 +763,11 @@ def main(
 
     async def run() -> dict[str, Any]:
         from shared import topology
+        from tests.support.system import refuse_a_broker_in_use
 
-        await topology.delete_queues(url)  # a clean broker: no backlog from earlier runs
+        # A clean broker, no backlog from earlier runs -- but never a live system's queues.
+        await refuse_a_broker_in_use(url, topology.RETRY_DELAYS_SECONDS)
+        await topology.delete_queues(url)
         results: dict[str, Any] = {
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}
         }

@@ -247,6 +247,28 @@ def queue_names(retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> list[st
     return names
 
 
+async def queues_in_use(
+    rabbit_url: str, retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS
+) -> dict[str, int]:
+    """Warren's queues that have consumers right now, with how many: a live system."""
+    import aio_pika
+    from aiormq.exceptions import ChannelNotFoundEntity
+
+    in_use = {}
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        for name in queue_names(retry_delays):
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:
+                continue  # the channel is closed by the broker
+            if queue.declaration_result.consumer_count:
+                in_use[name] = queue.declaration_result.consumer_count
+            await channel.close()
+    return in_use
+
+
 async def delete_queues(
     rabbit_url: str, retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS
 ) -> int:

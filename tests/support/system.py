@@ -8,6 +8,7 @@ returns a tail for failure messages.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import mailbox
 import os
@@ -15,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
@@ -53,10 +56,38 @@ def rabbitmqctl_command() -> list[str] | None:
     return command
 
 
+class BrokerInUseError(RuntimeError):
+    """Warren's queues on this broker have consumers: a live system would be wiped."""
+
+
+async def refuse_a_broker_in_use(
+    rabbit_url: str, retry_delays: tuple[int, ...] = (), patience: float = 10.0
+) -> None:
+    """Stop before deleting the queues of a live system (`make run`, compose) on this broker.
+
+    A system the tests themselves stopped a moment ago may still be closing its connections,
+    so consumers get a few seconds to go before this refuses."""
+    deadline = time.monotonic() + patience
+    while in_use := await topology.queues_in_use(rabbit_url, retry_delays):
+        if time.monotonic() > deadline:
+            url = urlsplit(rabbit_url)
+            raise BrokerInUseError(
+                f"Warren's queues on {url.hostname}:{url.port or 5672}{url.path or '/'} "
+                f"have consumers ({', '.join(sorted(in_use)[:3])}, ...): a live Warren uses "
+                "this broker, and the tests would delete its queues and messages. Stop it "
+                "(`make run`: Ctrl-C), or give the tests a vhost of their own: "
+                "RABBIT_URL=amqp://guest:guest@127.0.0.1:5672/tests"
+            )
+        await asyncio.sleep(0.5)
+
+
 async def reset_broker(rabbit_url: str, retry_delays: tuple[int, ...] = ()) -> None:
     """Delete Warren's queues (services re-declare them), dropping leftovers of earlier runs --
-    the delay queues too, or a retry of an earlier run would come back into this one."""
-    await topology.delete_queues(rabbit_url, retry_delays=(1, 2, 4, 8, 16, *retry_delays))
+    the delay queues too, or a retry of an earlier run would come back into this one. Refuses
+    while a live system consumes from them."""
+    delays = (1, 2, 4, 8, 16, *retry_delays)
+    await refuse_a_broker_in_use(rabbit_url, delays)
+    await topology.delete_queues(rabbit_url, retry_delays=delays)
 
 
 @dataclass
