@@ -66,6 +66,9 @@ load: $(STAMP) ## Locust, headless, against `make run` or compose (USERS, SPAWN_
 		--html reports/locust.html --csv reports/locust
 	@echo "reports: reports/locust.html, reports/locust_stats.csv (SAGA rows = end-to-end time)"
 
+memory: $(STAMP) ## Resident memory of each process of a running `make run`, and the sum
+	$(BIN)/python -m loadtests.memory
+
 bench: $(STAMP) ## Benchmark: broker, FastStream hop, saga traced/sampled/untraced, CPU per order, database (~10 min)
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python -m loadtests.bench --output reports/bench.json
@@ -97,4 +100,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-rabbitmq4 test-unit run demo load bench chaos seed compose-rehearsal compose-check docs lint constraints clean
+.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench chaos seed compose-rehearsal compose-check docs lint constraints clean
