@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import typer
 import yaml
 from dotenv import dotenv_values
@@ -142,6 +143,7 @@ class Namespace:
     def __enter__(self) -> Namespace:
         if os.geteuid() != 0 or shutil.which("ip") is None:
             raise RehearsalError("the rehearsal needs root and iproute2 (ip netns)")
+        self.remove_leftovers()
         for argv in (
             ["ip", "netns", "add", self.name],
             ["ip", "link", "add", self.veth, "type", "veth", "peer", "name", f"{self.veth}c"],
@@ -159,6 +161,15 @@ class Namespace:
             "127.0.0.1 localhost\n" + "".join(f"{HOST_SIDE} {host}\n" for host in self.hosts)
         )
         return self
+
+    @staticmethod
+    def remove_leftovers() -> None:
+        """Namespaces of rehearsals that were killed before they could clean up (same address)."""
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for name in re.findall(r"^warren-rehearsal-(\d+)", listing, re.MULTILINE):
+            if not psutil.pid_exists(int(name)):
+                subprocess.run(["ip", "netns", "delete", f"warren-rehearsal-{name}"], check=False)
+                shutil.rmtree(Path("/etc/netns") / f"warren-rehearsal-{name}", ignore_errors=True)
 
     def __exit__(self, *exc: object) -> None:
         subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)  # and the veth
