@@ -90,6 +90,12 @@ compose-check: $(STAMP) ## Validate docker-compose.yml against the Compose schem
 docs: $(STAMP) ## Serve the tutorial on http://127.0.0.1:8088 (8000 is the order API)
 	$(BIN)/mkdocs serve -a 127.0.0.1:8088
 
+# Runs the chapters' marked ```bash blocks in order and checks each output. It starts the system
+# itself, in a scratch copy of the tree, so stop `make run` first (or pass ARGS=--running).
+tutorial-check: $(STAMP) ## Run the tutorial's commands against a fresh system and check their output (~2 min)
+	@scripts/ensure-rabbitmq.sh
+	$(BIN)/python scripts/tutorial_check.py $(ARGS)
+
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -100,4 +106,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench chaos seed compose-rehearsal compose-check docs lint constraints clean
+.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench chaos seed compose-rehearsal compose-check docs tutorial-check lint constraints clean

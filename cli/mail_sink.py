@@ -12,6 +12,7 @@ compose behave alike:
 from __future__ import annotations
 
 import json
+import logging
 import mailbox
 import re
 import threading
@@ -72,13 +73,30 @@ def make_api(maildir: Path, host: str, port: int) -> ThreadingHTTPServer:
 
 def serve(maildir: Path, host: str, port: int, api_port: int) -> None:
     """Run the SMTP sink (and the API, unless ``api_port`` is 0) until interrupted."""
+    import structlog
     from aiosmtpd.controller import Controller
     from aiosmtpd.handlers import Mailbox
+
+    # aiosmtpd logs every SMTP command of every conversation at INFO: five lines or more per
+    # email in `make run`'s one log stream. Its warnings and errors still show; each email
+    # gets one line of ours instead.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    log = structlog.get_logger(__name__)
+
+    class LoggingMailbox(Mailbox):
+        def handle_message(self, message: Any) -> None:
+            super().handle_message(message)
+            log.info(
+                "email received",
+                message_id=str(message.get("Message-ID", "")).strip("<>"),
+                to=message.get("X-RcptTo"),
+                subject=message.get("Subject"),
+            )
 
     # Maildir(create=True) leaves an existing empty folder without tmp/new/cur: make them.
     for part in ("tmp", "new", "cur"):
         (maildir / part).mkdir(parents=True, exist_ok=True)
-    controller = Controller(Mailbox(maildir), hostname=host, port=port)
+    controller = Controller(LoggingMailbox(maildir), hostname=host, port=port)
     controller.start()
     api = make_api(maildir, host, api_port) if api_port else None
     if api is not None:

@@ -148,6 +148,10 @@ def demo(
         "payment_token": token,
     }
     started = time.perf_counter()
+
+    def elapsed_ms() -> float:
+        return (time.perf_counter() - started) * 1000
+
     with httpx.Client(base_url=api, timeout=10.0) as client:
         try:
             response = client.post(
@@ -163,21 +167,38 @@ def demo(
         console.print(f"POST /orders -> 202, order [bold]{order_id}[/]")
         seen = 0
         deadline = started + timeout
-        while time.perf_counter() < deadline:
-            view = client.get(f"/orders/{order_id}")
-            if view.status_code == 200:
-                order = view.json()
-                for entry in order["history"][seen:]:
-                    elapsed = (time.perf_counter() - started) * 1000
-                    console.print(f"  +{elapsed:7.0f} ms  v{entry['version']}  {entry['type']}")
-                seen = len(order["history"])
-                if order["status"] in FINAL_STATUSES:
-                    reason = f" ({order['cancel_reason']})" if order.get("cancel_reason") else ""
-                    console.print(
-                        f"order {order_id[:8]} is {_render_status(order['status'])}{reason}"
-                        f" after {(time.perf_counter() - started) * 1000:.0f} ms"
-                    )
-                    return
+        # Why the last poll showed nothing: said when it changes, and every 10 s while it lasts.
+        waiting, said_at = "", 0.0
+        while (left := deadline - time.perf_counter()) > 0:
+            # The order goes on without the API: a poll that times out (the database is away,
+            # the service restarts) is one more reason to wait, never a reason to stop.
+            try:
+                view = client.get(f"/orders/{order_id}", timeout=min(10.0, left))
+            except httpx.TransportError as exc:
+                problem = f"GET /orders/{order_id[:8]}... failed ({type(exc).__name__})"
+            else:
+                if view.status_code == 200:
+                    problem = ""
+                else:
+                    problem = f"GET /orders/{order_id[:8]}... answered {view.status_code}"
+            if problem:
+                if problem != waiting or time.perf_counter() - said_at >= 10:
+                    console.print(f"  +{elapsed_ms():7.0f} ms  still waiting: {problem}")
+                    waiting, said_at = problem, time.perf_counter()
+                time.sleep(min(0.5, max(0.0, deadline - time.perf_counter())))
+                continue
+            waiting = ""
+            order = view.json()
+            for entry in order["history"][seen:]:
+                console.print(f"  +{elapsed_ms():7.0f} ms  v{entry['version']}  {entry['type']}")
+            seen = len(order["history"])
+            if order["status"] in FINAL_STATUSES:
+                reason = f" ({order['cancel_reason']})" if order.get("cancel_reason") else ""
+                console.print(
+                    f"order {order_id[:8]} is {_render_status(order['status'])}{reason}"
+                    f" after {elapsed_ms():.0f} ms"
+                )
+                return
             time.sleep(0.05)
     console.print(f"[red]order {order_id} not final after {timeout:g}s[/]")
     raise typer.Exit(1)
