@@ -55,6 +55,8 @@ import typer
 import yaml
 from dotenv import dotenv_values
 
+from shared.topology import queues_in_use
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # In the order compose starts them (depends_on); payment runs once, not as two replicas.
@@ -559,6 +561,15 @@ def main(
     rabbitmqctl = rabbitmqctl or ctl
     if not answers(broker_port):
         raise typer.BadParameter(f"no RabbitMQ on 127.0.0.1:{broker_port}")
+    # Compose's services use the vhost "/": another Warren consuming there would take the
+    # rehearsal's messages (and the rehearsal its).
+    in_use = asyncio.run(queues_in_use(f"amqp://guest:guest@127.0.0.1:{broker_port}/"))
+    if in_use:
+        log(
+            f"FAILED: Warren's queues on 127.0.0.1:{broker_port} have consumers ({min(in_use)}, ...)"
+        )
+        log("a live Warren uses this broker: stop it (make run: Ctrl-C) and rehearse again")
+        raise typer.Exit(1)
     workdir = Path(tempfile.mkdtemp(prefix="warren-rehearsal-"))
     for folder in ("logs", "container", "mongo"):
         (workdir / folder).mkdir()
