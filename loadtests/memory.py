@@ -31,14 +31,25 @@ def find_honcho(folder: Path) -> psutil.Process | None:
     return None
 
 
+def is_plumbing(process: psutil.Process) -> bool:
+    """honcho's helper, the shell of a Procfile line, or the supervisor."""
+    cmdline = process.cmdline()
+    if not cmdline:
+        return True
+    return (
+        Path(cmdline[0]).name in ("sh", "bash")
+        or "cli.supervise" in cmdline
+        or any("honcho" in arg for arg in cmdline[:2])
+    )
+
+
 def label(processes: list[psutil.Process]) -> str:
     """A Procfile line's name: what its first process that is not plumbing (honcho's helper,
     the shell, the supervisor) runs: a module for `python -m`, else the command."""
     for process in processes:
-        cmdline = process.cmdline()
-        plumbing = Path(cmdline[0]).name in ("sh", "bash") if cmdline else True
-        if plumbing or "cli.supervise" in cmdline or any("honcho" in arg for arg in cmdline[:2]):
+        if is_plumbing(process):
             continue
+        cmdline = process.cmdline()
         if "-m" in cmdline:
             return cmdline[cmdline.index("-m") + 1]
         if Path(cmdline[0]).name.startswith("python"):  # a script: `python3 .venv/bin/warren`
@@ -59,16 +70,23 @@ def main(
     for child in honcho.children():  # one shell per Procfile line
         processes = [child, *child.children(recursive=True)]
         groups[label(processes)].extend(processes)
-    table = Table("process", "processes", "RSS (MiB)")
-    total = 0
+    table = Table("process", "processes", "RSS (MiB)", "+ plumbing (MiB)")
+    total = plumbing_total = 0
     for name, processes in sorted(groups.items()):
-        rss = sum(p.memory_info().rss for p in processes if p.is_running())
-        total += rss
-        table.add_row(name, str(len(processes)), f"{rss / MIB:.0f}")
+        own = [p for p in processes if not is_plumbing(p)]
+        rss = sum(p.memory_info().rss for p in own if p.is_running())
+        extra = sum(p.memory_info().rss for p in processes if p not in own and p.is_running())
+        total, plumbing_total = total + rss, plumbing_total + extra
+        table.add_row(name, str(len(own)), f"{rss / MIB:.0f}", f"{extra / MIB:.0f}")
+    own_count = sum(1 for ps in groups.values() for p in ps if not is_plumbing(p))
     table.add_row(
-        "[bold]all[/]", str(sum(map(len, groups.values()))), f"[bold]{total / MIB:.0f}[/]"
+        "[bold]all[/]", str(own_count), f"[bold]{total / MIB:.0f}[/]", f"{plumbing_total / MIB:.0f}"
     )
     console.print(table)
+    console.print(
+        "RSS: the services themselves (what a container holds). Plumbing: honcho's helper, the "
+        "shell and `warren supervise` of each line, which only the local run has."
+    )
 
 
 if __name__ == "__main__":
