@@ -22,6 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 install: $(STAMP) ## Create .venv and install the pinned dependencies
 
 test: $(STAMP) ## Run every test (starts RabbitMQ if down; the tests start the MongoDB stand-in and SMTP sink)
+	@scripts/fetch-mermaid.sh
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -87,6 +88,7 @@ compose-check: $(STAMP) ## Validate docker-compose.yml against the Compose schem
 	$(BIN)/check-jsonschema --schemafile $$( [ -f ../shared/compose-spec.schema.json ] && echo ../shared/compose-spec.schema.json || echo infra/compose-spec.schema.json ) docker-compose.yml
 
 docs: $(STAMP) ## Serve the tutorial on http://127.0.0.1:8088 (8000 is the order API)
+	@scripts/fetch-mermaid.sh
 	$(BIN)/mkdocs serve -a 127.0.0.1:8088
 
 # Runs the chapters' marked ```bash blocks in order and checks each output. It starts the system

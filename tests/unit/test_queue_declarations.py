@@ -63,16 +63,9 @@ def transient_shared_declarations(source: str) -> list[int]:
 
 
 def test_the_check_finds_a_transient_queue_that_is_not_exclusive() -> None:
-    source = (
-        "q = await channel.declare_queue('x', auto_delete=True)\n"
-        "r = RabbitQueue('y')\n"
-        "ok = await channel.declare_queue(exclusive=True)\n"
-        "ok = await channel.declare_queue('z', durable=True)\n"
-        "ok = RabbitQueue('w', durable=True)\n"
-        "ok = await broker.declare_queue(r)\n"
-    )
-    wrapped = "async def f():\n" + "".join(f"    {line}\n" for line in source.splitlines())
-    assert transient_shared_declarations(wrapped) == [2, 3]
+    # A text file, not code: the sample's bad declarations must not count as the project's own.
+    sample = (Path(__file__).parent / "samples" / "queue_declarations.txt").read_text()
+    assert transient_shared_declarations(sample) == [2, 3]
 
 
 def test_no_queue_is_declared_transient_and_shared() -> None:
