@@ -173,6 +173,19 @@ async def show_messages(queue_name: str, limit: int) -> list[dict[str, Any]]:
     return shown
 
 
+def persistent_copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The same message -- body, id, correlation id, type -- with these headers, persistent."""
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        content_type=message.content_type,
+        type=message.type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
 async def replay_messages(queue_name: str, message_id: str | None) -> int:
     """Publish dead-lettered messages back to their queue (all, or the one with ``message_id``)."""
     consumer_queue = _consumer_queue(queue_name)
@@ -192,15 +205,7 @@ async def replay_messages(queue_name: str, message_id: str | None) -> int:
             headers[H_REPLAY_COUNT] = int(headers.get(H_REPLAY_COUNT, 0)) + 1
             with _replay_span(headers, consumer_queue.name, message):
                 await requeue.publish(
-                    aio_pika.Message(
-                        message.body,
-                        headers=headers,
-                        message_id=message.message_id,
-                        correlation_id=message.correlation_id,
-                        content_type=message.content_type,
-                        type=message.type,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
+                    persistent_copy(message, headers),
                     routing_key=_original_queue(message, consumer_queue.name),
                     mandatory=True,
                 )

@@ -45,6 +45,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.dlq import persistent_copy
+
 console = Console()
 
 SKUS = ["RABBIT-PLUSH", "CARROT-MUG", "WARREN-MAP", "CLOVER-TEA", "HOP-SOCKS", "LETTUCE-BAG"]
@@ -225,15 +227,7 @@ class Faults:
                             continue
                         headers["x-chaos-copy"] = 1
                         await events.publish(
-                            aio_pika.Message(
-                                message.body,
-                                headers=headers,
-                                message_id=message.message_id,
-                                correlation_id=message.correlation_id,
-                                content_type=message.content_type,
-                                type=message.type,
-                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            ),
+                            persistent_copy(message, headers),
                             routing_key=message.routing_key or "",
                         )
                         self.copies += 1
