@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from cli import dlq, ledger, outbox, supervise, traces
+from shared.observability import exports_traces, setup_observability, shutdown_tracing
 
 app = typer.Typer(
     help="Warren: event-driven microservices on RabbitMQ. Seed, demo and operate the system.",
@@ -76,16 +77,7 @@ def _observe(
     """Trace the CLI's own work (e.g. DLQ replays) when OTEL_* variables say where to send it."""
     if compose:
         use_compose()
-    if any(
-        os.environ.get(name)
-        for name in (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_TRACES_EXPORTER",
-        )
-    ):
-        from shared.observability import setup_observability, shutdown_tracing
-
+    if exports_traces():
         setup_observability("warren-cli", level=os.environ.get("LOG_LEVEL", "WARNING"))
         # The DLQ tool talks to RabbitMQ through aio-pika directly (the services use FastStream,
         # whose own middleware traces them).

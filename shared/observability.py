@@ -183,6 +183,11 @@ def _exporter_names() -> list[str]:
     return [_otlp_exporter_name() if name == "otlp" else name for name in names]
 
 
+def exports_traces() -> bool:
+    """Whether the environment asks for spans to be exported anywhere."""
+    return bool(_exporter_names())
+
+
 def _otlp_exporter_name() -> str:
     protocol = (
         os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
