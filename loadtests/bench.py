@@ -372,7 +372,7 @@ async def saga(
         "PAYMENT_LATENCY_MS": "0",
         "PAYMENT_DECLINE_RATE": "0",
         "LOG_LEVEL": "WARNING",
-        "QUOTE_TIMEOUT_SECONDS": "2",  # the shipped default (the test harness uses 1 s)
+        "QUOTE_TIMEOUT_SECONDS": "2",  # the shipped default, as in the test harness
         "OTEL_BSP_SCHEDULE_DELAY": "5000",  # the SDK's default (the test harness uses 200 ms)
         **TRACING_MODES[mode],
     }

@@ -250,7 +250,7 @@ def build_system(
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(ports["smtp"]),
         "MAIL_API_URL": f"http://127.0.0.1:{ports['mail_api']}",
-        "QUOTE_TIMEOUT_SECONDS": "1",
+        "QUOTE_TIMEOUT_SECONDS": "2",  # the shipped default
         "PAYMENT_DECLINE_RATE": "0",
         "PAYMENT_LATENCY_MS": "0",
         "PAYMENT_ERROR_RATE": "0",
