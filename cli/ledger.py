@@ -36,8 +36,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.order.domain import FINAL_STATUSES, PUBLISHED_TYPES
+from services.order.domain import FINAL_STATUSES
 from shared import mongo
+from shared.contracts import OrderPlaced
+from shared.outbox import PARKED, PENDING, PUBLISHED
 from shared.settings import WarrenSettings
 
 console = Console()
@@ -106,14 +108,22 @@ async def run_checks(
             doc["_id"]: doc["status"] async for doc in order_db["orders"].find({}, {"status": 1})
         }
         # Every published event of every order (what the customer is emailed about).
+        # (An event the relay publishes is marked pending, published or parked; the order's
+        # internal events are not.)
         published: list[dict[str, Any]] = [
-            doc
+            {
+                "order_id": doc["order_id"],
+                "type": doc["type"],
+                "outbox": doc["outbox"],
+                "event_id": doc["envelope"]["id"],
+                "data": doc["envelope"]["data"],
+            }
             async for doc in order_db["order_events"].find(
-                {"type": {"$in": sorted(PUBLISHED_TYPES)}},
-                {"order_id": 1, "type": 1, "event_id": 1, "data": 1, "outbox": 1},
+                {"outbox": {"$in": [PENDING, PUBLISHED, PARKED]}},
+                {"order_id": 1, "type": 1, "envelope": 1, "outbox": 1},
             )
         ]
-        placed = {doc["order_id"]: doc for doc in published if doc["type"] == "order.placed"}
+        placed = {doc["order_id"]: doc for doc in published if doc["type"] == OrderPlaced.TYPE}
         checks = [
             await _orders(order_db, placed, statuses),
             *await _stock(inventory_db, placed, statuses),

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import structlog
+import typer
+from rich.console import Console
+
 _MESSAGE_ID_QUERY = re.compile(r'message-id:"?<?([^">]+)>?"?')
+
+console = Console()
 
 
 def message_ids(maildir: Path) -> Iterator[str]:
@@ -73,7 +79,9 @@ def make_api(maildir: Path, host: str, port: int) -> ThreadingHTTPServer:
 
 def serve(maildir: Path, host: str, port: int, api_port: int) -> None:
     """Run the SMTP sink (and the API, unless ``api_port`` is 0) until interrupted."""
-    import structlog
+    # aiosmtpd is a development requirement (compose runs Mailpit instead): imported here, so
+    # that `warren`, which loads this module for its mail-sink command, still starts in the
+    # image, where it is not installed.
     from aiosmtpd.controller import Controller
     from aiosmtpd.handlers import Mailbox
 
@@ -109,3 +117,18 @@ def serve(maildir: Path, host: str, port: int, api_port: int) -> None:
         if api is not None:
             api.shutdown()
         controller.stop()
+
+
+def mail_sink(
+    maildir: Path = typer.Option(Path(".run/mail"), help="Maildir that receives every message."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(1025, help="SMTP port."),
+    api_port: int = typer.Option(8025, help="Port of the Mailpit-like API (0: none)."),
+) -> None:
+    """Run a local SMTP server that keeps every email in a Maildir, with Mailpit's API (the
+    local stand-in for Mailpit)."""
+    console.print(
+        f"SMTP sink on {host}:{port}, mail kept in {maildir}/new"
+        + (f", API on http://{host}:{api_port}" if api_port else "")
+    )
+    serve(maildir, host, port, api_port)

@@ -253,8 +253,10 @@ class FinalEvents:
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=500)
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-        for key in ("order.confirmed", "order.cancelled"):
-            await queue.bind(topology.EVENTS.name, routing_key=key)
+        from shared.contracts import OrderCancelled, OrderConfirmed
+
+        for final in (OrderConfirmed, OrderCancelled):
+            await queue.bind(topology.EVENTS.name, routing_key=final.TYPE)
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             self.seen.setdefault(message.correlation_id or "", time.perf_counter())
@@ -357,7 +359,7 @@ TRACING_MODES: dict[str, dict[str, str]] = {
 async def saga(
     url: str, run_dir: Path, mode: str, rates: list[float], seconds: float
 ) -> dict[str, Any]:
-    from tests.support.system import (
+    from shared.testing.system import (
         build_system,
         mongo_standin,
         mongo_url_of,
@@ -417,7 +419,7 @@ async def burst(
 ) -> dict[str, Any]:
     """Offer 3x the sustained rate for a few seconds; sample queue depths until they drain."""
     from shared import topology
-    from tests.support.system import seed_catalog
+    from shared.testing.system import seed_catalog
 
     seed_catalog(system)
     samples: list[dict[str, Any]] = []
@@ -495,7 +497,7 @@ async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) ->
     from services.payment.handlers import charge_reserved_order
     from services.payment.repository import PaymentRepository
     from shared.contracts import Envelope, OrderLine, PaymentSucceeded, QuoteRequest
-    from tests.support.system import mongo_standin, mongo_url_of
+    from shared.testing.system import mongo_standin, mongo_url_of
 
     # The handlers log every step at INFO: quiet them, their output is not the measure.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -763,7 +765,7 @@ def main(
 
     async def run() -> dict[str, Any]:
         from shared import topology
-        from tests.support.system import refuse_a_broker_in_use
+        from shared.testing.system import refuse_a_broker_in_use
 
         # A clean broker, no backlog from earlier runs -- but never a live system's queues.
         await refuse_a_broker_in_use(url, topology.RETRY_DELAYS_SECONDS)

@@ -46,6 +46,13 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.dlq import persistent_copy
+from shared.contracts import (
+    Envelope,
+    OrderConfirmed,
+    OrderPlaced,
+    PaymentSucceeded,
+    StockReserved,
+)
 
 console = Console()
 
@@ -182,7 +189,7 @@ class Faults:
             self.log(f"SIGCONT {name}")
 
     async def rabbitmqctl(self, *args: str) -> None:
-        from tests.support.system import rabbitmqctl_command
+        from shared.testing.system import rabbitmqctl_command
 
         command = rabbitmqctl_command() or ["rabbitmqctl"]
         await asyncio.to_thread(
@@ -237,13 +244,11 @@ class Faults:
         a frozen consumer may be holding)."""
         from pymongo import AsyncMongoClient
 
-        from services.order.repository import stored_envelope
-
         client: AsyncMongoClient = AsyncMongoClient(self.system.env["MONGO_URL"], tz_aware=True)
         try:
             events = client[self.system.database("order")]["order_events"]
             recent = (
-                await events.find({"type": "order.placed"})
+                await events.find({"type": OrderPlaced.TYPE})
                 .sort("occurred_at", -1)
                 .limit(count)
                 .to_list()
@@ -255,7 +260,7 @@ class Faults:
             channel = await connection.channel(publisher_confirms=True)
             exchange = await channel.get_exchange("shop.events")
             for doc in recent:
-                envelope = stored_envelope(doc)
+                envelope = Envelope.model_validate(doc["envelope"])  # as the relay published it
                 await exchange.publish(
                     aio_pika.Message(
                         envelope.model_dump_json().encode(),
@@ -275,13 +280,13 @@ class Faults:
         from shared import topology
 
         expected: Counter[str] = Counter()
-        keys = ["order.placed", "stock.reserved", "payment.succeeded", "order.confirmed"]
+        keys = [cls.TYPE for cls in (OrderPlaced, StockReserved, PaymentSucceeded, OrderConfirmed)]
         bodies = [
             b"\x00\xff not json",
-            b'{"type": "order.placed", "data": "not an order"}',
+            json.dumps({"type": OrderPlaced.TYPE, "data": "not an order"}).encode(),
             json.dumps(
                 {
-                    "type": "stock.reserved",
+                    "type": StockReserved.TYPE,
                     "version": 9,
                     "source": "x",
                     "correlation_id": "o",
@@ -469,9 +474,9 @@ async def count_effects(system: Any, accepted: list[str], result: Result) -> Non
             n - 1 for n in emails_in_maildir(system.maildir).values() if n > 1
         )
         bought: Counter[str] = Counter()
-        async for doc in order_db["order_events"].find({"type": "order.placed"}):
+        async for doc in order_db["order_events"].find({"type": OrderPlaced.TYPE}):
             if statuses.get(doc["order_id"]) == "CONFIRMED":
-                for line in doc["data"]["lines"]:
+                for line in doc["envelope"]["data"]["lines"]:
                     bought[line["sku"]] += line["quantity"]
         async for doc in client[system.database("inventory")]["stock"].find({}):
             held_by_final = sum(
@@ -488,7 +493,7 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
     from cli import dlq
     from cli.ledger import run_checks
     from shared.settings import WarrenSettings
-    from tests.support.system import free_port, mongo_standin, mongo_url_of, running_system
+    from shared.testing.system import free_port, mongo_standin, mongo_url_of, running_system
 
     result = Result(scenario.name, scenario.fault)
     started = time.monotonic()

@@ -553,12 +553,52 @@ def main(
 ) -> None:
     """Run docker-compose.yml's app containers as local processes against stand-ins, check their
     healthchecks, and place an order through the published API port. Exit 0 prints the order."""
-    project = compose_file.parent
-    values = {k: v or "" for k, v in dotenv_values(project / ".env").items()}
-    values.update(os.environ)  # the shell wins over .env, as in compose
+    values = compose_values(compose_file.parent)
     port, ctl = default_broker()
     broker_port = broker_port or port
     rabbitmqctl = rabbitmqctl or ctl
+    check_broker(broker_port)
+    workdir = make_workdir()
+    imported_users: list[str] = []  # filled as the rehearsal goes: it may fail after the import
+    started = time.monotonic()
+    forwarder = Forwarder()
+    try:
+        result = rehearse(
+            compose_file,
+            values,
+            broker_port,
+            shlex.split(rabbitmqctl),
+            workdir,
+            forwarder,
+            imported_users,
+        )
+    except (RehearsalError, subprocess.CalledProcessError) as error:
+        log(f"FAILED: {error}")
+        log(f"logs: {workdir / 'logs'}")
+        keep = True
+        raise typer.Exit(1) from None
+    finally:
+        forwarder.close()
+        delete_imported_users(rabbitmqctl, imported_users)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    log(
+        f"passed in {time.monotonic() - started:.0f} s: order {result['order_id']} "
+        f"{result['status']}, traced by {', '.join(result['services'])}, "
+        f"{result['emails']} email(s) at the sink"
+    )
+
+
+def compose_values(project: Path) -> dict[str, str]:
+    """What compose fills ``${VAR}`` in with: .env, and the shell's variables over it."""
+    values = {k: v or "" for k, v in dotenv_values(project / ".env").items()}
+    values.update(os.environ)  # the shell wins over .env, as in compose
+    return values
+
+
+def check_broker(broker_port: int) -> None:
+    """Stop unless a RabbitMQ answers on the port (a usage error) with nothing consuming from
+    Warren's queues on it (exit 1)."""
     if not answers(broker_port):
         raise typer.BadParameter(f"no RabbitMQ on 127.0.0.1:{broker_port}")
     # Compose's services use the vhost "/": another Warren consuming there would take the
@@ -570,51 +610,67 @@ def main(
         )
         log("a live Warren uses this broker: stop it (make run: Ctrl-C) and rehearse again")
         raise typer.Exit(1)
+
+
+def make_workdir() -> Path:
+    """A fresh work folder: the processes' logs, the containers' empty folder, MongoDB's data."""
     workdir = Path(tempfile.mkdtemp(prefix="warren-rehearsal-"))
     for folder in ("logs", "container", "mongo"):
         (workdir / folder).mkdir()
-    user = None
-    started = time.monotonic()
-    forwarder = Forwarder()
-    try:
-        compose = load_compose(compose_file, values)
-        services = compose["services"]
-        log(f"{compose_file.name}: {len(services)} services; rehearsing {', '.join(APP_ORDER)}")
-        hosts = sorted(set(services) - set(APP_ORDER))  # rabbitmq, mongo, jaeger, mailpit, ...
-        with Namespace(hosts) as namespace:
-            rehearsal = Rehearsal(
-                project, broker_port, shlex.split(rabbitmqctl), workdir, namespace, forwarder
-            )
-            try:
-                rehearsal.start_stand_ins()
-                rehearsal.run_one_shot("broker-definitions", services["broker-definitions"])
-                user = rehearsal.load_definitions(compose)
-                rehearsal.run_one_shot("seed", services["seed"])
-                for name in APP_ORDER[2:]:
-                    rehearsal.start_service(name, services[name])
-                    rehearsal.publish(services[name])
-                for name in APP_ORDER[2:]:
-                    rehearsal.healthy(name, services[name])
-                api_port = int(str(services["order"]["ports"][0]).split(":")[-2])
-                result = place_an_order(f"http://127.0.0.1:{api_port}", rehearsal)
-            finally:
-                rehearsal.stop_all()
-    except (RehearsalError, subprocess.CalledProcessError) as error:
-        log(f"FAILED: {error}")
-        log(f"logs: {workdir / 'logs'}")
-        keep = True
-        raise typer.Exit(1) from None
-    finally:
-        forwarder.close()
-        if user and user != "guest":  # leave the broker's users as they were
+    return workdir
+
+
+def rehearse(
+    compose_file: Path,
+    values: dict[str, str],
+    broker_port: int,
+    rabbitmqctl: list[str],
+    workdir: Path,
+    forwarder: Forwarder,
+    imported_users: list[str],
+) -> dict[str, Any]:
+    """Read the compose file and run its app services in a network namespace of their own, up to
+    an order placed through the published API port; every process is stopped at the end."""
+    compose = load_compose(compose_file, values)
+    services = compose["services"]
+    log(f"{compose_file.name}: {len(services)} services; rehearsing {', '.join(APP_ORDER)}")
+    hosts = sorted(set(services) - set(APP_ORDER))  # rabbitmq, mongo, jaeger, mailpit, ...
+    with Namespace(hosts) as namespace:
+        rehearsal = Rehearsal(
+            compose_file.parent, broker_port, rabbitmqctl, workdir, namespace, forwarder
+        )
+        try:
+            return run_in_compose_order(rehearsal, compose, imported_users)
+        finally:
+            rehearsal.stop_all()
+
+
+def run_in_compose_order(
+    rehearsal: Rehearsal, compose: dict[str, Any], imported_users: list[str]
+) -> dict[str, Any]:
+    """What `docker compose up` does, in its order: the stand-ins, the one-shot jobs (the broker
+    imports the definitions between the two), the services, their healthchecks; then the order.
+    The broker user the definitions bring is added to ``imported_users``."""
+    services = compose["services"]
+    rehearsal.start_stand_ins()
+    rehearsal.run_one_shot("broker-definitions", services["broker-definitions"])
+    imported_users.append(rehearsal.load_definitions(compose))
+    rehearsal.run_one_shot("seed", services["seed"])
+    for name in APP_ORDER[2:]:
+        rehearsal.start_service(name, services[name])
+        rehearsal.publish(services[name])
+    for name in APP_ORDER[2:]:
+        rehearsal.healthy(name, services[name])
+    api_port = int(str(services["order"]["ports"][0]).split(":")[-2])
+    return place_an_order(f"http://127.0.0.1:{api_port}", rehearsal)
+
+
+def delete_imported_users(rabbitmqctl: str, users: list[str]) -> None:
+    """Leave the broker's users as they were: delete the one the definitions brought, unless
+    it is guest (which the broker had before)."""
+    for user in users:
+        if user and user != "guest":
             subprocess.run([*shlex.split(rabbitmqctl), "delete_user", user], capture_output=True)
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    log(
-        f"passed in {time.monotonic() - started:.0f} s: order {result['order_id']} "
-        f"{result['status']}, traced by {', '.join(result['services'])}, "
-        f"{result['emails']} email(s) at the sink"
-    )
 
 
 if __name__ == "__main__":

@@ -431,6 +431,28 @@ def rabbitmqctl_usable() -> bool:
     return shutil.which("rabbitmqctl") is not None and os.geteuid() == 0
 
 
+# --- the command ------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The blocks, sorted by what the run does with them."""
+
+    to_run: list[tuple[Block, Marker]] = field(default_factory=list)
+    skipped: list[tuple[Block, str]] = field(default_factory=list)  # with the reason
+    compose: dict[str, int] = field(default_factory=dict)  # compose variants, per page label
+    unmarked: list[Block] = field(default_factory=list)  # "Try it" blocks without a marker
+    broken: list[tuple[Block, str]] = field(default_factory=list)  # with the marker's error
+
+
+@dataclass
+class Tally:
+    """The outcomes so far; a broken marker and a missing one count as failures from the start."""
+
+    passed: int = 0
+    failed: int = 0
+
+
 @app.command()
 def main(
     rabbit_url: str = typer.Option(
@@ -456,138 +478,205 @@ def main(
 ) -> None:
     """Run the tutorial's marked ```bash blocks in order against a live local system and check
     the key line of each output. Exit status: 0 all passed, 1 a check failed, 2 not started."""
+    plan = plan_blocks(select_blocks(docs, only), can_ctl=rabbitmqctl_usable())
+    if list_only:
+        list_plan(plan)
+        return
+    report_bad_markers(plan)
+    vhost = vhost_of(rabbit_url)
+    not_run = len(plan.skipped) + sum(plan.compose.values())
+    typer.echo(
+        f"tutorial check: {len(plan.to_run)} blocks to run, {not_run} not run, "
+        f"against {masked(rabbit_url)} (vhost {vhost})"
+    )
+    started = time.perf_counter()
+    system = None if running else prepare_system(rabbit_url, vhost)
+    # Counted as the blocks run: when the run is cut short, stopping the system still knows
+    # whether to show the end of its log.
+    tally = Tally(failed=len(plan.broken) + len(plan.unmarked))
+    try:
+        if system is not None:
+            start_system(system)
+        tree = REPO if system is None else system.tree
+        run_blocks(plan.to_run, tree, rabbit_url, vhost, tally)
+    finally:
+        if system is not None:
+            stop_system(system, failed=tally.failed > 0, keep=keep)
+
+    report_skipped(plan.skipped, plan.compose)
+    typer.echo(
+        f"result: {tally.passed} passed, {tally.failed} failed, {len(plan.skipped)} skipped, "
+        f"{sum(plan.compose.values())} compose blocks not run, "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    raise typer.Exit(1 if tally.failed else 0)
+
+
+def select_blocks(docs: Path, only: list[str]) -> list[Block]:
+    """Every ```bash block of the pages, in their order; with ``only``, those of these pages."""
     blocks = [b for page in tutorial_pages(docs) for b in read_blocks(page)]
     if only:
         blocks = [
             b for b in blocks if any(b.label.startswith(o) or b.page.startswith(o) for o in only)
         ]
-    vhost = vhost_of(rabbit_url)
-    can_ctl = rabbitmqctl_usable()
+    return blocks
 
-    to_run: list[tuple[Block, Marker]] = []
-    skipped: list[tuple[Block, str]] = []
-    compose: dict[str, int] = {}
-    unmarked: list[Block] = []
-    broken: list[tuple[Block, str]] = []
+
+def plan_blocks(blocks: list[Block], can_ctl: bool) -> Plan:
+    """Sort the blocks: a compose variant is only counted, and a block that needs rabbitmqctl
+    is skipped where it cannot run."""
+    plan = Plan()
     for block in blocks:
         if block.marker_error:
-            broken.append((block, block.marker_error))
+            plan.broken.append((block, block.marker_error))
         elif block.marker is None:
             if block.is_compose:
-                compose[block.label] = compose.get(block.label, 0) + 1
+                plan.compose[block.label] = plan.compose.get(block.label, 0) + 1
             elif block.in_try_it:
-                unmarked.append(block)
+                plan.unmarked.append(block)
         elif block.marker.skip:
-            skipped.append((block, block.marker.skip))
+            plan.skipped.append((block, block.marker.skip))
         elif "rabbitmqctl" in block.code and not can_ctl:
-            skipped.append((block, "rabbitmqctl is not usable here (it needs root)"))
+            plan.skipped.append((block, "rabbitmqctl is not usable here (it needs root)"))
         else:
-            to_run.append((block, block.marker))
+            plan.to_run.append((block, block.marker))
+    return plan
 
-    if list_only:
-        for block, marker in to_run:
-            typer.echo(f"[{block.label}] check  {block.page}:{block.line}  {block.headline()}")
-            for pattern in marker.expect:
-                typer.echo(f"           expect {pattern}")
-        for block in unmarked:
-            typer.echo(f"[{block.label}] UNMARKED  {block.page}:{block.line}  {block.headline()}")
-        report_skipped(skipped, compose)
-        return
 
-    for block, error in broken:
+def list_plan(plan: Plan) -> None:
+    """``--list``: the blocks to run with what they expect, the unmarked ones, and the rest."""
+    for block, marker in plan.to_run:
+        typer.echo(f"[{block.label}] check  {block.page}:{block.line}  {block.headline()}")
+        for pattern in marker.expect:
+            typer.echo(f"           expect {pattern}")
+    for block in plan.unmarked:
+        typer.echo(f"[{block.label}] UNMARKED  {block.page}:{block.line}  {block.headline()}")
+    report_skipped(plan.skipped, plan.compose)
+
+
+def report_bad_markers(plan: Plan) -> None:
+    """The blocks that fail before anything runs: a marker that does not parse, and a "Try it"
+    block without one."""
+    for block, error in plan.broken:
         typer.echo(f"[{block.label}] FAIL  {block.page}:{block.line}  bad marker: {error}")
-    for block in unmarked:
+    for block in plan.unmarked:
         typer.echo(
             f"[{block.label}] FAIL  {block.page}:{block.line}  a Try it block with no marker "
             "(add <!-- check: ... --> or <!-- check: skip <reason> -->):  " + block.headline()
         )
 
-    shown = re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", rabbit_url)
-    typer.echo(
-        f"tutorial check: {len(to_run)} blocks to run, {len(skipped) + sum(compose.values())} "
-        f"not run, against {shown} (vhost {vhost})"
-    )
-    started = time.perf_counter()
-    system: System | None = None
-    tree = REPO
-    if not running:
-        taken = [p for p in PORTS if port_taken(p)]
-        if taken:
-            typer.echo(
-                f"refusing to start the system: port{'s' if len(taken) > 1 else ''} "
-                f"{', '.join(map(str, taken))} {'are' if len(taken) > 1 else 'is'} taken"
-                + (" (is make run up? then use --running)" if API_PORT in taken else "")
-            )
-            raise typer.Exit(2)
-        in_use = live_consumers(rabbit_url)
-        if in_use:
-            typer.echo(
-                f"refusing to delete Warren's queues on vhost {vhost}: a live system consumes "
-                f"from them ({', '.join(f'{q}: {n}' for q, n in in_use.items())}); stop it, "
-                "give the check a vhost of its own (RABBIT_URL), or use --running"
-            )
-            raise typer.Exit(2)
-        tree = scratch_tree()
-        system = System(tree, rabbit_url)
-        reset = subprocess.run(
-            [str(VENV_BIN / "warren"), "topology", "reset", "--yes"],
-            cwd=tree,
-            env={**os.environ, "RABBIT_URL": rabbit_url},
-            capture_output=True,
-            text=True,
+
+def masked(rabbit_url: str) -> str:
+    """The URL with its password hidden, for the report."""
+    return re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", rabbit_url)
+
+
+def prepare_system(rabbit_url: str, vhost: str) -> System:
+    """The system to start, in a scratch tree, with Warren's queues on the vhost deleted first;
+    exit 2 when another system is in the way."""
+    refuse_to_disturb(rabbit_url, vhost)
+    tree = scratch_tree()
+    system = System(tree, rabbit_url)
+    reset_queues(tree, rabbit_url, vhost)
+    typer.echo(f"system: honcho start in {tree} (log: {system.log_path}) ...")
+    return system
+
+
+def refuse_to_disturb(rabbit_url: str, vhost: str) -> None:
+    """Exit 2 when a port of the Procfile is taken or something consumes from Warren's queues on
+    the vhost: the run would collide with a live system, or delete the queues under it."""
+    taken = [p for p in PORTS if port_taken(p)]
+    if taken:
+        typer.echo(
+            f"refusing to start the system: port{'s' if len(taken) > 1 else ''} "
+            f"{', '.join(map(str, taken))} {'are' if len(taken) > 1 else 'is'} taken"
+            + (" (is make run up? then use --running)" if API_PORT in taken else "")
         )
-        if reset.returncode != 0:
-            typer.echo(f"cannot reset Warren's queues on {shown}:\n{reset.stdout}{reset.stderr}")
-            raise typer.Exit(2)
-        typer.echo(f"broker: {reset.stdout.strip()} (Warren's, on vhost {vhost})")
-        typer.echo(f"system: honcho start in {tree} (log: {system.log_path}) ...")
+        raise typer.Exit(2)
+    in_use = live_consumers(rabbit_url)
+    if in_use:
+        typer.echo(
+            f"refusing to delete Warren's queues on vhost {vhost}: a live system consumes "
+            f"from them ({', '.join(f'{q}: {n}' for q, n in in_use.items())}); stop it, "
+            "give the check a vhost of its own (RABBIT_URL), or use --running"
+        )
+        raise typer.Exit(2)
 
-    failures = len(broken) + len(unmarked)
-    passed = 0
-    try:
-        if system is not None:
-            try:
-                took = system.start()
-            except RuntimeError as exc:
-                typer.echo(f"system: FAILED to start: {exc}")
-                raise typer.Exit(2) from None
-            typer.echo(f"system: ready in {took:.1f} s")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        env |= {"RABBIT_URL": rabbit_url, "COLUMNS": "160"}
-        variables: dict[str, str] = {}
-        for block, marker in to_run:
-            outcome = run_block(block, marker, tree, env, variables, vhost)
-            verdict = "ok  " if outcome.ok else "FAIL"
-            passed += outcome.ok
-            typer.echo(f"[{block.label}] {verdict} {outcome.seconds:5.1f} s  {block.headline()}")
-            if not outcome.ok:
-                failures += 1
-                typer.echo(f"       {block.page}:{block.line}")
-                for problem in outcome.problems:
-                    typer.echo(f"       {problem}")
-                typer.echo("       output (last 25 lines):")
-                for line in outcome.output.splitlines()[-25:]:
-                    typer.echo(f"       | {line}")
-    finally:
-        if system is not None:
-            held = system.stop()
-            typer.echo(
-                "system: stopped"
-                + (f"; ports still held: {held}" if held else "; every port is free again")
-            )
-            if failures and system.log_path.exists():
-                typer.echo("system: the last lines of its log:\n" + system.tail(20))
-            if keep:
-                typer.echo(f"scratch tree kept: {tree}")
-            else:
-                shutil.rmtree(tree, ignore_errors=True)
 
-    report_skipped(skipped, compose)
-    typer.echo(
-        f"result: {passed} passed, {failures} failed, {len(skipped)} skipped, "
-        f"{sum(compose.values())} compose blocks not run, in {time.perf_counter() - started:.1f} s"
+def reset_queues(tree: Path, rabbit_url: str, vhost: str) -> None:
+    """``warren topology reset --yes``, so that the run starts from empty queues (exit 2 if it
+    fails)."""
+    reset = subprocess.run(
+        [str(VENV_BIN / "warren"), "topology", "reset", "--yes"],
+        cwd=tree,
+        env={**os.environ, "RABBIT_URL": rabbit_url},
+        capture_output=True,
+        text=True,
     )
-    raise typer.Exit(1 if failures else 0)
+    if reset.returncode != 0:
+        typer.echo(
+            f"cannot reset Warren's queues on {masked(rabbit_url)}:\n{reset.stdout}{reset.stderr}"
+        )
+        raise typer.Exit(2)
+    typer.echo(f"broker: {reset.stdout.strip()} (Warren's, on vhost {vhost})")
+
+
+def start_system(system: System) -> None:
+    """Start the system and wait until every process is ready; exit 2 when it is not."""
+    try:
+        took = system.start()
+    except RuntimeError as exc:
+        typer.echo(f"system: FAILED to start: {exc}")
+        raise typer.Exit(2) from None
+    typer.echo(f"system: ready in {took:.1f} s")
+
+
+def run_blocks(
+    to_run: list[tuple[Block, Marker]], tree: Path, rabbit_url: str, vhost: str, tally: Tally
+) -> None:
+    """Run the blocks in order, in the environment of a reader's second terminal, and count
+    each outcome in ``tally``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env |= {"RABBIT_URL": rabbit_url, "COLUMNS": "160"}
+    variables: dict[str, str] = {}  # the captured values, for the blocks after
+    for block, marker in to_run:
+        outcome = run_block(block, marker, tree, env, variables, vhost)
+        if outcome.ok:
+            tally.passed += 1
+        else:
+            tally.failed += 1
+        report_outcome(block, outcome)
+
+
+def report_outcome(block: Block, outcome: Outcome) -> None:
+    """One line per block; for a failure, where the block is, what went wrong and the end of its
+    output."""
+    verdict = "ok  " if outcome.ok else "FAIL"
+    typer.echo(f"[{block.label}] {verdict} {outcome.seconds:5.1f} s  {block.headline()}")
+    if outcome.ok:
+        return
+    typer.echo(f"       {block.page}:{block.line}")
+    for problem in outcome.problems:
+        typer.echo(f"       {problem}")
+    typer.echo("       output (last 25 lines):")
+    for line in outcome.output.splitlines()[-25:]:
+        typer.echo(f"       | {line}")
+
+
+def stop_system(system: System, *, failed: bool, keep: bool) -> None:
+    """Stop the system and say whether its ports are free; show the end of its log when a check
+    failed, and remove the scratch tree unless told to keep it."""
+    held = system.stop()
+    typer.echo(
+        "system: stopped"
+        + (f"; ports still held: {held}" if held else "; every port is free again")
+    )
+    if failed and system.log_path.exists():
+        typer.echo("system: the last lines of its log:\n" + system.tail(20))
+    if keep:
+        typer.echo(f"scratch tree kept: {system.tree}")
+    else:
+        shutil.rmtree(system.tree, ignore_errors=True)
 
 
 def report_skipped(skipped: list[tuple[Block, str]], compose: dict[str, int]) -> None:

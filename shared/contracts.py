@@ -16,6 +16,7 @@ Events are immutable facts in the past tense (``order.placed``); the routing key
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -155,7 +156,8 @@ class Envelope(Contract):
         sequence: int = 1,
         occurred_at: datetime | None = None,
     ) -> Envelope:
-        """Put ``data`` in an envelope; ``event_id`` fixes the id so a re-emission is the same event."""
+        """Put ``data`` in an envelope, at its class's type and version; ``event_id`` fixes the id
+        so that a re-emission is the same event."""
         fields: dict[str, Any] = {}
         if event_id is not None:
             fields["id"] = event_id
@@ -172,9 +174,10 @@ class Envelope(Contract):
             **fields,
         )
 
-    def payload(self) -> EventData:
-        """The typed payload; raises :class:`UnknownEventError` or ``ValidationError``."""
-        model = EVENT_TYPES.get((self.type, self.version))
+    def payload(self, types: Mapping[tuple[str, int], type[EventData]] = EVENT_TYPES) -> EventData:
+        """The typed payload, by (type, version) in ``types`` (the bus's contracts by default);
+        raises :class:`UnknownEventError` or ``ValidationError``."""
+        model = types.get((self.type, self.version))
         if model is None:
             raise UnknownEventError(f"no contract for event {self.type!r} version {self.version}")
         return model.model_validate(self.data)

@@ -5,9 +5,10 @@ waits for the broker's confirm. Every consumer goes through :func:`subscribe_eve
 decodes the envelope, calls the service's handler, publishes what it returns, and only then
 acks. Failures never drop a message:
 
-* poison (undecodable, schema-invalid, unknown type/version) -> the queue's DLQ at once;
+* poison (undecodable, schema-invalid, unknown type/version, or a type this queue has no
+  handler for) -> the queue's DLQ at once;
 * anything else -> retried after 1 s, 5 s, 25 s, 1, 2, 5 and 5 min through the delay queues
-  (``topology.RETRY_DELAYS_SECONDS``), then the DLQ.
+  (``RETRY_DELAYS_SECONDS``, a setting), then the DLQ.
 
 Each dead-lettered message carries ``x-warren-*`` headers saying why. The trace context and
 the baggage travel in message headers, in the format ``OTEL_PROPAGATORS`` names (W3C by
@@ -18,8 +19,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -60,8 +60,11 @@ BROKER_DEATH_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 
-EventHandler = Callable[[Envelope, EventData], Awaitable[Sequence[Envelope]]]
-"""A service's business function: the event in, the events to publish out."""
+EventHandler = Callable[[Envelope, Any], Awaitable[Sequence[Envelope]]]
+"""A service's business function, its dependencies bound: the event in, the events to publish out."""
+
+Routes = Mapping[type[EventData], EventHandler]
+"""What one queue's consumer calls for each event class it receives."""
 
 
 # --8<-- [start:baggage-middleware]
@@ -285,14 +288,13 @@ async def dead_letter(
 async def retry_later(
     broker: RabbitBroker,
     message: RabbitMessage,
-    consumer_queue: topology.ConsumerQueue,
+    queue_name: str,
+    delay: int,
     *,
     attempts: int,
     exception: BaseException,
-) -> int:
-    """Park ``message`` in the delay queue for its next attempt; returns the delay in seconds."""
-    queue_name = consumer_queue.name
-    delay = consumer_queue.retry_delays[attempts - 1]
+) -> None:
+    """Park ``message`` in the delay queue of ``delay`` seconds; it comes back to ``queue_name``."""
     headers = _failure_headers(
         message,
         queue_name,
@@ -307,7 +309,6 @@ async def retry_later(
         routing_key=queue_name,
         headers=headers,
     )
-    return delay
     # --8<-- [end:retry-later]
 
 
@@ -326,21 +327,23 @@ async def undecoded(message: Any) -> bytes:
 def subscribe_events(
     broker: RabbitBroker,
     consumer_queue: topology.ConsumerQueue,
-    handler: EventHandler,
+    routes: Routes,
     *,
-    retry_delays: tuple[int, ...] | None = None,
+    retry_delays: tuple[int, ...],
 ) -> None:
-    """Register ``handler`` as the consumer of ``consumer_queue`` with Warren's delivery rules.
+    """Consume ``consumer_queue`` with Warren's delivery rules, calling ``routes[type(event)]``.
 
-    The handler must be idempotent: a message may arrive twice (redelivery after a crash, a
-    replay from the DLQ). It returns the events to publish; they are published with confirms
-    *before* the incoming message is acked, so a crash in between re-runs the handler, which
-    re-emits the same events (same ids) rather than losing them.
+    ``routes`` maps each event class the queue receives to its handler (the service's handler
+    table, its dependencies bound). A handler must be idempotent: a message may arrive twice
+    (redelivery after a crash, a replay from the DLQ). It returns the events to publish; they
+    are published with confirms *before* the incoming message is acked, so a crash in between
+    re-runs the handler, which re-emits the same events (same ids) rather than losing them.
 
-    ``retry_delays`` overrides the queue's default backoff (settings.retry_delays_seconds).
+    ``retry_delays`` is the service's backoff (settings.retry_delays_seconds).
     """
-    if retry_delays is not None:
-        consumer_queue = replace(consumer_queue, retry_delays=retry_delays)
+    consumer = EventConsumer(
+        broker, consumer_queue, routes, retry_delays if consumer_queue.retried else ()
+    )
 
     @broker.subscriber(
         consumer_queue.queue,
@@ -350,7 +353,7 @@ def subscribe_events(
     )
     async def consume(message: RabbitMessage) -> None:
         try:
-            await _handle(message)
+            await consumer.handle(message)
         except Exception as exc:
             # Even retrying or dead-lettering failed (the broker is going away, a confirm timed
             # out): hand the message back rather than leave it unacked. A reject counts towards
@@ -362,28 +365,60 @@ def subscribe_events(
             )
             await message.reject(requeue=True)
 
-    async def _handle(message: RabbitMessage) -> None:
+    # --8<-- [end:subscribe-events]
+
+
+def route(
+    routes: Routes, consumer_queue: topology.ConsumerQueue, body: bytes
+) -> tuple[Envelope, EventData, EventHandler]:
+    """Decode an event and find its handler. An event nobody handles here is poison: retrying
+    cannot help, and it must not be acked away unseen."""
+    envelope, payload = decode_event(body)
+    handler = routes.get(type(payload))
+    if handler is None:
+        raise PoisonMessageError(
+            f"no handler for {envelope.type} v{envelope.version} in {consumer_queue.name}"
+        )
+    return envelope, payload, handler
+
+
+# --8<-- [start:event-consumer]
+class EventConsumer:
+    """One queue's delivery rules: decode, handle, publish what the handler returns, then ack.
+
+    Poison goes to the DLQ at once; any other failure goes to the next delay queue, and to the
+    DLQ once ``retry_delays`` are used up. The message is acked only after its outcome -- the
+    events, the retry copy or the DLQ copy -- is confirmed by the broker.
+    """
+
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        consumer_queue: topology.ConsumerQueue,
+        routes: Routes,
+        retry_delays: tuple[int, ...],
+    ) -> None:
+        self.broker, self.queue, self.routes = broker, consumer_queue, routes
+        self.retry_delays = retry_delays
+
+    async def handle(self, message: RabbitMessage) -> None:
+        attempts = _attempts_so_far(message) + 1
         try:
-            attempts_so_far = int((message.headers or {}).get(H_ATTEMPTS, 0))
-        except (TypeError, ValueError):
-            attempts_so_far = 0
-        try:
-            envelope, payload = decode_event(message.body)
+            envelope, payload, handler = route(self.routes, self.queue, message.body)
         except PoisonMessageError as exc:
-            log.warning("poison message", queue=consumer_queue.name, reason=str(exc))
+            log.warning("poison message", queue=self.queue.name, reason=str(exc))
             await dead_letter(
-                broker,
+                self.broker,
                 message,
-                consumer_queue.name,
+                self.queue.name,
                 reason=f"poison: {exc}",
                 exception=exc,
-                attempts=attempts_so_far + 1,
+                attempts=attempts,
             )
             await message.ack()
             return
-
         bound = log.bind(
-            queue=consumer_queue.name,
+            queue=self.queue.name,
             event_type=envelope.type,
             event_id=envelope.id,
             order_id=envelope.correlation_id,
@@ -391,31 +426,42 @@ def subscribe_events(
         try:
             with order_context(envelope.correlation_id):
                 outcome = await handler(envelope, payload)
-                crash_point(f"{consumer_queue.name}:after-handler")
+                crash_point(f"{self.queue.name}:after-handler")
                 for event in outcome:
-                    await publish_event(broker, event)
+                    await publish_event(self.broker, event)
         except Exception as exc:
-            attempts = attempts_so_far + 1
-            if attempts > len(consumer_queue.retry_delays):
-                bound.error("retries exhausted, dead-lettering", attempts=attempts, error=repr(exc))
-                await dead_letter(
-                    broker,
-                    message,
-                    consumer_queue.name,
-                    reason="retries exhausted",
-                    exception=exc,
-                    attempts=attempts,
-                )
-            else:
-                delay = await retry_later(
-                    broker, message, consumer_queue, attempts=attempts, exception=exc
-                )
-                bound.warning(
-                    "handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc)
-                )
-            await message.ack()  # only now: the copy in the delay queue or DLQ is confirmed
-            return
+            await self.failed(message, attempts, exc, bound)
+        else:
+            bound.info("handled", emitted=[event.type for event in outcome])
+        await message.ack()  # only now: the events, or the retry or DLQ copy, are confirmed
 
-        await message.ack()
-        bound.info("handled", emitted=[event.type for event in outcome])
-        # --8<-- [end:subscribe-events]
+    async def failed(
+        self, message: RabbitMessage, attempts: int, exc: Exception, bound: Any
+    ) -> None:
+        """Park the message for its next attempt, or dead-letter it when none is left."""
+        if attempts > len(self.retry_delays):
+            bound.error("retries exhausted, dead-lettering", attempts=attempts, error=repr(exc))
+            await dead_letter(
+                self.broker,
+                message,
+                self.queue.name,
+                reason="retries exhausted",
+                exception=exc,
+                attempts=attempts,
+            )
+            return
+        delay = self.retry_delays[attempts - 1]
+        await retry_later(
+            self.broker, message, self.queue.name, delay, attempts=attempts, exception=exc
+        )
+        bound.warning(
+            "handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc)
+        )
+        # --8<-- [end:event-consumer]
+
+
+def _attempts_so_far(message: RabbitMessage) -> int:
+    try:
+        return int((message.headers or {}).get(H_ATTEMPTS, 0))
+    except (TypeError, ValueError):
+        return 0

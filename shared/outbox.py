@@ -1,7 +1,8 @@
 """The outbox relay: publishes events that were saved with ``outbox: "pending"``.
 
-A service saves an event and its "to publish" mark in one single-document write, then hands
-the saved document to :meth:`OutboxRelay.wake`. The relay publishes those events at once, with
+A service saves an event -- its ``envelope``, exactly as it will go on the wire -- and its
+"to publish" mark in one single-document write, then hands the saved document to
+:meth:`OutboxRelay.wake`. The relay publishes those events at once, with
 publisher confirms, and only then marks them published (one write per batch). Every
 ``sweep_interval`` seconds it also sweeps for anything still pending and due -- an event whose
 wake-up was lost (the process died right after the write, the broker was down) still goes out,
@@ -42,6 +43,8 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.clock import utcnow_iso
+from shared.contracts import Envelope
+from shared.messaging import publish_event
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -54,6 +57,18 @@ PARKED = "parked"
 REFUSALS: tuple[type[Exception], ...] = (DeliveryError,)
 
 PublishFn = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+# --8<-- [start:publish-stored-event]
+def broker_publisher(broker: Any) -> PublishFn:
+    """Publish a stored event's envelope as it was stored: its id, type, version and data are
+    the ones the service recorded, never rebuilt."""
+
+    async def publish(doc: dict[str, Any]) -> None:
+        await publish_event(broker, Envelope.model_validate(doc["envelope"]))
+
+    return publish
+    # --8<-- [end:publish-stored-event]
 
 
 def pending_fields(now: datetime) -> dict[str, Any]:
@@ -99,12 +114,12 @@ class OutboxRelay:
 
     # --8<-- [start:relay]
     def wake(self, docs: Sequence[dict[str, Any]] = ()) -> None:
-        """Publish these just-saved events now (and sweep, if none are given).
+        """Publish the pending ones of these just-saved events now (sweep, if none are given).
 
         The caller hands over the documents it has just written, so the relay need not read
         them back.
         """
-        self._fresh.extend(docs)
+        self._fresh.extend(doc for doc in docs if doc.get("outbox") == PENDING)
         self._wake.set()
 
     async def _publish_in_order(self, docs: list[dict[str, Any]], done: list[str]) -> None:
@@ -116,7 +131,7 @@ class OutboxRelay:
                 with _tracer.start_as_current_span(
                     f"outbox relay {doc.get('type', 'event')}",
                     kind=SpanKind.INTERNAL,
-                    attributes={"messaging.message.id": str(doc.get("event_id", doc["_id"]))},
+                    attributes={"messaging.message.id": str(doc["envelope"]["id"])},
                 ):
                     try:
                         await self.publish(doc)

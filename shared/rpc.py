@@ -22,20 +22,29 @@ import asyncio
 import contextlib
 import json
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
+from faststream.rabbit import RabbitBroker, RabbitResponse
+from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from shared.contracts import Contract
+from shared.messaging import dead_letter, undecoded
 from shared.observability import current_trace_context
+from shared.topology import ConsumerQueue
 
 log = structlog.get_logger(__name__)
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+Req = TypeVar("Req", bound=Contract)
+Rep = TypeVar("Rep", bound=Contract)
 
 
 class RpcUnavailableError(Exception):
@@ -161,3 +170,62 @@ class RpcClient:
 
     async def close(self) -> None:
         await self._disconnect()
+
+
+# --8<-- [start:serve-requests]
+def serve_requests(
+    broker: RabbitBroker,
+    consumer_queue: ConsumerQueue,
+    request_model: type[Req],
+    answer: Callable[[Req], Awaitable[Contract]],
+) -> None:
+    """Answer requests on ``consumer_queue``: FastStream sends the return value to the
+    caller's reply-to queue.
+
+    A request that cannot be read gets the reason at once (rather than a timeout), and a copy
+    goes to the queue's DLQ, so that the bad request is seen, not just logged.
+    """
+
+    @broker.subscriber(consumer_queue.queue, decoder=undecoded)
+    async def respond(body: bytes, message: RabbitMessage) -> RabbitResponse:
+        try:
+            request = request_model.model_validate_json(message.body)
+        except ValueError as exc:
+            reason = f"poison: {' | '.join(str(exc).splitlines())[:500]}"
+            log.warning("poison request", queue=consumer_queue.name, reason=reason)
+            await dead_letter(
+                broker, message, consumer_queue.name, reason=reason, exception=exc, attempts=1
+            )
+            return RabbitResponse({"error": reason}, mandatory=False)
+        # Not mandatory: RabbitMQ 3.10 answers a mandatory publish to a direct reply-to
+        # pseudo-queue with NO_ROUTE even though it delivers it.
+        return RabbitResponse((await answer(request)).model_dump(mode="json"), mandatory=False)
+        # --8<-- [end:serve-requests]
+
+
+# --8<-- [start:ask]
+class RequestClient(Generic[Req, Rep]):
+    """A typed request-reply call: ``await client(request)`` returns the typed reply, or raises
+    ``unavailable`` when no reply came in time (or the broker is unreachable)."""
+
+    def __init__(
+        self,
+        rpc: RpcClient,
+        queue: ConsumerQueue,
+        reply_model: type[Rep],
+        *,
+        timeout: float,
+        unavailable: type[Exception] = RpcUnavailableError,
+    ) -> None:
+        self.rpc, self.queue, self.reply_model = rpc, queue, reply_model
+        self.timeout, self.unavailable = timeout, unavailable
+
+    async def __call__(self, request: Req) -> Rep:
+        try:
+            reply = await self.rpc.request(
+                self.queue.name, request.model_dump(mode="json"), timeout=self.timeout
+            )
+        except RpcUnavailableError as exc:
+            raise self.unavailable(str(exc)) from exc
+        return self.reply_model.model_validate_json(reply)
+        # --8<-- [end:ask]

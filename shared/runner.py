@@ -1,25 +1,41 @@
-"""Start a service's ASGI app under uvicorn, with ``--help``, ``--host`` and ``--port``."""
+"""Start a service's ASGI app under uvicorn, with ``--help``, ``--host`` and ``--port``.
+
+Where it listens comes from the service's settings (``HOST`` and ``PORT`` in the environment
+or ``.env``, else the service's default port); ``--host``/``--port`` override them.
+"""
 
 from __future__ import annotations
-
-import os
 
 import typer
 import uvicorn
 
+from shared.settings import WarrenSettings
 
-def run_service(factory: str, *, default_port: int, description: str) -> None:
+
+def run_service(factory: str, settings: type[WarrenSettings], *, description: str) -> None:
     """Serve ``factory`` (``"module:function"`` that builds the app) until Ctrl-C."""
     cli = typer.Typer(add_completion=False)
+    fields = settings.model_fields
 
     @cli.command(help=description)
     def main(
-        host: str = typer.Option(os.environ.get("HOST", "127.0.0.1"), help="Interface to bind."),
-        port: int = typer.Option(
-            int(os.environ.get("PORT", default_port)), help="HTTP port (health checks, API)."
+        host: str | None = typer.Option(
+            None, help=f"Interface to bind (default: HOST, else {fields['host'].default})."
+        ),
+        port: int | None = typer.Option(
+            None,
+            help=f"HTTP port (health checks, API) (default: PORT, else {fields['port'].default}).",
         ),
     ) -> None:
+        configured = settings()
         # log_config=None: our structlog set-up (done by the factory) formats uvicorn's logs too.
-        uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False)
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host or configured.host,
+            port=port or configured.port,
+            log_config=None,
+            access_log=False,
+        )
 
     cli()

@@ -1,32 +1,46 @@
-"""What every service starts with, and the runtime shell of a message-driven service.
+"""The shape every service shares: settings -> runtime -> deps -> handler table -> app.
 
 :func:`bootstrap` turns a service's settings into its :class:`Runtime`: logging and tracing
-set up, one MongoDB client, the service's own database, the broker. Each ``app.py`` starts
-with it, then wires its repositories and handlers.
+set up, one MongoDB client, the service's own database, the broker. :meth:`Runtime.serve`
+subscribes the service's handler table. :func:`lifespan` is the one start-up and shut-down
+sequence, for the order service's FastAPI app and for the others' health-only apps alike:
 
-Inventory, payment and notification have no public HTTP API; each still serves
-``GET /healthz`` (the process is up and its broker connection answers) and ``GET /readyz``
-(broker *and* database reachable) so that compose and the local runner can wait for them.
+1. wait for the broker and the database, declare the topology (idempotent);
+2. the service's own start-up hooks (indexes, clock sync...);
+3. start consuming, then the background loops (sweepers, the outbox relay);
+4. on the way out, the reverse: loops cancelled, hooks, broker drained, database closed.
+
+Every service answers the same two health questions, whatever its framework:
+
+* ``GET /healthz`` (liveness) -- the process answers, and so does its broker connection;
+* ``GET /readyz`` (readiness) -- the broker *and* the database answer (503 if not), plus the
+  details a service adds (the order service shows its outbox).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from faststream.asgi import AsgiFastStream, AsgiResponse, get, make_ping_asgi
 from faststream.rabbit import RabbitBroker
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from shared import mongo, topology
-from shared.messaging import EventHandler, make_broker, subscribe_events
+from shared.handlers import HandlerTable, bind
+from shared.messaging import make_broker, subscribe_events
 from shared.observability import setup_observability
 from shared.settings import WarrenSettings
 from shared.startup import wait_for_dependencies
+
+Hook = Callable[[], Awaitable[Any]]
 
 
 @dataclass
@@ -36,11 +50,12 @@ class Runtime:
     db: AsyncDatabase
     broker: RabbitBroker
 
-    def subscribe(self, consumer_queue: topology.ConsumerQueue, handler: EventHandler) -> None:
-        """Consume ``consumer_queue`` with Warren's delivery rules and this service's backoff."""
-        subscribe_events(
-            self.broker, consumer_queue, handler, retry_delays=self.settings.retry_delays_seconds
-        )
+    def serve(self, table: HandlerTable[Any], deps: Any) -> None:
+        """Consume every queue of the service's handler table, with Warren's delivery rules."""
+        for queue, routes in bind(table, deps).items():
+            subscribe_events(
+                self.broker, queue, routes, retry_delays=self.settings.retry_delays_seconds
+            )
 
 
 def bootstrap(settings: WarrenSettings) -> Runtime:
@@ -55,10 +70,53 @@ def bootstrap(settings: WarrenSettings) -> Runtime:
     )
 
 
-async def start_dependencies(runtime: Runtime) -> None:
-    """Wait for the broker and the database, then declare the topology (idempotent)."""
-    await wait_for_dependencies(runtime.broker, runtime.client)
-    await topology.declare_topology(runtime.broker, runtime.settings.retry_delays_seconds)
+@dataclass
+class Lifecycle:
+    """What a service adds to the shared start-up and shut-down."""
+
+    on_startup: list[Hook] = field(default_factory=list)  # before consuming (indexes...)
+    background: list[Hook] = field(default_factory=list)  # loops that run until shut-down
+    on_shutdown: list[Hook] = field(default_factory=list)  # after the loops stopped
+
+
+# --8<-- [start:lifespan]
+def lifespan(
+    runtime: Runtime, lifecycle: Lifecycle | None = None
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """The ASGI lifespan of every service (FastAPI's and Starlette's ``lifespan=``)."""
+    hooks = lifecycle or Lifecycle()
+
+    @contextlib.asynccontextmanager
+    async def run(_: Any) -> AsyncIterator[None]:
+        await wait_for_dependencies(runtime.broker, runtime.client)
+        await topology.declare_topology(runtime.broker, runtime.settings.retry_delays_seconds)
+        for hook in hooks.on_startup:
+            await hook()
+        await runtime.broker.start()
+        loops = [
+            asyncio.create_task(loop(), name=getattr(loop, "__name__", "loop"))
+            for loop in hooks.background
+        ]
+        try:
+            yield
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            for hook in hooks.on_shutdown:
+                await hook()
+            await runtime.broker.stop()  # lets the handlers in flight finish (graceful_timeout)
+            await runtime.client.close()
+
+    return run
+    # --8<-- [end:lifespan]
+
+
+# --8<-- [start:health]
+async def liveness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
+    """The ``/healthz`` answer: 200 while the broker connection answers, else 503."""
+    alive = await runtime.broker.ping(2.0)
+    return (200 if alive else 503), {"status": "ok" if alive else "broker connection lost"}
 
 
 async def readiness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
@@ -69,44 +127,21 @@ async def readiness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
     }
     ready = all(checks.values())
     return (200 if ready else 503), {"ready": ready, **checks}
+    # --8<-- [end:health]
 
 
-def health_routes(runtime: Runtime) -> list[tuple[str, object]]:
-    @get(include_in_schema=False)
-    async def readyz(scope: object) -> AsgiResponse:
+def service_app(runtime: Runtime, lifecycle: Lifecycle | None = None) -> Starlette:
+    """The app of a service without a public API: its lifespan, and the two health checks."""
+
+    async def healthz(_: Request) -> JSONResponse:
+        status, body = await liveness(runtime)
+        return JSONResponse(body, status_code=status)
+
+    async def readyz(_: Request) -> JSONResponse:
         status, body = await readiness(runtime)
-        return AsgiResponse(
-            json.dumps(body).encode(), status, headers={"content-type": "application/json"}
-        )
+        return JSONResponse(body, status_code=status)
 
-    return [
-        ("/healthz", make_ping_asgi(runtime.broker, timeout=2.0, include_in_schema=False)),
-        ("/readyz", readyz),
-    ]
-
-
-def make_service_app(
-    runtime: Runtime,
-    *,
-    on_startup: Callable[[], Awaitable[None]] | None = None,
-    on_shutdown: Callable[[], Awaitable[None]] | None = None,
-) -> AsgiFastStream:
-    """Connect, declare the topology, run ``on_startup`` (indexes...), then start consuming."""
-
-    async def startup() -> None:
-        await start_dependencies(runtime)
-        if on_startup is not None:
-            await on_startup()
-
-    async def shutdown() -> None:
-        if on_shutdown is not None:
-            await on_shutdown()
-        await runtime.client.close()
-
-    return AsgiFastStream(
-        runtime.broker,
-        asgi_routes=health_routes(runtime),
-        on_startup=[startup],
-        after_shutdown=[shutdown],
-        logger=logging.getLogger("faststream.app"),
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        lifespan=lifespan(runtime, lifecycle),
     )

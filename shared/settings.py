@@ -5,7 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.topology import RETRY_DELAYS_SECONDS
+# Delay before the 1st, 2nd, 3rd... retry of a failed message. A retry beyond the last goes to
+# the queue's DLQ. Quick at first (a blip), then a capped exponential tail: together they outlast
+# a realistic outage -- a database failover, a broker restart, a minute of maintenance -- so that
+# what is in flight waits it out instead of filling the DLQs. 8 attempts over 811 s (13.5 min).
+RETRY_DELAYS_SECONDS: tuple[int, ...] = (1, 5, 25, 60, 120, 300, 300)
 
 
 # --8<-- [start:settings]
@@ -29,6 +33,8 @@ class WarrenSettings(BaseSettings):
     log_level: str = "INFO"
     # "console" for humans, "json" for machines (compose sets json).
     log_format: str = "console"
+    # Where the service's HTTP side (health checks, the API) listens: HOST and PORT in the
+    # environment, or --host/--port on the command line (see shared.runner).
     host: str = "127.0.0.1"
     port: int = 8000
 

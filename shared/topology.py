@@ -19,10 +19,23 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+
+from shared.contracts import (
+    EventData,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderPlaced,
+    PaymentFailed,
+    PaymentSucceeded,
+    StockRejected,
+    StockReleased,
+    StockReserved,
+)
+from shared.settings import RETRY_DELAYS_SECONDS
 
 # --- exchanges -------------------------------------------------------------------------------
 
@@ -36,13 +49,9 @@ DEAD_LETTER = RabbitExchange("shop.dead-letter", type=ExchangeType.DIRECT, durab
 REQUEUE = RabbitExchange("shop.requeue", type=ExchangeType.DIRECT, durable=True)
 """Where delayed retries come back from. Routing key = the queue to return to."""
 
-# Delay before the 1st, 2nd, 3rd... retry. A retry beyond the last goes to the DLQ.
-# Quick at first (a blip), then a capped exponential tail: together they outlast a realistic
-# outage -- a database failover, a broker restart, a minute of maintenance -- so that what is
-# in flight waits it out instead of filling the DLQs. 8 attempts over 811 s (13.5 min).
-RETRY_DELAYS_SECONDS: tuple[int, ...] = (1, 5, 25, 60, 120, 300, 300)
 
-
+# The delay before each retry is a setting (``RETRY_DELAYS_SECONDS``, resolved once, in
+# shared.settings); each distinct delay gets one delay queue.
 def delay_steps(delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> list[int]:
     """The distinct delays: one delay queue each, however often a delay repeats."""
     return sorted(set(delays))
@@ -86,19 +95,30 @@ def retry_queue(delay_seconds: int) -> RabbitQueue:
 # --8<-- [start:consumer-queue]
 @dataclass(frozen=True)
 class ConsumerQueue:
-    """One durable queue per consumer and purpose, with its own dead-letter queue."""
+    """One durable queue per consumer and purpose, with its own dead-letter queue.
+
+    ``events`` are the event classes the queue receives: its bindings are their types (the
+    routing key of an event is its type), and the consuming service's handler table must have
+    a handler for each of them -- and for nothing else.
+    """
 
     name: str
-    routing_keys: tuple[str, ...]
+    events: tuple[type[EventData], ...]
     # Quorum queues replicate and survive broker restarts; classic is for disposable traffic.
     quorum: bool = True
-    # Backoff before each retry of a failed message; one more failure goes to the DLQ.
-    retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS
+    # A failed message is retried after each of the RETRY_DELAYS_SECONDS, then dead-lettered.
+    # Off: one failure goes to the DLQ (a request nobody waits for any more is not retried).
+    retried: bool = True
     # Messages expire after this long in the queue (None: never).
     message_ttl_ms: int | None = None
     # The broker dead-letters what it rejects or expires into the DLQ too. Off for a queue
     # whose expired messages are worthless: only Warren's own poison copies land there.
     broker_dead_letters: bool = True
+
+    @property
+    def routing_keys(self) -> tuple[str, ...]:
+        """The bindings on ``shop.events``: one per event type, derived from the contracts."""
+        return tuple(sorted({event.TYPE for event in self.events}))
 
     @property
     def dlq_name(self) -> str:
@@ -127,27 +147,21 @@ class ConsumerQueue:
 
 
 # --8<-- [start:consumer-queues]
-INVENTORY_ORDER_PLACED = ConsumerQueue("inventory.order-placed", ("order.placed",))
+INVENTORY_ORDER_PLACED = ConsumerQueue("inventory.order-placed", (OrderPlaced,))
 INVENTORY_PAYMENT_OUTCOMES = ConsumerQueue(
-    "inventory.payment-outcomes", ("payment.succeeded", "payment.failed")
+    "inventory.payment-outcomes", (PaymentSucceeded, PaymentFailed)
 )
 # An order cancelled by its saga deadline: inventory gives back (or never takes) its stock.
-INVENTORY_ORDER_CANCELLED = ConsumerQueue("inventory.order-cancelled", ("order.cancelled",))
-PAYMENT_STOCK_RESERVED = ConsumerQueue("payment.stock-reserved", ("stock.reserved",))
+INVENTORY_ORDER_CANCELLED = ConsumerQueue("inventory.order-cancelled", (OrderCancelled,))
+PAYMENT_STOCK_RESERVED = ConsumerQueue("payment.stock-reserved", (StockReserved,))
 # An order cancelled by its saga deadline: payment refunds it (or makes sure it is never charged).
-PAYMENT_ORDER_CANCELLED = ConsumerQueue("payment.order-cancelled", ("order.cancelled",))
+PAYMENT_ORDER_CANCELLED = ConsumerQueue("payment.order-cancelled", (OrderCancelled,))
 ORDER_SAGA_REPLIES = ConsumerQueue(
     "order.saga-replies",
-    (
-        "stock.reserved",
-        "stock.rejected",
-        "stock.released",
-        "payment.succeeded",
-        "payment.failed",
-    ),
+    (StockReserved, StockRejected, StockReleased, PaymentSucceeded, PaymentFailed),
 )
 NOTIFICATION_ORDER_EVENTS = ConsumerQueue(
-    "notification.order-events", ("order.placed", "order.confirmed", "order.cancelled")
+    "notification.order-events", (OrderPlaced, OrderConfirmed, OrderCancelled)
 )
 
 CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (
@@ -168,9 +182,9 @@ QUOTE_TTL_MS = 10_000
 
 INVENTORY_QUOTES = ConsumerQueue(
     "inventory.quotes",
-    routing_keys=(),  # requests come through the default exchange
+    events=(),  # requests come through the default exchange
     quorum=False,
-    retry_delays=(),  # a quote is answered now or never: the caller is waiting
+    retried=False,  # a quote is answered now or never: the caller is waiting
     # A quote nobody picked up within the TTL is worthless: the caller has already given up
     # (and answered its client 503). Expired requests are dropped, not dead-lettered; a
     # request that cannot be read is answered with an error and copied to the DLQ.
@@ -182,7 +196,7 @@ INVENTORY_QUOTES = ConsumerQueue(
 
 # --- the Celery work queue -------------------------------------------------------------------
 
-NOTIFICATION_EMAILS = ConsumerQueue("notification.emails", routing_keys=())
+NOTIFICATION_EMAILS = ConsumerQueue("notification.emails", events=())
 """Celery's queue for email delivery. Celery publishes to it through the default exchange.
 A quorum queue with a delivery limit like the others: a task that kills its worker every time
 is dead-lettered, not redelivered for ever (one email per loop)."""
@@ -194,9 +208,9 @@ ALL_QUEUES_WITH_DLQ: tuple[ConsumerQueue, ...] = (
 )
 
 
-def exchanges() -> Iterator[RabbitExchange]:
+def exchanges(retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> Iterator[RabbitExchange]:
     yield from (EVENTS, DEAD_LETTER, REQUEUE)
-    yield from (retry_exchange(delay) for delay in delay_steps())
+    yield from (retry_exchange(delay) for delay in delay_steps(retry_delays))
 
 
 def queue_by_name(name: str) -> ConsumerQueue:
@@ -207,12 +221,14 @@ def queue_by_name(name: str) -> ConsumerQueue:
 
 
 # --8<-- [start:declare-consumer-queue]
-async def declare_consumer_queue(broker: Any, consumer_queue: ConsumerQueue) -> None:
+async def declare_consumer_queue(
+    broker: Any, consumer_queue: ConsumerQueue, retry_delays: tuple[int, ...]
+) -> None:
     """Declare one consumer queue with its bindings, its DLQ and its delay queues (idempotent)."""
     events = await broker.declare_exchange(EVENTS)
     requeue = await broker.declare_exchange(REQUEUE)
     dead_letter = await broker.declare_exchange(DEAD_LETTER)
-    for delay in delay_steps(consumer_queue.retry_delays):
+    for delay in delay_steps(retry_delays if consumer_queue.retried else ()):
         delay_exchange = await broker.declare_exchange(retry_exchange(delay))
         delay_queue = await broker.declare_queue(retry_queue(delay))
         await delay_queue.bind(delay_exchange, routing_key="")
@@ -225,17 +241,13 @@ async def declare_consumer_queue(broker: Any, consumer_queue: ConsumerQueue) -> 
     # --8<-- [end:declare-consumer-queue]
 
 
-async def declare_topology(broker: Any, retry_delays: tuple[int, ...] | None = None) -> None:
-    """Declare every exchange, queue and binding (idempotent). ``broker`` is a connected RabbitBroker.
-
-    ``retry_delays`` overrides the default backoff (the delay queues it needs are declared too).
-    """
-    for exchange in exchanges():
+async def declare_topology(broker: Any, retry_delays: tuple[int, ...]) -> None:
+    """Declare every exchange, queue and binding (idempotent). ``broker`` is a connected RabbitBroker;
+    ``retry_delays`` is the backoff the services run with (settings.retry_delays_seconds)."""
+    for exchange in exchanges(retry_delays):
         await broker.declare_exchange(exchange)
     for consumer_queue in ALL_QUEUES_WITH_DLQ:
-        if retry_delays is not None and consumer_queue.retry_delays:
-            consumer_queue = replace(consumer_queue, retry_delays=retry_delays)
-        await declare_consumer_queue(broker, consumer_queue)
+        await declare_consumer_queue(broker, consumer_queue, retry_delays)
 
 
 def queue_names(retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> list[str]:
@@ -308,30 +320,39 @@ def password_hash(user: str, password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+def _administrator(vhost: str, user: str, password: str) -> dict[str, Any]:
+    """The broker user (administrator), the vhost and its permissions, as definitions."""
+    return {
+        "users": [
+            {
+                "name": user,
+                "password_hash": password_hash(user, password),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": ["administrator"],
+            }
+        ],
+        "vhosts": [{"name": vhost}],
+        "permissions": [
+            {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+        ],
+    }
+
+
 def definitions(
-    vhost: str = "/", *, user: str | None = None, password: str | None = None
+    vhost: str = "/",
+    *,
+    retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS,
+    user: str | None = None,
+    password: str | None = None,
 ) -> dict[str, Any]:
     """RabbitMQ definitions equal to what :func:`declare_topology` does.
 
     With ``user``/``password`` they also hold that user (administrator), the vhost and its
     permissions: a broker that loads definitions at boot creates no default user of its own.
     """
-    exchange_defs = [
-        {
-            "name": exchange.name,
-            "vhost": vhost,
-            "type": exchange.type.value,
-            "durable": True,
-            "auto_delete": False,
-            "internal": False,
-            "arguments": {},
-        }
-        for exchange in exchanges()
-    ]
-    queues: list[RabbitQueue] = [retry_queue(delay) for delay in delay_steps()]
-    bindings: list[tuple[str, str, str]] = [
-        (retry_exchange(delay).name, retry_queue(delay).name, "") for delay in delay_steps()
-    ]
+    steps = delay_steps(retry_delays)
+    queues: list[RabbitQueue] = [retry_queue(delay) for delay in steps]
+    bindings = [(retry_exchange(delay).name, retry_queue(delay).name, "") for delay in steps]
     for consumer_queue in ALL_QUEUES_WITH_DLQ:
         queues += [consumer_queue.queue, consumer_queue.dlq]
         bindings += [(EVENTS.name, consumer_queue.name, key) for key in consumer_queue.routing_keys]
@@ -339,23 +360,21 @@ def definitions(
         bindings.append((DEAD_LETTER.name, consumer_queue.dlq_name, consumer_queue.name))
     access: dict[str, Any] = {}
     if user is not None and password is not None:
-        access = {
-            "users": [
-                {
-                    "name": user,
-                    "password_hash": password_hash(user, password),
-                    "hashing_algorithm": "rabbit_password_hashing_sha256",
-                    "tags": ["administrator"],
-                }
-            ],
-            "vhosts": [{"name": vhost}],
-            "permissions": [
-                {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
-            ],
-        }
+        access = _administrator(vhost, user, password)
     return {
         **access,
-        "exchanges": exchange_defs,
+        "exchanges": [
+            {
+                "name": exchange.name,
+                "vhost": vhost,
+                "type": exchange.type.value,
+                "durable": True,
+                "auto_delete": False,
+                "internal": False,
+                "arguments": {},
+            }
+            for exchange in exchanges(retry_delays)
+        ],
         "queues": [_queue_definition(queue, vhost) for queue in queues],
         "bindings": [
             {

@@ -17,8 +17,8 @@ import aiormq
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.support.mongo_backends import AsyncMongomockDatabase
-from tests.support.system import mongo_standin, mongo_url_of, open_mongo
+from shared.testing.memory_mongo import AsyncMongomockDatabase
+from shared.testing.system import mongo_standin, mongo_url_of, open_mongo
 
 
 def _rabbit_url() -> str:

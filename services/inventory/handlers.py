@@ -1,4 +1,4 @@
-"""Inventory's business functions: message + repository in, events out.
+"""Inventory's business functions, and its handler table: an event and the deps in, events out.
 
 Every function is safe to run twice for the same message. The decision for an order is written
 once (``reservations``, keyed by order id) together with the event that announces it; a
@@ -10,6 +10,7 @@ two ids.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 import structlog
 
@@ -23,6 +24,7 @@ from services.inventory.domain import (
     settle,
 )
 from services.inventory.repository import Hold, HoldOutcome, StockRepository
+from shared import topology
 from shared.contracts import (
     Envelope,
     OrderCancelled,
@@ -36,14 +38,20 @@ from shared.contracts import (
     StockReleased,
     StockReserved,
 )
+from shared.handlers import HandlerTable
 
 SOURCE = "inventory"
 log = structlog.get_logger(__name__)
 
 
-async def quote(request: QuoteRequest, repo: StockRepository) -> Quote:
+@dataclass
+class InventoryDeps:
+    stock: StockRepository
+
+
+async def quote(request: QuoteRequest, deps: InventoryDeps) -> Quote:
     """Answer the order service's question: known SKUs, their price, how many are available."""
-    found = await repo.find_skus(line.sku for line in request.lines)
+    found = await deps.stock.find_skus(line.sku for line in request.lines)
     return Quote(
         lines=tuple(
             QuotedLine(
@@ -68,7 +76,7 @@ class LeaseLostError(Exception):
 
 # --8<-- [start:reserve-stock]
 async def reserve_stock(
-    envelope: Envelope, placed: OrderPlaced, repo: StockRepository
+    envelope: Envelope, placed: OrderPlaced, deps: InventoryDeps
 ) -> list[Envelope]:
     """Reserve every line of a placed order, or none of them.
 
@@ -77,7 +85,7 @@ async def reserve_stock(
     the claim's lease before each write; then record the outcome together with the event that
     announces it. A delivery that loses its claim half-way gives back what it took.
     """
-    order_id, me = placed.order_id, str(uuid.uuid4())
+    repo, order_id, me = deps.stock, placed.order_id, str(uuid.uuid4())
     wanted = merge_lines(placed.lines)
     reservation = await repo.claim(order_id, me, wanted)
     match on_order_placed(reservation, me, repo.now()):
@@ -164,14 +172,13 @@ async def _give_back(order_id: str, me: str, held: dict[str, int], repo: StockRe
 async def settle_reservation(
     envelope: Envelope,
     outcome: PaymentSucceeded | PaymentFailed | OrderCancelled,
-    repo: StockRepository,
+    deps: InventoryDeps,
 ) -> list[Envelope]:
     """Payment decided, or the order was cancelled: commit the held stock (sold), release it
     (compensation), or -- for an order cancelled after its sale -- return it."""
-    order_id = outcome.order_id
+    repo, order_id = deps.stock, outcome.order_id
     reservation = await repo.get_reservation(order_id)
-    action = settle(reservation, outcome, repo.now())
-    match action:
+    match settle(reservation, outcome, repo.now()):
         case Action.WAIT:
             raise DecisionInProgressError(
                 f"{envelope.type} for order {order_id} before its decision"
@@ -194,40 +201,51 @@ async def settle_reservation(
             )
         case Action.RELEASE:
             assert reservation is not None
-            if reservation.state == ReservationState.RESERVED:
-                # Fix the event id first, so a redelivery re-announces the same release.
-                reason = getattr(outcome, "reason", "")
-                release = Envelope.wrap(
-                    StockReleased(
-                        order_id=order_id,
-                        reason=f"payment failed: {reason}"
-                        if isinstance(outcome, PaymentFailed)
-                        else f"order cancelled: {reason}",
-                    ),
-                    source=SOURCE,
-                    causation=envelope,
-                    sequence=2,
-                )
-                reservation = await repo.begin_release(order_id, release.model_dump(mode="json"))
-                assert reservation is not None
-            if reservation.state == ReservationState.RELEASING:
-                for sku, quantity in reservation.lines.items():
-                    await repo.release(
-                        sku, order_id, reservation.owner, quantity, settle_as="released"
-                    )
-                await repo.set_state(
-                    order_id,
-                    from_state=ReservationState.RELEASING,
-                    to_state=ReservationState.RELEASED,
-                )
+            await _release(envelope, outcome, reservation, repo)
     if isinstance(outcome, PaymentFailed | OrderCancelled):
-        # Announced (again, with the same id) on every delivery: a redelivery after a crash
-        # must not lose it.
+        # Announced (again, with the same id) on every delivery of the event that caused it: a
+        # redelivery after a crash must not lose it. (Not for a later event: the order.cancelled
+        # that follows a declined payment's release is no news to anyone.)
         settled = await repo.get_reservation(order_id)
         if settled is not None and settled.release_event:
-            return [Envelope.model_validate(settled.release_event)]
+            release = Envelope.model_validate(settled.release_event)
+            if release.causation_id == envelope.id:
+                return [release]
     return []
     # --8<-- [end:settle-reservation]
+
+
+async def _release(
+    envelope: Envelope,
+    outcome: PaymentSucceeded | PaymentFailed | OrderCancelled,
+    reservation: Reservation,
+    repo: StockRepository,
+) -> None:
+    """Give the held stock back (the compensation), announcing it with ``stock.released``."""
+    order_id = reservation.order_id
+    if reservation.state == ReservationState.RESERVED:
+        # Fix the event id first, so a redelivery re-announces the same release.
+        reason = getattr(outcome, "reason", "")
+        release = Envelope.wrap(
+            StockReleased(
+                order_id=order_id,
+                reason=f"payment failed: {reason}"
+                if isinstance(outcome, PaymentFailed)
+                else f"order cancelled: {reason}",
+            ),
+            source=SOURCE,
+            causation=envelope,
+            sequence=2,
+        )
+        released = await repo.begin_release(order_id, release.model_dump(mode="json"))
+        assert released is not None
+        reservation = released
+    if reservation.state == ReservationState.RELEASING:
+        for sku, quantity in reservation.lines.items():
+            await repo.release(sku, order_id, reservation.owner, quantity, settle_as="released")
+        await repo.set_state(
+            order_id, from_state=ReservationState.RELEASING, to_state=ReservationState.RELEASED
+        )
 
 
 async def _cancel_undecided(
@@ -254,3 +272,15 @@ async def _cancel_undecided(
     if not await repo.record_decision(order_id, me, state=ReservationState.CANCELLED, event=event):
         raise DecisionInProgressError(f"order {order_id}: lost the claim while cancelling")
     return []
+
+
+# --8<-- [start:handler-table]
+HANDLERS: HandlerTable[InventoryDeps] = {
+    topology.INVENTORY_ORDER_PLACED: {OrderPlaced: reserve_stock},
+    topology.INVENTORY_PAYMENT_OUTCOMES: {
+        PaymentSucceeded: settle_reservation,
+        PaymentFailed: settle_reservation,
+    },
+    topology.INVENTORY_ORDER_CANCELLED: {OrderCancelled: settle_reservation},
+}
+# --8<-- [end:handler-table]

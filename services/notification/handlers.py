@@ -1,24 +1,34 @@
-"""Notification's business function: an order event in, an email job handed to Celery."""
+"""Notification's business function, and its handler table: an order event in, an email job
+handed to Celery."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from services.notification.emails import compose
 from services.notification.repository import NotificationRepository
-from shared.contracts import Envelope, EventData, OrderCancelled, OrderConfirmed, OrderPlaced
+from shared import topology
+from shared.contracts import Envelope, OrderCancelled, OrderConfirmed, OrderPlaced
+from shared.handlers import HandlerTable
 
 Enqueue = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class NotificationDeps:
+    notifications: NotificationRepository
+    # Hands the email to a Celery worker (EmailTasks.enqueue).
+    enqueue: Enqueue
+    # Customers have no address book here: mail goes to <customer_id>@<this domain>.
+    mail_domain: str
 
 
 # --8<-- [start:notify-customer]
 async def notify_customer(
     envelope: Envelope,
-    event: EventData,
-    repo: NotificationRepository,
-    enqueue: Enqueue,
-    *,
-    mail_domain: str,
+    event: OrderPlaced | OrderConfirmed | OrderCancelled,
+    deps: NotificationDeps,
 ) -> list[Envelope]:
     """Record the notification (keyed by event id) and enqueue its delivery.
 
@@ -28,18 +38,28 @@ async def notify_customer(
     email = compose(event)
     if email is None:
         return []
-    assert isinstance(event, OrderPlaced | OrderConfirmed | OrderCancelled)
-    notification = await repo.record(
+    notification = await deps.notifications.record(
         {
             "_id": envelope.id,
             "order_id": event.order_id,
             "event_type": envelope.type,
-            "to": f"{event.customer_id}@{mail_domain}",
+            "to": f"{event.customer_id}@{deps.mail_domain}",
             "subject": email.subject,
             "body": email.body,
         }
     )
     if notification["state"] != "sent":
-        await enqueue(envelope.id)
+        await deps.enqueue(envelope.id)
     return []
     # --8<-- [end:notify-customer]
+
+
+# --8<-- [start:handler-table]
+HANDLERS: HandlerTable[NotificationDeps] = {
+    topology.NOTIFICATION_ORDER_EVENTS: {
+        OrderPlaced: notify_customer,
+        OrderConfirmed: notify_customer,
+        OrderCancelled: notify_customer,
+    },
+}
+# --8<-- [end:handler-table]

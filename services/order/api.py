@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 import pymongo
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    status,
+)
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,7 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.order import handlers
 from services.order.handlers import OrderDeps
 from shared.contracts import OrderLine
+from shared.http import serve_http
 from shared.observability import ORDER_ID
+from shared.outbox import outbox_stats
+from shared.service import Runtime, liveness, readiness
 
 
 async def get_deps(request: Request) -> OrderDeps:
@@ -195,3 +210,42 @@ async def list_orders(
     with pymongo.timeout(READ_TIMEOUT_SECONDS):
         items, total = await deps.views.by_customer(customer_id, limit=limit, offset=offset)
     return OrderPage(items=[_view(doc) for doc in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/healthz", tags=["health"], responses={503: {"description": "Broker connection lost"}})
+async def healthz(request: Request) -> JSONResponse:
+    """Liveness: the process answers, and so does its broker connection."""
+    code, body = await liveness(request.app.state.runtime)
+    return JSONResponse(body, status_code=code)
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    responses={503: {"description": "The broker or the database does not answer"}},
+)
+async def readyz(request: Request, deps: Deps) -> JSONResponse:
+    """Readiness: the broker and the database answer. The outbox is shown, not judged:
+    parked events need an operator (``warren outbox``), not a restart."""
+    code, body = await readiness(request.app.state.runtime)
+    if body["database"]:
+        body["outbox"] = await outbox_stats(deps.store.events)
+    return JSONResponse(body, status_code=code)
+
+
+def create_api(
+    runtime: Runtime,
+    deps: OrderDeps,
+    lifespan: Callable[[Any], AbstractAsyncContextManager[None]],
+) -> FastAPI:
+    """The order service's FastAPI app: these routes, the shared lifespan and HTTP behaviour."""
+    app = FastAPI(
+        title="Warren — order service",
+        description="Place orders and follow them through the saga. Everything after the 202 "
+        "happens over RabbitMQ.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.runtime, app.state.deps = runtime, deps
+    app.include_router(router)
+    return serve_http(app)

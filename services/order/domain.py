@@ -2,15 +2,19 @@
 
 The order's own stream holds these events (``version`` 1, 2, ...):
 
-==========================  =========  ========================================
-type                        published  meaning
-==========================  =========  ========================================
-``order.placed``            yes        accepted by the API
-``order.stock-reserved``    no         inventory reserved every line
-``order.payment-failed``    no         payment declined; waiting for the release
-``order.confirmed``         yes        paid: final
-``order.cancelled``         yes        rejected or compensated: final
-==========================  =========  ========================================
+=========================  ==========================  =========  ==================================
+class                      type                        published  meaning
+=========================  ==========================  =========  ==================================
+``OrderPlaced``            ``order.placed``            yes        accepted by the API
+``OrderStockReserved``     ``order.stock-reserved``    no         inventory reserved every line
+``OrderPaymentFailed``     ``order.payment-failed``    no         payment declined; waiting for
+                                                                  the release
+``OrderConfirmed``         ``order.confirmed``         yes        paid: final
+``OrderCancelled``         ``order.cancelled``         yes        rejected or compensated: final
+=========================  ==========================  =========  ==================================
+
+Every one is a typed event class; the published ones are contracts (``shared.contracts``),
+the two internal ones live here. An event is published if, and only if, it is a contract.
 
 :func:`react` decides what a saga event means for the order. It is a state machine with
 guards, so a duplicate or late event changes nothing, and events arriving out of order still
@@ -22,12 +26,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from shared.contracts import (
+    EVENT_TYPES,
     EventData,
     OrderCancelled,
     OrderConfirmed,
+    OrderPlaced,
     PaymentFailed,
     PaymentSucceeded,
     StockRejected,
@@ -46,35 +52,45 @@ class OrderStatus(StrEnum):
 
 FINAL_STATUSES = frozenset({OrderStatus.CONFIRMED, OrderStatus.CANCELLED})
 
-# The order's events that other services hear about; the others stay in the order's stream.
-PUBLISHED_TYPES = frozenset({"order.placed", "order.confirmed", "order.cancelled"})
+
+# --8<-- [start:internal-events]
+class OrderStockReserved(EventData):
+    """Inventory reserved every line (internal: other services heard ``stock.reserved``)."""
+
+    TYPE: ClassVar[str] = "order.stock-reserved"
+
+
+class OrderPaymentFailed(EventData):
+    """Payment declined; the order waits for its stock to be released (internal)."""
+
+    TYPE: ClassVar[str] = "order.payment-failed"
+    reason: str
+
+
+# What an order's stream may hold: the contracts, and the order's own internal events.
+ORDER_EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {
+    **EVENT_TYPES,
+    **{(cls.TYPE, cls.VERSION): cls for cls in (OrderStockReserved, OrderPaymentFailed)},
+}
+
+
+def is_published(event: EventData) -> bool:
+    """Other services hear about an order event if it is a contract of the bus."""
+    return EVENT_TYPES.get((event.TYPE, event.VERSION)) is type(event)
+    # --8<-- [end:internal-events]
 
 
 @dataclass(frozen=True)
 class OrderEvent:
-    """One event of an order's stream, as stored."""
+    """One event of an order's stream, as the aggregate folds it."""
 
-    id: str
-    order_id: str
-    version: int
-    type: str
-    data: dict[str, Any]
+    version: int  # its position in the order's stream: 1, 2, ...
+    data: EventData
     occurred_at: datetime
-    causation_id: str | None = None
-    # The trace it was recorded in (W3C headers): its publication continues that trace.
-    trace_context: dict[str, str] = field(default_factory=dict, compare=False)
 
-
-@dataclass(frozen=True)
-class NewEvent:
-    """An event the aggregate decided to append (the store gives it an id and a version)."""
-
-    type: str
-    data: dict[str, Any]
-
-    @classmethod
-    def of(cls, data: EventData) -> NewEvent:
-        return cls(type=data.TYPE, data=data.model_dump(mode="json"))
+    @property
+    def type(self) -> str:
+        return self.data.TYPE
 
 
 @dataclass
@@ -101,25 +117,24 @@ class Order:
         return order
 
     def apply(self, event: OrderEvent) -> None:
-        data = event.data
-        match event.type:
-            case "order.placed":
-                self.customer_id = data["customer_id"]
-                self.lines = list(data["lines"])
-                self.total_cents = data["total_cents"]
-                self.currency = data.get("currency", "EUR")
+        match event.data:
+            case OrderPlaced() as placed:
+                self.customer_id = placed.customer_id
+                self.lines = [line.model_dump(mode="json") for line in placed.lines]
+                self.total_cents = placed.total_cents
+                self.currency = placed.currency
                 self.status = OrderStatus.PENDING
                 self.placed_at = event.occurred_at
-            case "order.stock-reserved":
+            case OrderStockReserved():
                 self.status = OrderStatus.RESERVED
-            case "order.payment-failed":
+            case OrderPaymentFailed(reason=reason):
                 self.status = OrderStatus.CANCELLING
-                self.payment_failure = data.get("reason")
-            case "order.confirmed":
+                self.payment_failure = reason
+            case OrderConfirmed():
                 self.status = OrderStatus.CONFIRMED
-            case "order.cancelled":
+            case OrderCancelled(reason=reason):
                 self.status = OrderStatus.CANCELLED
-                self.cancel_reason = data.get("reason")
+                self.cancel_reason = reason
         self.version = event.version
         self.updated_at = event.occurred_at
         self.history.append(
@@ -133,38 +148,32 @@ class Order:
 
 
 # --8<-- [start:react]
-def react(order: Order, incoming: EventData) -> list[NewEvent]:
+def react(order: Order, incoming: EventData) -> list[EventData]:
     """What a saga event means for this order: the events to append (often none)."""
     if order.version == 0 or order.is_final:
         return []  # unknown order, or already decided: duplicates and late arrivals end here
 
-    cancelled = lambda reason: NewEvent.of(  # noqa: E731
-        OrderCancelled(order_id=order.id, customer_id=order.customer_id, reason=reason)
-    )
+    def cancelled(reason: str) -> OrderCancelled:
+        return OrderCancelled(order_id=order.id, customer_id=order.customer_id, reason=reason)
+
     match incoming:
         case StockReserved() if order.status == OrderStatus.PENDING:
-            return [NewEvent(type="order.stock-reserved", data={"order_id": order.id})]
+            return [OrderStockReserved(order_id=order.id)]
         case StockRejected(reason=reason):
             if order.status == OrderStatus.PENDING:
                 return [cancelled(f"stock rejected: {reason}")]
         case PaymentSucceeded():
             if order.status in (OrderStatus.PENDING, OrderStatus.RESERVED):
                 return [
-                    NewEvent.of(
-                        OrderConfirmed(
-                            order_id=order.id,
-                            customer_id=order.customer_id,
-                            total_cents=order.total_cents,
-                        )
+                    OrderConfirmed(
+                        order_id=order.id,
+                        customer_id=order.customer_id,
+                        total_cents=order.total_cents,
                     )
                 ]
         case PaymentFailed(reason=reason):
             if order.status in (OrderStatus.PENDING, OrderStatus.RESERVED):
-                return [
-                    NewEvent(
-                        type="order.payment-failed", data={"order_id": order.id, "reason": reason}
-                    )
-                ]
+                return [OrderPaymentFailed(order_id=order.id, reason=reason)]
         case StockReleased(reason=reason):
             # The compensation is done: the order is cancelled once its stock is back.
             return [cancelled(order.payment_failure or reason)]
@@ -176,7 +185,7 @@ def react(order: Order, incoming: EventData) -> list[NewEvent]:
 SAGA_DEADLINE_REASON = "saga deadline passed"
 
 
-def expire(order: Order) -> list[NewEvent]:
+def expire(order: Order) -> list[EventData]:
     """The order's saga deadline passed: cancel it, unless it ended in the meantime.
 
     The cancellation is the compensation's trigger: inventory gives the stock back (or never
@@ -185,10 +194,8 @@ def expire(order: Order) -> list[NewEvent]:
     if order.version == 0 or order.is_final:
         return []
     return [
-        NewEvent.of(
-            OrderCancelled(
-                order_id=order.id, customer_id=order.customer_id, reason=SAGA_DEADLINE_REASON
-            )
+        OrderCancelled(
+            order_id=order.id, customer_id=order.customer_id, reason=SAGA_DEADLINE_REASON
         )
     ]
     # --8<-- [end:expire]

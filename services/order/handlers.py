@@ -1,4 +1,5 @@
-"""The order service's use cases: place an order, follow the saga, rebuild the read model.
+"""The order service's use cases: place an order, follow the saga, expire overdue orders,
+rebuild the read model -- and its handler table.
 
 Plain functions with their dependencies as arguments, bundled in :class:`OrderDeps`; the
 HTTP routes and the subscriber only translate to and from these.
@@ -6,30 +7,48 @@ HTTP routes and the subscriber only translate to and from these.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from services.order.domain import NewEvent, Order, OrderEvent, expire, react
+from services.order.domain import Order, OrderEvent, expire, react
 from services.order.repository import (
     ConcurrencyError,
     EventStore,
     IdempotencyKeys,
     OrderViews,
+    to_events,
 )
-from shared.contracts import Envelope, EventData, OrderLine, OrderPlaced, PricedLine, Quote
+from shared import topology
+from shared.contracts import (
+    Envelope,
+    EventData,
+    OrderLine,
+    OrderPlaced,
+    PaymentFailed,
+    PaymentSucceeded,
+    PricedLine,
+    Quote,
+    QuoteRequest,
+    StockRejected,
+    StockReleased,
+    StockReserved,
+)
 from shared.faults import crash_point
+from shared.handlers import HandlerTable
 from shared.observability import current_trace_context, order_context
 
 log = structlog.get_logger(__name__)
 
-QuoteFn = Callable[[tuple[OrderLine, ...]], Awaitable[Quote]]
+QuoteFn = Callable[[QuoteRequest], Awaitable[Quote]]
 
 
 @dataclass
@@ -39,10 +58,14 @@ class OrderDeps:
     keys: IdempotencyKeys
     # Asks inventory for a quote (request-reply); raises QuoteUnavailableError.
     quote: QuoteFn
-    # Hands the outbox relay the events just saved, to publish at once.
-    wake_relay: Callable[[Sequence[OrderEvent]], None]
+    # Hands the outbox relay the documents just stored: it publishes the pending ones at once.
+    wake_relay: Callable[[Sequence[dict[str, Any]]], None]
     # An order not final this long after it was placed is cancelled (and compensated).
     saga_deadline_seconds: float = 600.0
+
+    async def create_indexes(self) -> None:
+        for repository in (self.store, self.views, self.keys):
+            await repository.create_indexes()
 
 
 @dataclass(frozen=True)
@@ -125,7 +148,7 @@ async def _accept(
     order_id: str, command: PlaceOrder, deps: OrderDeps, idempotency_key: str
 ) -> Placed:
     """Quote, then record ``order.placed`` (in the event store, which is also the outbox)."""
-    quote = await deps.quote(command.lines)
+    quote = await deps.quote(QuoteRequest(lines=command.lines))
     if quote.unknown_skus:
         await deps.keys.forget(idempotency_key, order_id)
         raise UnknownSkuError(quote.unknown_skus)
@@ -145,7 +168,7 @@ async def _accept(
         appended = await deps.store.append(
             order_id,
             0,
-            [NewEvent.of(placed)],
+            [placed],
             trace_context=current_trace_context(),
             saga_deadline=datetime.now(UTC) + timedelta(seconds=deps.saga_deadline_seconds),
         )
@@ -158,7 +181,7 @@ async def _accept(
     # The order exists from here on: whatever fails now, the answer is 202 with this order.
     # (The outbox publishes it; the read model catches up with the saga's next event.)
     deps.wake_relay(appended)  # hands the documents over: no I/O, cannot fail
-    await _project_if_possible(order_id, appended, deps)
+    await _project_if_possible(order_id, to_events(appended), deps)
     # --8<-- [end:after-append]
     log.info("order placed", order_id=order_id, total_cents=placed.total_cents)
     return Placed(order_id=order_id)
@@ -185,13 +208,13 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
                 order_id,
                 order.version,
                 decided,
-                causation_id=envelope.id,
+                causation=envelope,
                 trace_context=current_trace_context(),
             )
         except ConcurrencyError:
             continue  # someone else moved the order on: decide again from the new state
         deps.wake_relay(appended)
-        for event in appended:
+        for event in to_events(appended):
             order.apply(event)
         break
     else:
@@ -213,33 +236,52 @@ async def expire_overdue_orders(deps: OrderDeps, *, limit: int = 100) -> int:
     down for longer than the retry budget -- the order ends CANCELLED, and its cancellation
     makes inventory and payment undo what they did.
     """
-    cancelled = 0
     with suppress_instrumentation():  # a sweep every few seconds: not part of any order's trace
         overdue = await deps.store.overdue_sagas(datetime.now(UTC), limit)
+    cancelled = 0
     for order_id in overdue:
         with order_context(order_id):
-            for _ in range(10):
-                order = Order.from_events(order_id, await deps.store.load(order_id))
-                decided = expire(order)
-                if not decided:
-                    break
-                try:
-                    appended = await deps.store.append(
-                        order_id, order.version, decided, trace_context=current_trace_context()
-                    )
-                except ConcurrencyError:
-                    continue  # a saga event moved it on meanwhile: look again
-                deps.wake_relay(appended)
-                for event in appended:
-                    order.apply(event)
-                cancelled += 1
-                log.warning("saga deadline passed: order cancelled", order_id=order_id)
-                break
-            await deps.views.save(order)
-            if order.is_final:
-                await deps.store.close_saga(order_id)
+            cancelled += await _expire(order_id, deps)
     return cancelled
     # --8<-- [end:expire-overdue]
+
+
+async def _expire(order_id: str, deps: OrderDeps) -> int:
+    """Cancel one overdue order unless a saga event ended it meanwhile; 1 if cancelled."""
+    expired = 0
+    for _ in range(10):
+        order = Order.from_events(order_id, await deps.store.load(order_id))
+        decided = expire(order)
+        if not decided:
+            break
+        try:
+            appended = await deps.store.append(
+                order_id, order.version, decided, trace_context=current_trace_context()
+            )
+        except ConcurrencyError:
+            continue  # a saga event moved it on meanwhile: look again
+        deps.wake_relay(appended)
+        for event in to_events(appended):
+            order.apply(event)
+        expired = 1
+        log.warning("saga deadline passed: order cancelled", order_id=order_id)
+        break
+    await deps.views.save(order)
+    if order.is_final:
+        await deps.store.close_saga(order_id)
+    return expired
+
+
+# --8<-- [start:deadline-watch]
+async def watch_deadlines(deps: OrderDeps, *, every: float) -> None:
+    """The saga deadline sweep, every ``every`` seconds while the service runs."""
+    while True:
+        try:
+            await expire_overdue_orders(deps)
+        except Exception as exc:  # the database is away: try again next round
+            log.warning("saga deadline sweep failed", error=repr(exc))
+        await asyncio.sleep(every)
+        # --8<-- [end:deadline-watch]
 
 
 # --8<-- [start:rebuild]
@@ -248,15 +290,28 @@ async def rebuild_projections(store: EventStore, views: OrderViews) -> int:
     await views.clear()
     rebuilt = 0
     current: Order | None = None
-    async for event in store.all_events():
-        if current is None or current.id != event.order_id:
+    async for order_id, event in store.all_events():
+        if current is None or current.id != order_id:
             if current is not None:
                 await views.save(current)
                 rebuilt += 1
-            current = Order(id=event.order_id)
+            current = Order(id=order_id)
         current.apply(event)
     if current is not None:
         await views.save(current)
         rebuilt += 1
     return rebuilt
     # --8<-- [end:rebuild]
+
+
+# --8<-- [start:handler-table]
+HANDLERS: HandlerTable[OrderDeps] = {
+    topology.ORDER_SAGA_REPLIES: {
+        StockReserved: follow_saga,
+        StockRejected: follow_saga,
+        StockReleased: follow_saga,
+        PaymentSucceeded: follow_saga,
+        PaymentFailed: follow_saga,
+    },
+}
+# --8<-- [end:handler-table]

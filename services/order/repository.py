@@ -4,10 +4,13 @@
   ``_id`` is its natural key, ``"<order id>:<version, 6 digits>"``: two writers racing for the
   same version collide on it instead of forking the stream (optimistic concurrency), and an
   order's events are read by exact keys -- fast on MongoDB and on the stand-in alike, which
-  scans a collection for any other filter. The event's own id (the envelope id on the bus) is
-  ``event_id``. The store is also the **outbox**: an event to publish is stored with
-  ``outbox: "pending"`` in the same single-document insert that records it, so it cannot be
-  lost between "saved" and "published"; the relay flips it to "published".
+  scans a collection for any other filter. Each document holds the event's ``envelope``
+  exactly as it goes on the wire (its id, type, schema version, data...), beside the fields
+  the store queries (``order_id``, ``version``, ``type``, ``occurred_at``). The store is also
+  the **outbox**: an event to publish is stored with ``outbox: "pending"`` in the same
+  single-document insert that records it, so it cannot be lost between "saved" and
+  "published"; the relay publishes the stored envelope as it is, and flips the mark to
+  "published".
 * ``orders`` -- the read model (CQRS): one document per order, a projection of its events,
   rebuildable at any time by replaying ``order_events``.
 * ``idempotency_keys`` -- ``Idempotency-Key`` header -> order id, expiring after a day.
@@ -16,7 +19,6 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -25,10 +27,10 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.order.domain import PUBLISHED_TYPES, NewEvent, Order, OrderEvent
+from services.order.domain import ORDER_EVENT_TYPES, Order, OrderEvent, is_published
 from shared import outbox
 from shared.clock import iso
-from shared.contracts import Envelope
+from shared.contracts import Envelope, EventData
 from shared.mongo import insert_first
 
 IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
@@ -50,54 +52,43 @@ def event_key(order_id: str, version: int) -> str:
     return f"{order_id}:{version:06d}"
 
 
-def _to_event(doc: dict[str, Any]) -> OrderEvent:
+SOURCE = "order"
+
+
+def to_event(doc: dict[str, Any]) -> OrderEvent:
+    """A stored event, typed, as the aggregate folds it."""
+    envelope = Envelope.model_validate(doc["envelope"])
     return OrderEvent(
-        id=doc["event_id"],
-        order_id=doc["order_id"],
         version=doc["version"],
-        type=doc["type"],
-        data=doc["data"],
+        data=envelope.payload(ORDER_EVENT_TYPES),
         occurred_at=doc["occurred_at"],
-        causation_id=doc.get("causation_id"),
-        trace_context=doc.get("trace_context") or {},
     )
 
 
-def to_document(event: OrderEvent) -> dict[str, Any]:
-    """The stored form of an event; ``outbox`` says whether the relay must publish it."""
+def to_events(docs: Sequence[dict[str, Any]]) -> list[OrderEvent]:
+    return [to_event(doc) for doc in docs]
+
+
+def new_document(
+    envelope: Envelope, data: EventData, trace_context: dict[str, str]
+) -> dict[str, Any]:
+    """The stored form of an event: its envelope as it goes on the wire, the fields the store
+    queries, and ``outbox``: whether the relay must publish it."""
     return {
-        "_id": event_key(event.order_id, event.version),
-        "event_id": event.id,
-        "order_id": event.order_id,
-        "version": event.version,
-        "type": event.type,
-        "data": event.data,
-        "occurred_at": event.occurred_at,
-        "causation_id": event.causation_id,
-        "trace_context": event.trace_context,
+        "_id": event_key(envelope.correlation_id, envelope.sequence),
+        "order_id": envelope.correlation_id,
+        "version": envelope.sequence,
+        "type": envelope.type,
+        "occurred_at": envelope.occurred_at,  # a BSON date: the outbox and replays sort on it
+        "envelope": envelope.model_dump(mode="json"),
+        # The trace it was recorded in (W3C headers): its publication continues that trace.
+        "trace_context": trace_context,
         **(
-            outbox.pending_fields(event.occurred_at)
-            if event.type in PUBLISHED_TYPES
+            outbox.pending_fields(envelope.occurred_at)
+            if is_published(data)
             else {"outbox": "internal"}
         ),
     }
-
-
-def stored_envelope(doc: dict[str, Any]) -> Envelope:
-    """The bus envelope of a stored event (what the outbox relay publishes)."""
-    return Envelope.model_validate(
-        {
-            "id": doc["event_id"],
-            "type": doc["type"],
-            "version": 1,
-            "occurred_at": doc["occurred_at"],
-            "source": "order",
-            "correlation_id": doc["order_id"],
-            "causation_id": doc.get("causation_id"),
-            "sequence": doc["version"],
-            "data": doc["data"],
-        }
-    )
 
 
 # --8<-- [start:event-store]
@@ -115,42 +106,36 @@ class EventStore:
         self,
         order_id: str,
         expected_version: int,
-        new_events: Sequence[NewEvent],
+        new_events: Sequence[EventData],
         *,
-        causation_id: str | None = None,
+        causation: Envelope | None = None,
         trace_context: dict[str, str] | None = None,
         saga_deadline: datetime | None = None,
-    ) -> list[OrderEvent]:
-        """Append after ``expected_version``; raises :class:`ConcurrencyError` if it moved on.
+    ) -> list[dict[str, Any]]:
+        """Append after ``expected_version``; returns the documents stored, or raises
+        :class:`ConcurrencyError` if the stream moved on.
 
         Events are inserted one by one, each a single atomic insert: if the process dies
         half-way, the stream is still a valid prefix, and the next attempt carries on.
         ``saga_deadline`` (with the first event) opens the order's saga until then.
         """
         now = datetime.now(UTC)
-        # BSON dates keep milliseconds: round here so the events returned equal the stored ones.
+        # BSON dates keep milliseconds: round here so the documents returned equal the stored ones.
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        appended: list[OrderEvent] = []
-        for offset, new in enumerate(new_events, start=1):
-            event = OrderEvent(
-                id=str(uuid.uuid4()),
-                order_id=order_id,
-                version=expected_version + offset,
-                type=new.type,
-                data=new.data,
-                occurred_at=now,
-                causation_id=causation_id,
-                trace_context=trace_context or {},
+        appended: list[dict[str, Any]] = []
+        for version, data in enumerate(new_events, start=expected_version + 1):
+            envelope = Envelope.wrap(
+                data, source=SOURCE, causation=causation, sequence=version, occurred_at=now
             )
-            document = to_document(event)
-            if saga_deadline is not None and event.version == 1:
+            document = new_document(envelope, data, trace_context or {})
+            if saga_deadline is not None and version == 1:
                 # In the same insert: an order never exists without its deadline.
                 document |= {"saga": SAGA_OPEN, "saga_deadline": saga_deadline}
             try:
                 await self.events.insert_one(document)
             except DuplicateKeyError as exc:
-                raise ConcurrencyError(f"order {order_id} moved past {event.version - 1}") from exc
-            appended.append(event)
+                raise ConcurrencyError(f"order {order_id} moved past {version - 1}") from exc
+            appended.append(document)
         return appended
         # --8<-- [end:event-store]
 
@@ -161,7 +146,7 @@ class EventStore:
             first = len(events) + 1
             keys = [event_key(order_id, v) for v in range(first, first + _LOAD_BATCH)]
             batch = sorted(
-                [_to_event(doc) async for doc in self.events.find({"_id": {"$in": keys}})],
+                [to_event(doc) async for doc in self.events.find({"_id": {"$in": keys}})],
                 key=lambda event: event.version,
             )
             events += batch
@@ -188,10 +173,10 @@ class EventStore:
     async def exists(self, order_id: str) -> bool:
         return await self.events.find_one({"_id": event_key(order_id, 1)}, {"_id": 1}) is not None
 
-    async def all_events(self) -> AsyncIterator[OrderEvent]:
-        """Every event, grouped by order and in version order (for replays)."""
+    async def all_events(self) -> AsyncIterator[tuple[str, OrderEvent]]:
+        """Every event with its order id, grouped by order and in version order (for replays)."""
         async for doc in self.events.find({}).sort("_id", ASCENDING):
-            yield _to_event(doc)
+            yield doc["order_id"], to_event(doc)
 
 
 class OrderViews:

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.support.system import free_port, rabbitmqctl_command
+from shared.testing.system import free_port, rabbitmqctl_command
 
 REPO = Path(__file__).resolve().parents[2]
 

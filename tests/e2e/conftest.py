@@ -6,7 +6,7 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.support.system import System, api_client, open_mongo, running_system
+from shared.testing.system import System, api_client, open_mongo, running_system
 
 
 # Package scope: the system stops when the e2e tests are done, before tests/faults starts a

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.support.system import BIN, System
+from shared.testing.system import BIN, System
 
 
 def test_the_api_answers_every_generated_request_with_a_documented_non_5xx_response(

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from pymongo import AsyncMongoClient
 
+from shared.testing.system import System
 from tests.support.orders import final_order, order_body, place
 from tests.support.polling import eventually
-from tests.support.system import System
 
 
 async def stock(mongo: AsyncMongoClient, system: System, sku: str) -> dict[str, Any]:

@@ -10,11 +10,10 @@ import httpx
 from pymongo import AsyncMongoClient
 
 from cli.traces import trace_ids_of_order
-from services.order.repository import stored_envelope
 from shared import topology
+from shared.testing.system import System, publish_raw
 from tests.support.orders import final_order, order_body, post_order
 from tests.support.polling import eventually
-from tests.support.system import System, publish_raw
 
 SERVICES = {"order", "inventory", "payment", "notification", "notification-worker"}
 
@@ -170,13 +169,13 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
     stored = await mongo[system.database("order")]["order_events"].find_one(
         {"order_id": order_id, "type": "order.confirmed"}
     )
-    envelope = stored_envelope(stored).model_dump(mode="json")
+    envelope = stored["envelope"]  # as the relay published it
     await publish_raw(
         rabbit_url,
         topology.DEAD_LETTER.name,
         topology.NOTIFICATION_ORDER_EVENTS.name,
         json.dumps(envelope).encode(),
-        message_id=stored["event_id"],
+        message_id=envelope["id"],
         correlation_id=order_id,
         headers={
             **stored["trace_context"],  # in whatever format OTEL_PROPAGATORS names
@@ -190,7 +189,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
         "replay",
         topology.NOTIFICATION_ORDER_EVENTS.name,
         "--id",
-        stored["event_id"],
+        envelope["id"],
         timeout=60,
     )
     assert replay.returncode == 0, replay.stderr
@@ -201,7 +200,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
             s
             for s in spans
             if s["name"].startswith("dlq replay")
-            and s["attributes"].get("messaging.message.id") == stored["event_id"]
+            and s["attributes"].get("messaging.message.id") == envelope["id"]
         ]
         return {
             r["trace_id"]: [s for s in spans if s["trace_id"] == r["trace_id"]] for r in replays

@@ -26,13 +26,10 @@ from pymongo import AsyncMongoClient
 
 from cli import dlq
 from cli.ledger import run_checks
-from services.order.repository import stored_envelope
 from shared import topology
 from shared.rpc import RpcClient
 from shared.settings import WarrenSettings
-from tests.support.orders import FINAL, final_order, order_body, place, status_of, until_status
-from tests.support.polling import eventually
-from tests.support.system import (
+from shared.testing.system import (
     System,
     api_client,
     mongo_standin,
@@ -42,6 +39,8 @@ from tests.support.system import (
     rabbitmqctl_command,
     running_system,
 )
+from tests.support.orders import FINAL, final_order, order_body, place, status_of, until_status
+from tests.support.polling import eventually
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,7 @@ async def bus_events_of(
     order_db = mongo[system.database("order")]
     events = []
     async for doc in order_db["order_events"].find({"order_id": order_id, "outbox": "published"}):
-        events.append(stored_envelope(doc).model_dump(mode="json"))
+        events.append(doc["envelope"])  # as the relay published it
     reservation = await mongo[system.database("inventory")]["reservations"].find_one(
         {"_id": order_id}
     )

@@ -7,15 +7,15 @@ import pytest
 
 from shared import topology
 from shared.messaging import make_broker
-from shared.settings import WarrenSettings
-from tests.support.system import BrokerInUseError, refuse_a_broker_in_use, reset_broker
+from shared.settings import RETRY_DELAYS_SECONDS, WarrenSettings
+from shared.testing.system import BrokerInUseError, refuse_a_broker_in_use, reset_broker
 
 
 async def test_a_broker_with_a_live_consumer_is_not_wiped(rabbit_url: str) -> None:
     broker = make_broker(WarrenSettings(rabbit_url=rabbit_url))
     await broker.connect()
     try:
-        await topology.declare_topology(broker, topology.RETRY_DELAYS_SECONDS)
+        await topology.declare_topology(broker, RETRY_DELAYS_SECONDS)
     finally:
         await broker.stop()
     queue_name = topology.ALL_QUEUES_WITH_DLQ[0].name

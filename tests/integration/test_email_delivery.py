@@ -19,7 +19,7 @@ from pymongo.collection import Collection
 from cli.mail_sink import make_api
 from services.notification.settings import NotificationSettings
 from services.notification.worker import MAX_TAKEOVERS, deliver
-from tests.support.system import free_port
+from shared.testing.system import free_port
 
 
 @pytest.fixture

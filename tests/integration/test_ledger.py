@@ -39,11 +39,14 @@ class Shop:
         await self.db["order"]["order_events"].insert_one(
             {
                 "_id": f"{order_id}:{version:06d}",
-                "event_id": event_id,
                 "order_id": order_id,
                 "version": version,
                 "type": type_,
-                "data": {"lines": [{"sku": "MUG", "quantity": 2, "unit_price_cents": 100}]},
+                "envelope": {  # as the order service stores it (the fields the ledger reads)
+                    "id": event_id,
+                    "type": type_,
+                    "data": {"lines": [{"sku": "MUG", "quantity": 2, "unit_price_cents": 100}]},
+                },
                 "occurred_at": NOW,
                 "outbox": "published",
                 **extra,
@@ -108,7 +111,7 @@ async def test_a_replayed_charge_that_moved_no_money_is_fine(shop: Shop) -> None
 
 async def test_an_email_sent_twice_is_seen_in_the_sink(shop: Shop) -> None:
     placed = await shop.db["order"]["order_events"].find_one({"_id": "o1:000001"})
-    shop.email(placed["event_id"])  # the same Message-ID once more
+    shop.email(placed["envelope"]["id"])  # the same Message-ID once more
     assert "2 emails in the mail sink for order.placed of o1" in await shop.failures()
 
 
@@ -122,7 +125,7 @@ async def test_an_email_that_never_arrived_is_seen_though_its_notification_says_
     assert await shop.failures() == []
     confirmed = await shop.db["order"]["order_events"].find_one({"_id": "o2:000002"})
     for key in list(shop.mails.keys()):
-        if shop.mails[key]["Message-ID"] == f"<{confirmed['event_id']}@warren>":
+        if shop.mails[key]["Message-ID"] == f"<{confirmed['envelope']['id']}@warren>":
             shop.mails.remove(key)
     assert "0 emails in the mail sink for order.cancelled of o2" in await shop.failures()
 
@@ -143,11 +146,10 @@ async def test_a_parked_outbox_event_and_an_order_past_its_deadline_are_seen(sho
     await shop.db["order"]["order_events"].insert_one(
         {
             "_id": "o3:000001",
-            "event_id": "e3",
             "order_id": "o3",
             "version": 1,
             "type": "order.placed",
-            "data": {"lines": []},
+            "envelope": {"id": "e3", "type": "order.placed", "data": {"lines": []}},
             "occurred_at": NOW,
             "outbox": "parked",
             "saga": "open",

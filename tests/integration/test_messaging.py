@@ -14,7 +14,7 @@ from aio_pika.exceptions import DeliveryError
 from faststream.rabbit import RabbitBroker
 
 from shared import messaging, topology
-from shared.contracts import Envelope, EventData, OrderConfirmed
+from shared.contracts import Envelope, EventData, OrderConfirmed, PaymentFailed
 from shared.settings import WarrenSettings
 from tests.support.polling import eventually
 
@@ -35,6 +35,9 @@ class FlakyHandler:
         return []
 
 
+RETRY_DELAYS = (1, 1)  # 3 attempts, then the DLQ
+
+
 def confirmed(order_id: str = "o-1") -> Envelope:
     return Envelope.wrap(
         OrderConfirmed(order_id=order_id, customer_id="c", total_cents=1), source="test"
@@ -43,9 +46,8 @@ def confirmed(order_id: str = "o-1") -> Envelope:
 
 @pytest.fixture
 async def test_queue(rabbit_url: str) -> AsyncIterator[topology.ConsumerQueue]:
-    queue = topology.ConsumerQueue(
-        f"test.{uuid.uuid4().hex[:8]}", routing_keys=(), retry_delays=(1, 1)
-    )
+    # No bindings: the tests send straight to the queue.
+    queue = topology.ConsumerQueue(f"test.{uuid.uuid4().hex[:8]}", events=())
     yield queue
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
@@ -59,8 +61,8 @@ async def run_consumer(
 ) -> RabbitBroker:
     broker = messaging.make_broker(WarrenSettings(rabbit_url=rabbit_url, service_name="test"))
     await broker.connect()
-    await topology.declare_consumer_queue(broker, queue)
-    messaging.subscribe_events(broker, queue, handler)
+    await topology.declare_consumer_queue(broker, queue, RETRY_DELAYS)
+    messaging.subscribe_events(broker, queue, {OrderConfirmed: handler}, retry_delays=RETRY_DELAYS)
     await broker.start()
     return broker
 
@@ -113,6 +115,32 @@ async def test_a_poison_message_is_dead_lettered_at_once_and_the_consumer_goes_o
     assert "x-warren-first-failure" in headers and "x-warren-exception" in headers
 
 
+async def test_an_event_the_queue_has_no_handler_for_is_dead_lettered_at_once(
+    rabbit_url: str, test_queue: topology.ConsumerQueue
+) -> None:
+    """Reproduced: an event routed to a queue whose service had no handler for it ended in an
+    AssertionError, three retries and the DLQ; it is poison, and says so."""
+    handler = FlakyHandler()
+    broker = await run_consumer(rabbit_url, test_queue, handler)
+    try:
+        stray = Envelope.wrap(PaymentFailed(order_id="o-9", reason="x"), source="test")
+        await send(broker, test_queue, stray.model_dump_json(), stray.id)
+        good = confirmed()
+        await send(broker, test_queue, good.model_dump_json(), good.id)
+        [dead] = await eventually(
+            lambda: dead_letters(rabbit_url, test_queue), until=lambda m: len(m) == 1, timeout=5
+        )
+        await eventually(lambda: list(handler.handled), until=lambda h: good.id in h, timeout=5)
+    finally:
+        await broker.stop()
+    assert dead.message_id == stray.id
+    assert dead.headers["x-warren-reason"] == (
+        f"poison: no handler for payment.failed v1 in {test_queue.name}"
+    )
+    assert dead.headers["x-warren-attempts"] == 1  # not retried: no retry can help
+    assert handler.calls == [(good.id, handler.calls[0][1])]
+
+
 async def test_a_transient_failure_is_retried_after_a_delay_not_in_a_hot_loop(
     rabbit_url: str, test_queue: topology.ConsumerQueue
 ) -> None:
@@ -132,7 +160,7 @@ async def test_a_transient_failure_is_retried_after_a_delay_not_in_a_hot_loop(
 async def test_exhausted_retries_go_to_the_dlq_with_the_reason_and_can_be_replayed(
     rabbit_url: str, test_queue: topology.ConsumerQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handler = FlakyHandler(failures=3)  # retry_delays=(1, 1): 3 attempts, then the DLQ
+    handler = FlakyHandler(failures=3)  # RETRY_DELAYS: 3 attempts, then the DLQ
     broker = await run_consumer(rabbit_url, test_queue, handler)
     try:
         event = confirmed()
@@ -175,7 +203,7 @@ async def test_replaying_to_a_queue_that_is_gone_fails_and_keeps_the_dead_letter
     broker = messaging.make_broker(WarrenSettings(rabbit_url=rabbit_url))
     await broker.connect()
     try:
-        await topology.declare_consumer_queue(broker, test_queue)
+        await topology.declare_consumer_queue(broker, test_queue, RETRY_DELAYS)
         event = confirmed()
         await broker.publish(
             event.model_dump_json(),
@@ -222,7 +250,7 @@ async def test_a_replayed_delivery_limit_dead_letter_survives_a_transient_failur
     ("Dead-letter queues cycle detected"): every copy Warren publishes leaves x-death behind."""
     broker = messaging.make_broker(WarrenSettings(rabbit_url=rabbit_url, service_name="test"))
     await broker.connect()
-    await topology.declare_consumer_queue(broker, test_queue)
+    await topology.declare_consumer_queue(broker, test_queue, RETRY_DELAYS)
     event = confirmed()
     await send(broker, test_queue, event.model_dump_json(), event.id)
     await broker.stop()

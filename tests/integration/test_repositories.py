@@ -17,19 +17,20 @@ from pamqp.commands import Basic
 
 from services.inventory import handlers as inventory
 from services.inventory.catalog import CatalogItem
+from services.inventory.handlers import InventoryDeps
 from services.inventory.repository import HoldOutcome, StockRepository
 from services.notification.repository import NotificationRepository
-from services.order.domain import NewEvent, Order
+from services.order.domain import Order, OrderStockReserved
 from services.order.handlers import OrderDeps, PlaceOrder, place_order, rebuild_projections
 from services.order.repository import (
     ConcurrencyError,
     EventStore,
     IdempotencyKeys,
     OrderViews,
-    to_document,
 )
 from services.payment import handlers as payment
 from services.payment.gateway import SimulatedGateway
+from services.payment.handlers import PaymentDeps
 from services.payment.repository import PaymentRepository
 from shared.clock import DatabaseClock
 from shared.contracts import (
@@ -83,8 +84,8 @@ async def test_reserving_holds_every_line_and_a_duplicate_re_announces_the_same_
     await repo.seed([MUGS, LAMPS])
     order = placed("o1", (MUGS, 2), (LAMPS, 1))
 
-    first = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
-    again = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    first = await inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
+    again = await inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
 
     assert [e.type for e in first] == ["stock.reserved"]
     assert again[0].id == first[0].id
@@ -96,7 +97,7 @@ async def test_an_order_larger_than_stock_holds_nothing(db: Any) -> None:
     await repo.seed([MUGS, LAMPS])
     order = placed("o1", (MUGS, 2), (LAMPS, 4))
 
-    outcome = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    outcome = await inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
 
     assert [e.type for e in outcome] == ["stock.rejected"]
     assert outcome[0].data["shortages"] == {"BURROW-LAMP": 4}
@@ -108,17 +109,17 @@ async def test_payment_success_commits_and_failure_releases_once(db: Any) -> Non
     await repo.seed([MUGS])
     for order_id in ("paid", "declined"):
         order = placed(order_id, (MUGS, 3))
-        await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+        await inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
 
     ok = Envelope.wrap(
         PaymentSucceeded(order_id="paid", payment_id="ch", amount_cents=1), source="payment"
     )
     ko = Envelope.wrap(PaymentFailed(order_id="declined", reason="card declined"), source="payment")
-    assert await inventory.settle_reservation(ok, ok.payload(), repo) == []  # type: ignore[arg-type]
-    released = await inventory.settle_reservation(ko, ko.payload(), repo)  # type: ignore[arg-type]
+    assert await inventory.settle_reservation(ok, ok.payload(), InventoryDeps(repo)) == []  # type: ignore[arg-type]
+    released = await inventory.settle_reservation(ko, ko.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     # Redelivered: nothing moves again, and the release is re-announced with the same id.
-    assert await inventory.settle_reservation(ok, ok.payload(), repo) == []  # type: ignore[arg-type]
-    released_again = await inventory.settle_reservation(ko, ko.payload(), repo)  # type: ignore[arg-type]
+    assert await inventory.settle_reservation(ok, ok.payload(), InventoryDeps(repo)) == []  # type: ignore[arg-type]
+    released_again = await inventory.settle_reservation(ko, ko.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
 
     assert [e.type for e in released] == ["stock.released"]
     assert released_again[0].id == released[0].id
@@ -171,18 +172,20 @@ async def _stale_copy_resumes_after(db: Any, settle_with: EventData | None) -> S
     repo = StallingRepository(db, clock, stall_sku="CARROT-MUG")
     await repo.seed([LAMPS_10, MUGS])
     order = placed("o1", (LAMPS_10, 2), (MUGS, 3))  # held in SKU order: lamps, then mugs
-    stale = asyncio.create_task(inventory.reserve_stock(order, order.payload(), repo))  # type: ignore[arg-type]
+    stale = asyncio.create_task(
+        inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))
+    )  # type: ignore[arg-type]
     await repo.stalled.wait()
     clock.time += 31  # A's lease runs out
-    [reserved] = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    [reserved] = await inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     assert reserved.type == "stock.reserved"
     if settle_with is not None:
         outcome = Envelope.wrap(settle_with, source="payment")
-        await inventory.settle_reservation(outcome, outcome.payload(), repo)  # type: ignore[arg-type]
+        await inventory.settle_reservation(outcome, outcome.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     repo.resume.set()
     with pytest.raises(inventory.DecisionInProgressError):
         await stale
-    again = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    again = await inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     assert again[0].id == reserved.id  # A's redelivery re-announces B's decision
     return repo
 
@@ -225,21 +228,21 @@ async def test_a_cancelled_order_gives_back_held_or_sold_stock_and_is_never_rese
     await repo.seed([MUGS])
     for order_id in ("held", "sold"):
         order = placed(order_id, (MUGS, 2))
-        await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+        await inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     paid = Envelope.wrap(
         PaymentSucceeded(order_id="sold", payment_id="c", amount_cents=1), source="p"
     )
-    await inventory.settle_reservation(paid, paid.payload(), repo)  # type: ignore[arg-type]
+    await inventory.settle_reservation(paid, paid.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     for order_id in ("held", "sold", "never-placed"):
         cancelled = Envelope.wrap(
             OrderCancelled(order_id=order_id, customer_id="c", reason="saga deadline passed"),
             source="order",
         )
         for _ in range(2):  # a duplicate changes nothing
-            await inventory.settle_reservation(cancelled, cancelled.payload(), repo)  # type: ignore[arg-type]
+            await inventory.settle_reservation(cancelled, cancelled.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     assert await levels(repo) == {"CARROT-MUG": (10, 0, 0)}
     late = placed("never-placed", (MUGS, 1))
-    [rejected] = await inventory.reserve_stock(late, late.payload(), repo)  # type: ignore[arg-type]
+    [rejected] = await inventory.reserve_stock(late, late.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     assert rejected.type == "stock.rejected"
     assert await levels(repo) == {"CARROT-MUG": (10, 0, 0)}
     states = {
@@ -252,6 +255,10 @@ async def test_a_cancelled_order_gives_back_held_or_sold_stock_and_is_never_rese
 
 
 # --- payment -----------------------------------------------------------------------------------
+
+
+def cancelled_envelope(cancelled: OrderCancelled) -> Envelope:
+    return Envelope.wrap(cancelled, source="order")
 
 
 def reserved_event(order_id: str) -> Envelope:
@@ -268,7 +275,9 @@ async def test_an_order_is_charged_once_however_often_it_arrives(db: Any) -> Non
         source="inventory",
     )
     outcomes = [
-        await payment.charge_reserved_order(reserved, reserved.payload(), repo, gateway)  # type: ignore[arg-type]
+        await payment.charge_reserved_order(
+            reserved, reserved.payload(), PaymentDeps(repo, gateway)
+        )  # type: ignore[arg-type]
         for _ in range(3)
     ]
     assert {o[0].id for o in outcomes} == {outcomes[0][0].id}
@@ -279,22 +288,33 @@ async def test_an_order_is_charged_once_however_often_it_arrives(db: Any) -> Non
 async def test_a_cancelled_order_that_was_charged_is_refunded_once(db: Any) -> None:
     repo, gateway = PaymentRepository(db), SimulatedGateway(db)
     order = reserved_event("late")
-    [paid] = await payment.charge_reserved_order(order, order.payload(), repo, gateway)  # type: ignore[arg-type]
+    [paid] = await payment.charge_reserved_order(order, order.payload(), PaymentDeps(repo, gateway))  # type: ignore[arg-type]
     assert paid.type == "payment.succeeded"
     cancelled = OrderCancelled(order_id="late", customer_id="c", reason="saga deadline passed")
     for _ in range(2):  # a duplicate refunds nothing more
-        assert await payment.refund_cancelled_order(cancelled, repo, gateway) == []
+        assert (
+            await payment.refund_cancelled_order(
+                cancelled_envelope(cancelled), cancelled, PaymentDeps(repo, gateway)
+            )
+            == []
+        )
     charges = [d async for d in db["gateway_charges"].find({"order_id": "late"})]
     assert [c["status"] for c in charges] == ["refunded"]
-    assert (await repo.get("late"))["status"] == "refunded"
+    recorded = await repo.get("late")
+    assert recorded is not None and recorded.status == "refunded"
 
 
 async def test_an_order_cancelled_before_its_charge_is_never_charged(db: Any) -> None:
     repo, gateway = PaymentRepository(db), SimulatedGateway(db)
     cancelled = OrderCancelled(order_id="slow", customer_id="c", reason="saga deadline passed")
-    await payment.refund_cancelled_order(cancelled, repo, gateway)
+    await payment.refund_cancelled_order(
+        cancelled_envelope(cancelled), cancelled, PaymentDeps(repo, gateway)
+    )
     order = reserved_event("slow")  # still being retried when the deadline passed
-    assert await payment.charge_reserved_order(order, order.payload(), repo, gateway) == []  # type: ignore[arg-type]
+    assert (
+        await payment.charge_reserved_order(order, order.payload(), PaymentDeps(repo, gateway))
+        == []
+    )  # type: ignore[arg-type]
     assert await db["gateway_charges"].count_documents({}) == 0
 
 
@@ -306,31 +326,30 @@ async def test_a_declined_card_moves_no_money(db: Any) -> None:
         ),
         source="inventory",
     )
-    outcome = await payment.charge_reserved_order(reserved, reserved.payload(), repo, gateway)  # type: ignore[arg-type]
+    outcome = await payment.charge_reserved_order(
+        reserved, reserved.payload(), PaymentDeps(repo, gateway)
+    )  # type: ignore[arg-type]
     assert outcome[0].type == "payment.failed"
     assert await db["gateway_charges"].count_documents({"status": "captured"}) == 0
-    assert (await repo.get("o2"))["amount_cents"] == 0  # type: ignore[index]
+    recorded = await repo.get("o2")
+    assert recorded is not None and recorded.amount_cents == 0
 
 
 # --- order: event store, read model, idempotency keys, outbox -------------------------------------
 
 
-def order_placed(order_id: str, customer: str = "bugs-bunny") -> NewEvent:
-    return NewEvent.of(
-        OrderPlaced(
-            order_id=order_id,
-            customer_id=customer,
-            lines=(PricedLine(sku="CARROT-MUG", quantity=1, unit_price_cents=1250),),
-            total_cents=1250,
-            payment_token="tok_visa",
-        )
+def order_placed(order_id: str, customer: str = "bugs-bunny") -> OrderPlaced:
+    return OrderPlaced(
+        order_id=order_id,
+        customer_id=customer,
+        lines=(PricedLine(sku="CARROT-MUG", quantity=1, unit_price_cents=1250),),
+        total_cents=1250,
+        payment_token="tok_visa",
     )
 
 
-def order_confirmed(order_id: str) -> NewEvent:
-    return NewEvent.of(
-        OrderConfirmed(order_id=order_id, customer_id="bugs-bunny", total_cents=1250)
-    )
+def order_confirmed(order_id: str) -> OrderConfirmed:
+    return OrderConfirmed(order_id=order_id, customer_id="bugs-bunny", total_cents=1250)
 
 
 async def test_two_writers_cannot_append_the_same_version(db: Any) -> None:
@@ -361,7 +380,7 @@ async def test_once_an_order_is_recorded_the_answer_is_that_order_whatever_fails
         )
     )
 
-    async def quote(lines: Any) -> Quote:
+    async def quote(request: Any) -> Quote:
         return quoted
 
     deps = OrderDeps(
@@ -379,7 +398,7 @@ async def test_the_read_model_never_goes_back_to_an_older_version(db: Any) -> No
     store, views = EventStore(db), OrderViews(db)
     await store.create_indexes()
     await store.append("o1", 0, [order_placed("o1")])
-    await store.append("o1", 1, [NewEvent(type="order.stock-reserved", data={"order_id": "o1"})])
+    await store.append("o1", 1, [OrderStockReserved(order_id="o1")])
     events = await store.load("o1")
     newer, older = Order.from_events("o1", events), Order.from_events("o1", events[:1])
 
@@ -408,7 +427,7 @@ async def test_replaying_the_events_rebuilds_the_same_read_model(db: Any) -> Non
     for n in range(3):
         await store.append(f"o{n}", 0, [order_placed(f"o{n}")])
         await views.save(Order.from_events(f"o{n}", await store.load(f"o{n}")))
-    await store.append("o1", 1, [NewEvent(type="order.stock-reserved", data={"order_id": "o1"})])
+    await store.append("o1", 1, [OrderStockReserved(order_id="o1")])
     await views.save(Order.from_events("o1", await store.load("o1")))
     before = {n: await views.get(f"o{n}") for n in range(3)}
 
@@ -430,8 +449,8 @@ async def test_the_outbox_publishes_pending_events_in_order_and_only_once(db: An
     store = EventStore(db)
     await store.create_indexes()
     await store.append("o1", 0, [order_placed("o1")])
-    await store.append("o1", 1, [NewEvent(type="order.stock-reserved", data={"order_id": "o1"})])
-    await store.append("o1", 2, [NewEvent(type="order.confirmed", data={"order_id": "o1"})])
+    await store.append("o1", 1, [OrderStockReserved(order_id="o1")])
+    await store.append("o1", 2, [order_confirmed("o1")])
     published: list[tuple[str, int]] = []
 
     async def publish(doc: dict[str, Any]) -> None:
@@ -584,25 +603,25 @@ async def test_the_relay_publishes_woken_events_and_falls_back_to_sweeps_after_a
         published.append(doc["order_id"])
 
     relay = OutboxRelay(store.events, publish)
-    relay.wake([to_document(first[0])])
+    relay.wake(first[:1])
     with pytest.raises(ConnectionError):
         await relay.publish_fresh()
     broker_up = True
-    relay.wake([to_document(second[0])])
+    relay.wake(second[:1])
     assert await relay.publish_fresh() == 0  # degraded: only sweeps now, oldest first
     assert await relay.publish_pending() == 2
     assert published == ["o1", "o2"]
     assert await store.events.count_documents({"outbox": "pending"}) == 0
     # Saved while a sweep runs: both swept and handed over -- published once.
     third = await store.append("o3", 0, [order_placed("o3")])
-    relay.wake([to_document(third[0])])
+    relay.wake(third[:1])
     assert await relay.publish_pending() == 1
     assert await relay.publish_fresh() == 0
     assert published == ["o1", "o2", "o3"]
     # Swept before it was handed over at all (the hand-over came after the sweep): once.
     fourth = await store.append("o4", 0, [order_placed("o4")])
     assert await relay.publish_pending() == 1
-    relay.wake([to_document(fourth[0])])
+    relay.wake(fourth[:1])
     assert await relay.publish_fresh() == 0
     assert published == ["o1", "o2", "o3", "o4"]
 
@@ -615,7 +634,7 @@ async def test_the_relay_keeps_each_orders_events_in_order_and_marks_a_batch_at_
     for order_id in ("o1", "o2", "o3"):
         placed = await store.append(order_id, 0, [order_placed(order_id)])
         confirmed = await store.append(order_id, 1, [order_confirmed(order_id)])
-        docs += [to_document(placed[0]), to_document(confirmed[0])]
+        docs += [placed[0], confirmed[0]]
     published: list[tuple[str, str]] = []
 
     async def publish(doc: dict[str, Any]) -> None:
@@ -641,8 +660,8 @@ async def test_two_deliveries_of_one_order_deciding_at_once_never_hold_stock_twi
     order = placed("o1", (MUGS, 2), (LAMPS, 3))
 
     results = await asyncio.gather(
-        inventory.reserve_stock(order, order.payload(), repo),  # type: ignore[arg-type]
-        inventory.reserve_stock(order, order.payload(), repo),  # type: ignore[arg-type]
+        inventory.reserve_stock(order, order.payload(), InventoryDeps(repo)),  # type: ignore[arg-type]
+        inventory.reserve_stock(order, order.payload(), InventoryDeps(repo)),  # type: ignore[arg-type]
         return_exceptions=True,
     )
 
@@ -651,6 +670,6 @@ async def test_two_deliveries_of_one_order_deciding_at_once_never_hold_stock_twi
     assert all(isinstance(r, list | inventory.DecisionInProgressError) for r in results)
     assert len({r[0].id for r in decided}) == 1  # one decision, one event id
     # The one that was told to wait re-announces the same decision when it is retried.
-    again = await inventory.reserve_stock(order, order.payload(), repo)  # type: ignore[arg-type]
+    again = await inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     assert again[0].id == decided[0][0].id
     assert await levels(repo) == {"BURROW-LAMP": (0, 3, 0), "CARROT-MUG": (8, 2, 0)}

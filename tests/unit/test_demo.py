@@ -9,7 +9,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from cli import main
+from cli import demo, main
 
 ORDER_ID = "41a5b9e3-0ae7-49cd-aac8-8d76bf72a47a"
 UNTRACED = {
@@ -55,7 +55,7 @@ def use_transport(monkeypatch: pytest.MonkeyPatch) -> Callable[[httpx.MockTransp
     def use(transport: httpx.MockTransport) -> None:
         monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=transport, **kw))
 
-    monkeypatch.setattr(main.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(demo.time, "sleep", lambda seconds: None)
     return use
 
 

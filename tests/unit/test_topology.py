@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared import topology
+from shared.settings import RETRY_DELAYS_SECONDS
 
 
 def test_the_exported_definitions_carry_the_topology_and_the_user_from_the_environment(
@@ -66,7 +67,7 @@ def test_saga_and_email_queues_are_quorum_queues_with_a_delivery_limit() -> None
 
 
 def test_retry_queues_dead_letter_back_through_the_requeue_exchange() -> None:
-    for delay in topology.RETRY_DELAYS_SECONDS:
+    for delay in RETRY_DELAYS_SECONDS:
         args = topology.retry_queue(delay).arguments or {}
         assert args["x-message-ttl"] == delay * 1000
         assert args["x-dead-letter-exchange"] == topology.REQUEUE.name
@@ -82,7 +83,7 @@ def test_password_hash_is_rabbitmq_sha256_format() -> None:
 
 
 def test_the_retry_budget_outlasts_a_ten_minute_outage() -> None:
-    assert sum(topology.RETRY_DELAYS_SECONDS) > 600
+    assert sum(RETRY_DELAYS_SECONDS) > 600
 
 
 def test_inventory_refuses_a_lease_longer_than_the_retry_budget() -> None:

@@ -1,4 +1,5 @@
-"""Run the whole Warren system as processes for end-to-end tests (the same commands as `make run`).
+"""Run the whole Warren system as processes (the same commands as `make run`): for end-to-end
+tests, the chaos suite and the benchmark.
 
 Everything talks to the real RabbitMQ and to the MongoDB given by the test session. Each
 session uses its own database prefix, and the Warren queues are deleted first so that no

@@ -1,4 +1,4 @@
-"""Two MongoDB backends for repository tests, driven through one async API.
+"""Two MongoDB backends for repository tests and the in-memory bus, driven through one async API.
 
 * ``wire`` -- the real PyMongo ``AsyncMongoClient`` talking to the MongoDB stand-in
   (``nx-27017``) or to a real MongoDB when ``MONGO_URL`` says so;
