@@ -470,33 +470,18 @@ class OpCounter(monitoring.CommandListener):
 async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) -> dict[str, float]:
     """Run each order's database work through the real handlers, without the broker.
 
-    A good order, as the saga runs it: the quote, ``order.placed`` saved and projected and
-    marked published by the relay, inventory's decision, the charge, both saga steps, the
-    settlement, and for each of the two emails the notification record plus the Celery task's
-    claim and "sent" mark.
+    The four services' handlers on the in-memory bus (``services/in_memory.py``), each with its
+    own database on the MongoDB stand-in: a good order, as the saga runs it -- the quote,
+    ``order.placed`` saved and projected and marked published by the outbox relay, inventory's
+    decision, the charge, both saga steps, the settlement, and for each of the two emails the
+    notification record plus the Celery task's claim and "sent" mark.
     """
     import logging
 
     import structlog
 
-    from services.inventory import handlers as inventory
+    from services.in_memory import open_shop
     from services.inventory.catalog import CATALOG, CatalogItem
-    from services.inventory.repository import StockRepository
-    from services.notification.handlers import notify_customer
-    from services.notification.repository import NotificationRepository
-    from services.order import handlers as order
-    from services.order.domain import PUBLISHED_TYPES, OrderEvent
-    from services.order.repository import (
-        EventStore,
-        IdempotencyKeys,
-        OrderViews,
-        stored_envelope,
-        to_document,
-    )
-    from services.payment.gateway import SimulatedGateway
-    from services.payment.handlers import charge_reserved_order
-    from services.payment.repository import PaymentRepository
-    from shared.contracts import Envelope, OrderLine, PaymentSucceeded, QuoteRequest
     from shared.testing.system import mongo_standin, mongo_url_of
 
     # The handlers log every step at INFO: quiet them, their output is not the measure.
@@ -508,86 +493,25 @@ async def database_ceiling(run_dir: Path, orders: int, concurrency: int = 32) ->
         mongo_url_of(server), event_listeners=[counter], tz_aware=True
     )
     try:
-        db = client["ceiling"]
-        stock = StockRepository(db)
-        await stock.seed([CatalogItem(i.sku, i.name, i.price_cents, 10**6) for i in CATALOG])
-        store, views, keys = EventStore(db), OrderViews(db), IdempotencyKeys(db)
-        for repo in (store, views, keys):
-            await repo.create_indexes()
-        payments, gateway, notes = (
-            PaymentRepository(db),
-            SimulatedGateway(db),
-            NotificationRepository(db),
-        )
-
-        async def quote(lines: tuple[OrderLine, ...]) -> Any:
-            return await inventory.quote(QuoteRequest(lines=lines), stock)
-
-        woken: dict[str, list[OrderEvent]] = {}
-
-        def wake_relay(events: Any) -> None:
-            for event in events:
-                if event.type in PUBLISHED_TYPES:
-                    woken.setdefault(event.order_id, []).append(event)
-
-        deps = order.OrderDeps(
-            store=store, views=views, keys=keys, quote=quote, wake_relay=wake_relay
-        )
-
-        async def relay(order_id: str) -> Envelope:
-            """What the relay writes for one order event: the "published" mark."""
-            [event] = woken.pop(order_id)
-            doc = to_document(event)
-            await store.events.update_many(
-                {"_id": {"$in": [doc["_id"]]}, "outbox": "pending"},
-                {"$set": {"outbox": "published"}},
-            )
-            return stored_envelope(doc)
-
-        async def email(envelope: Envelope) -> None:
-            """The notification record, then the Celery task's claim and "sent" mark."""
-
-            async def enqueue(notification_id: str) -> None:
-                # The same two writes as services/notification/worker.py, on the async client.
-                await notes.notifications.find_one_and_update(
-                    {"_id": notification_id, "state": "queued"},
-                    {"$set": {"state": "sending", "claimed_by": "bench"}},
-                )
-                await notes.notifications.update_one(
-                    {"_id": notification_id}, {"$set": {"state": "sent"}}
-                )
-
-            await notify_customer(envelope, envelope.payload(), notes, enqueue, mail_domain="x")
-
-        async def one(i: int) -> None:
-            placed = await order.place_order(
-                order.PlaceOrder(
-                    f"c{i}", (OrderLine(sku=SKUS[i % len(SKUS)], quantity=1),), "tok_visa"
-                ),
-                deps,
-                idempotency_key=f"bench-{i}",
-            )
-            envelope = await relay(placed.order_id)
-            [reserved] = await inventory.reserve_stock(envelope, envelope.payload(), stock)  # type: ignore[arg-type]
-            await email(envelope)
-            [paid] = await charge_reserved_order(reserved, reserved.payload(), payments, gateway)  # type: ignore[arg-type]
-            await order.follow_saga(reserved, reserved.payload(), deps)
-            assert isinstance(paid.payload(), PaymentSucceeded)
-            await inventory.settle_reservation(paid, paid.payload(), stock)  # type: ignore[arg-type]
-            await order.follow_saga(paid, paid.payload(), deps)
-            await email(await relay(placed.order_id))  # order.confirmed
-
+        catalog = [CatalogItem(i.sku, i.name, i.price_cents, 10**6) for i in CATALOG]
+        shop = await open_shop(lambda service: client[f"ceiling_{service}"], catalog=catalog)
         semaphore = asyncio.Semaphore(concurrency)
 
-        async def limited(i: int) -> None:
+        async def one(i: int) -> None:
+            # At most ``concurrency`` orders in flight; each drain delivers whatever is pending,
+            # this order's saga steps among them, as concurrent consumers would.
             async with semaphore:
-                await one(i)
+                await shop.place(SKUS[i % len(SKUS)], customer=f"c{i}", key=f"bench-{i}")
+                await shop.bus.drain()
 
         await one(-1)  # warm up
         counter.count = 0
         started = time.perf_counter()
-        await asyncio.gather(*(limited(i) for i in range(orders)))
+        await asyncio.gather(*(one(i) for i in range(orders)))
+        await shop.bus.drain()  # a step published while the other drains were finishing
         elapsed = time.perf_counter() - started
+        confirmed = await shop.order.views.orders.count_documents({"status": "CONFIRMED"})
+        assert confirmed == orders + 1, f"{confirmed} of {orders + 1} orders confirmed"
         return {
             "orders_s": orders / elapsed,
             "ops_s": counter.count / elapsed,

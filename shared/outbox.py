@@ -110,7 +110,6 @@ class OutboxRelay:
         self._held_back: set[str] = set()  # orders with an earlier event still to get through
         self._swept: set[str] = set()  # what the last sweep found
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     # --8<-- [start:relay]
     def wake(self, docs: Sequence[dict[str, Any]] = ()) -> None:
@@ -259,17 +258,6 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning("outbox relay failed; the next sweep retries", error=repr(exc))
         # --8<-- [end:relay]
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="outbox-relay")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
 
 def _order_of(doc: dict[str, Any]) -> str:

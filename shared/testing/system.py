@@ -221,30 +221,27 @@ def mongo_url_of(server: TCPExecutor) -> str:
     return f"mongodb://{server.host}:{server.port}"
 
 
-def build_system(
+PROCESSES_WITH_PORTS = (
+    "order",
+    "inventory",
+    "payment_1",
+    "payment_2",
+    "notification",
+    "smtp",
+    "mail_api",
+    "otlp",
+)
+
+
+def system_env(
     rabbit_url: str,
     mongo_url: str,
-    run_dir: Path,
     prefix: str,
+    ports: dict[str, int],
     extra_env: dict[str, str] | None = None,
-) -> System:
-    maildir = run_dir / "mail"
-    log_dir = run_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    ports = {
-        name: free_port()
-        for name in (
-            "order",
-            "inventory",
-            "payment_1",
-            "payment_2",
-            "notification",
-            "smtp",
-            "mail_api",
-            "otlp",
-        )
-    }
-    env = {
+) -> dict[str, str]:
+    """Every process's environment: this run's broker, database prefix and ports."""
+    return {
         "RABBIT_URL": rabbit_url,
         "MONGO_URL": mongo_url,
         "MONGO_DB_PREFIX": prefix,
@@ -262,16 +259,18 @@ def build_system(
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         **(extra_env or {}),
     }
-    system = System(
-        api=f"http://127.0.0.1:{ports['order']}", env=env, maildir=maildir, log_dir=log_dir
-    )
-    python, warren = str(BIN / "python"), str(BIN / "warren")
-    smtp = TCPExecutor(
+
+
+def _plumbing(system: System, ports: dict[str, int]) -> None:
+    """The SMTP sink (with its API) and the OTLP receiver, as `make run` starts them."""
+    warren = str(BIN / "warren")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    system.processes["smtp"] = TCPExecutor(
         [
             warren,
             "mail-sink",
             "--maildir",
-            str(maildir),
+            str(system.maildir),
             "--port",
             str(ports["smtp"]),
             "--api-port",
@@ -279,12 +278,10 @@ def build_system(
         ],
         host="127.0.0.1",
         port=ports["smtp"],
-        envvars=env,
+        envvars=system.env,
         timeout=30,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        **quiet,
     )
-    system.processes["smtp"] = smtp
     system.processes["traces"] = TCPExecutor(
         [
             warren,
@@ -297,9 +294,30 @@ def build_system(
         ],
         host="127.0.0.1",
         port=ports["otlp"],
-        envvars=env,
+        envvars=system.env,
         timeout=30,
     )
+
+
+def build_system(
+    rabbit_url: str,
+    mongo_url: str,
+    run_dir: Path,
+    prefix: str,
+    extra_env: dict[str, str] | None = None,
+) -> System:
+    log_dir = run_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in PROCESSES_WITH_PORTS}
+    env = system_env(rabbit_url, mongo_url, prefix, ports, extra_env)
+    system = System(
+        api=f"http://127.0.0.1:{ports['order']}",
+        env=env,
+        maildir=run_dir / "mail",
+        log_dir=log_dir,
+    )
+    _plumbing(system, ports)
+    python = str(BIN / "python")
     for name in ("inventory", "payment_1", "payment_2", "notification", "order"):
         module = "services." + name.split("_")[0]
         system.processes[name] = system._executor(
