@@ -43,8 +43,7 @@ def export_topology(
     # The delay queues the services will use: their RETRY_DELAYS_SECONDS setting.
     delays = WarrenSettings().retry_delays_seconds
     text = (
-        json.dumps(definitions(retry_delays=delays, user=user, password=password), indent=2)
-        + "\n"
+        json.dumps(definitions(retry_delays=delays, user=user, password=password), indent=2) + "\n"
     )
     if str(output) == "-":
         typer.echo(text, nl=False)
