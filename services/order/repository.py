@@ -101,6 +101,33 @@ class EventStore:
         # and so has the saga deadline sweep.
         await outbox.create_indexes(self.events)
         await self.events.create_index([("saga", ASCENDING), ("saga_deadline", ASCENDING)])
+        await self.upgrade_older_documents()
+
+    async def upgrade_older_documents(self) -> int:
+        """Events stored by an older Warren kept ``event_id``, ``data`` and ``causation_id``
+        beside the query fields, and no envelope (their schema version was always 1): give each
+        its envelope, once, so that they load and publish like the others. Returns how many."""
+        upgraded = 0
+        async for doc in self.events.find({"envelope": {"$exists": False}}):
+            envelope = Envelope(
+                id=doc["event_id"],
+                type=doc["type"],
+                occurred_at=doc["occurred_at"],
+                source=SOURCE,
+                correlation_id=doc["order_id"],
+                causation_id=doc.get("causation_id"),
+                sequence=doc["version"],
+                data=doc["data"],
+            )
+            await self.events.update_one(
+                {"_id": doc["_id"], "envelope": {"$exists": False}},
+                {
+                    "$set": {"envelope": envelope.model_dump(mode="json")},
+                    "$unset": {"event_id": "", "data": "", "causation_id": ""},
+                },
+            )
+            upgraded += 1
+        return upgraded
 
     async def append(
         self,

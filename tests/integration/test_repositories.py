@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -673,3 +674,43 @@ async def test_two_deliveries_of_one_order_deciding_at_once_never_hold_stock_twi
     again = await inventory.reserve_stock(order, order.payload(), InventoryDeps(repo))  # type: ignore[arg-type]
     assert again[0].id == decided[0][0].id
     assert await levels(repo) == {"BURROW-LAMP": (0, 3, 0), "CARROT-MUG": (8, 2, 0)}
+
+
+async def test_events_stored_by_an_older_warren_are_given_their_envelope(db: Any) -> None:
+    """An older Warren stored ``event_id``/``data``/``causation_id`` and no envelope: after an
+    upgrade (a compose volume kept), they load, fold and publish like new ones."""
+    store = EventStore(db)
+    placed_data = order_placed("old").model_dump(mode="json")
+    occurred = datetime(2026, 11, 1, 12, 0, 0, 123000, tzinfo=UTC)
+    await store.events.insert_one(
+        {
+            "_id": "old:000001",
+            "event_id": "e-old-1",
+            "order_id": "old",
+            "version": 1,
+            "type": "order.placed",
+            "data": placed_data,
+            "occurred_at": occurred,
+            "causation_id": None,
+            "trace_context": {},
+            "outbox": "pending",
+            "outbox_next_at": occurred,
+        }
+    )
+    await store.create_indexes()
+    published: list[Envelope] = []
+
+    async def publish(doc: dict[str, Any]) -> None:
+        published.append(Envelope.model_validate(doc["envelope"]))
+
+    assert await OutboxRelay(store.events, publish).publish_pending() == 1
+    [envelope] = published
+    assert (envelope.id, envelope.type, envelope.version, envelope.sequence) == (
+        "e-old-1",
+        "order.placed",
+        1,
+        1,
+    )
+    assert envelope.data == placed_data
+    assert Order.from_events("old", await store.load("old")).customer_id == "bugs-bunny"
+    assert await store.upgrade_older_documents() == 0  # once
