@@ -120,6 +120,10 @@ EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {
 }
 
 
+EventTypes = Mapping[tuple[str, int], type[EventData]]
+"""(type, version) -> the event class: what a reader knows how to decode."""
+
+
 class UnknownEventError(ValueError):
     """The envelope names a type or version that no contract is registered for."""
 
@@ -174,7 +178,7 @@ class Envelope(Contract):
             **fields,
         )
 
-    def payload(self, types: Mapping[tuple[str, int], type[EventData]] = EVENT_TYPES) -> EventData:
+    def payload(self, types: EventTypes = EVENT_TYPES) -> EventData:
         """The typed payload, by (type, version) in ``types`` (the bus's contracts by default);
         raises :class:`UnknownEventError` or ``ValidationError``."""
         model = types.get((self.type, self.version))

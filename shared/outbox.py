@@ -130,7 +130,9 @@ class OutboxRelay:
                 with _tracer.start_as_current_span(
                     f"outbox relay {doc.get('type', 'event')}",
                     kind=SpanKind.INTERNAL,
-                    attributes={"messaging.message.id": str(doc["envelope"]["id"])},
+                    attributes={
+                        "messaging.message.id": str((doc.get("envelope") or {}).get("id", ""))
+                    },
                 ):
                     try:
                         await self.publish(doc)

@@ -32,8 +32,8 @@ def run_service(factory: str, settings: type[WarrenSettings], *, description: st
         uvicorn.run(
             factory,
             factory=True,
-            host=host or configured.host,
-            port=port or configured.port,
+            host=configured.host if host is None else host,
+            port=configured.port if port is None else port,
             log_config=None,
             access_log=False,
         )

@@ -8,7 +8,8 @@ sequence, for the order service's FastAPI app and for the others' health-only ap
 1. wait for the broker and the database, declare the topology (idempotent);
 2. the service's own start-up hooks (indexes, clock sync...);
 3. start consuming, then the background loops (sweepers, the outbox relay);
-4. on the way out, the reverse: loops cancelled, hooks, broker drained, database closed.
+4. on the way out, the reverse: loops cancelled, broker drained (the handlers in flight
+   finish), the service's shut-down hooks, database closed.
 
 Every service answers the same two health questions, whatever its framework:
 
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from faststream.rabbit import RabbitBroker
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -40,7 +42,10 @@ from shared.observability import setup_observability
 from shared.settings import WarrenSettings
 from shared.startup import wait_for_dependencies
 
+log = structlog.get_logger(__name__)
+
 Hook = Callable[[], Awaitable[Any]]
+Loop = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Runtime:
     client: AsyncMongoClient
     db: AsyncDatabase
     broker: RabbitBroker
+    # Background loops that ended with an error: the service is broken, and /healthz says so.
+    failures: list[str] = field(default_factory=list)
 
     def serve(self, table: HandlerTable[Any], deps: Any) -> None:
         """Consume every queue of the service's handler table, with Warren's delivery rules."""
@@ -75,7 +82,7 @@ class Lifecycle:
     """What a service adds to the shared start-up and shut-down."""
 
     on_startup: list[Hook] = field(default_factory=list)  # before consuming (indexes...)
-    background: list[Hook] = field(default_factory=list)  # loops that run until shut-down
+    background: list[Loop] = field(default_factory=list)  # loops that run until shut-down
     on_shutdown: list[Hook] = field(default_factory=list)  # after the loops stopped
 
 
@@ -93,28 +100,46 @@ def lifespan(
         for hook in hooks.on_startup:
             await hook()
         await runtime.broker.start()
-        loops = [
-            asyncio.create_task(loop(), name=getattr(loop, "__name__", "loop"))
-            for loop in hooks.background
-        ]
+        loops = [_start_loop(runtime, loop) for loop in hooks.background]
         try:
             yield
         finally:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
-            for hook in hooks.on_shutdown:
-                await hook()
             await runtime.broker.stop()  # lets the handlers in flight finish (graceful_timeout)
+            for hook in hooks.on_shutdown:  # after the handlers: they may still need these
+                await hook()
             await runtime.client.close()
 
     return run
     # --8<-- [end:lifespan]
 
 
+def _start_loop(runtime: Runtime, loop: Loop) -> asyncio.Task[None]:
+    """Run ``loop`` until shut-down. One that ends with an error (each loop catches what it
+    expects, so this is a bug) is logged and fails ``/healthz``: never a silent dead relay."""
+    name = getattr(loop, "__name__", None) or getattr(
+        getattr(loop, "func", None), "__name__", "loop"
+    )
+    task = asyncio.create_task(loop(), name=name)
+
+    def ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            failure = f"background loop {name} died: {task.exception()!r}"
+            log.error(failure)
+            runtime.failures.append(failure)
+
+    task.add_done_callback(ended)
+    return task
+
+
 # --8<-- [start:health]
 async def liveness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
-    """The ``/healthz`` answer: 200 while the broker connection answers, else 503."""
+    """The ``/healthz`` answer: 200 while the broker connection answers and no background loop
+    has died, else 503 with the reason."""
+    if runtime.failures:
+        return 503, {"status": "; ".join(runtime.failures)}
     alive = await runtime.broker.ping(2.0)
     return (200 if alive else 503), {"status": "ok" if alive else "broker connection lost"}
 

@@ -12,7 +12,7 @@ from services.order.handlers import HANDLERS, OrderDeps, QuoteUnavailableError
 from services.order.repository import EventStore, IdempotencyKeys, OrderViews
 from services.order.settings import OrderSettings
 from shared import topology
-from shared.contracts import Quote
+from shared.contracts import Quote, QuoteRequest
 from shared.outbox import OutboxRelay, broker_publisher
 from shared.rpc import RequestClient, RpcClient
 from shared.service import Lifecycle, bootstrap, lifespan
@@ -34,7 +34,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         views=OrderViews(runtime.db),
         keys=IdempotencyKeys(runtime.db),
         # --8<-- [start:ask-inventory]
-        quote=RequestClient(
+        quote=RequestClient[QuoteRequest, Quote](
             rpc,
             topology.INVENTORY_QUOTES,
             Quote,

@@ -23,6 +23,7 @@ end in the right final state (``payment.succeeded`` before ``stock.reserved`` co
 
 from __future__ import annotations
 
+from collections import ChainMap
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -31,6 +32,7 @@ from typing import Any, ClassVar
 from shared.contracts import (
     EVENT_TYPES,
     EventData,
+    EventTypes,
     OrderCancelled,
     OrderConfirmed,
     OrderPlaced,
@@ -67,11 +69,12 @@ class OrderPaymentFailed(EventData):
     reason: str
 
 
-# What an order's stream may hold: the contracts, and the order's own internal events.
-ORDER_EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {
-    **EVENT_TYPES,
-    **{(cls.TYPE, cls.VERSION): cls for cls in (OrderStockReserved, OrderPaymentFailed)},
-}
+# What an order's stream may hold: the order's own internal events, and the contracts (a live
+# view: a contract version registered later is readable here too).
+ORDER_EVENT_TYPES: EventTypes = ChainMap(
+    {(cls.TYPE, cls.VERSION): cls for cls in (OrderStockReserved, OrderPaymentFailed)},
+    EVENT_TYPES,  # type: ignore[arg-type]
+)
 
 
 def is_published(event: EventData) -> bool:

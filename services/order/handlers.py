@@ -241,7 +241,10 @@ async def expire_overdue_orders(deps: OrderDeps, *, limit: int = 100) -> int:
     cancelled = 0
     for order_id in overdue:
         with order_context(order_id):
-            cancelled += await _expire(order_id, deps)
+            try:
+                cancelled += await _expire(order_id, deps)
+            except Exception as exc:  # this order only: the others are not held up by it
+                log.error("could not expire an overdue order", order_id=order_id, error=repr(exc))
     return cancelled
     # --8<-- [end:expire-overdue]
 

@@ -50,6 +50,7 @@ class InMemoryBus:
     published: list[Envelope] = field(default_factory=list)  # everything that went out
     dead_letters: list[DeadLetter] = field(default_factory=list)
     handled: Counter[str] = field(default_factory=Counter)  # deliveries per queue
+    most_attempts: int = 0  # the most attempts one message needed (RabbitMQ gives it 8)
     relays: list[OutboxRelay] = field(default_factory=list)
 
     def serve(self, table: HandlerTable[Any], deps: Any) -> None:
@@ -105,6 +106,7 @@ class InMemoryBus:
             self.dead_letters.append(DeadLetter(queue.name, f"poison: {exc}"))
             return
         delivery.attempts += 1
+        self.most_attempts = max(self.most_attempts, delivery.attempts)
         try:
             with order_context(envelope.correlation_id):
                 outcome = await handler(envelope, payload)
