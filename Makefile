@@ -48,6 +48,8 @@ run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it al
 	@echo "  RabbitMQ           amqp://127.0.0.1:5672 (management UI, if enabled: http://127.0.0.1:15672)"
 	@echo "  Traces             .run/spans.jsonl   -- try: warren traces show <order id>"
 	@echo ""
+	@# One broker user per service (rabbitmqctl, as root); else every service is the operator.
+	eval "$$($(BIN)/warren topology provision --env)"; \
 	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=500 $(BIN)/honcho start
 
 demo: $(STAMP) ## Place a sample order and follow it to its final state (needs `make run` or compose)

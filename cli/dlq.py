@@ -31,6 +31,7 @@ from shared.messaging import (
     H_ATTEMPTS,
     H_DEAD_LETTERED_AT,
     H_ORIGINAL_QUEUE,
+    H_PUBLISHER,
     H_REASON,
     copy_headers,
 )
@@ -174,7 +175,13 @@ async def show_messages(queue_name: str, limit: int) -> list[dict[str, Any]]:
 
 
 def persistent_copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    """The same message -- body, id, correlation id, type -- with these headers, persistent."""
+    """The same message -- body, id, correlation id, type -- with these headers, persistent.
+
+    The copy is published by the operator: it says who published the original
+    (``x-warren-publisher``), the user RabbitMQ checked, unless an earlier copy said it already.
+    """
+    if H_PUBLISHER not in headers and message.user_id:
+        headers = {**headers, H_PUBLISHER: message.user_id}
     return aio_pika.Message(
         message.body,
         headers=headers,

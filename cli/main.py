@@ -14,7 +14,19 @@ import typer
 from dotenv import dotenv_values
 from rich.console import Console
 
-from cli import demo, dlq, ledger, mail_sink, orders, outbox, seed, supervise, topology, traces
+from cli import (
+    demo,
+    dlq,
+    keys,
+    ledger,
+    mail_sink,
+    orders,
+    outbox,
+    seed,
+    supervise,
+    topology,
+    traces,
+)
 from shared.observability import exports_traces, setup_observability, shutdown_tracing
 
 app = typer.Typer(
@@ -33,6 +45,7 @@ app.add_typer(topology.app, name="topology")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(traces.app, name="traces")
+app.add_typer(keys.app, name="keys")
 
 console = Console()
 

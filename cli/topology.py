@@ -1,7 +1,9 @@
-"""``warren topology``: RabbitMQ's exchanges, queues and bindings, as ``shared.topology`` has them.
+"""``warren topology``: RabbitMQ's exchanges, queues and bindings, as ``shared.topology`` has them,
+and the broker users that may use them.
 
 ``export`` writes them as RabbitMQ definitions (compose's broker loads those at boot),
-``declare`` creates them on a running broker, ``reset`` deletes Warren's queues.
+``provision`` loads them into a running broker (with ``rabbitmqctl``), ``declare`` creates the
+topology alone over AMQP, ``reset`` deletes Warren's queues.
 """
 
 from __future__ import annotations
@@ -9,18 +11,47 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
+import subprocess
+import tempfile
 from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlsplit
 
 import typer
 from dotenv import dotenv_values
 from rich.console import Console
 
 from shared.messaging import make_broker
-from shared.settings import WarrenSettings
+from shared.settings import BrokerPasswords, WarrenSettings
 from shared.topology import declare_topology, definitions, delete_queues
 
-app = typer.Typer(help="The RabbitMQ topology.", no_args_is_help=True)
+app = typer.Typer(help="The RabbitMQ topology, and who may use it.", no_args_is_help=True)
 console = Console()
+errors = Console(stderr=True)
+
+
+def fail(quietly: bool, reason: str, code: int = 1) -> NoReturn:
+    """Stop with ``reason``; ``quietly`` (--env): exit 0, the services run as the operator."""
+    errors.print(f"[red]{reason}[/]")
+    if quietly:
+        errors.print("[yellow]the services connect as the operator (one user for all)[/]")
+        raise typer.Exit(0)
+    raise typer.Exit(code)
+
+
+def import_definitions(
+    ctl: list[str], exported: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    """``rabbitmqctl import_definitions``. rabbitmqctl may run as the rabbitmq user, and 3.10's
+    cannot read standard input: hand it a file it can read."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(exported, file)
+        file.flush()
+        os.chmod(file.name, 0o644)
+        return subprocess.run(
+            [*ctl, "import_definitions", file.name], capture_output=True, text=True, timeout=120
+        )
 
 
 @app.command("export")
@@ -42,15 +73,57 @@ def export_topology(
         raise typer.Exit(2)
     # The delay queues the services will use: their RETRY_DELAYS_SECONDS setting.
     delays = WarrenSettings().retry_delays_seconds
-    text = (
-        json.dumps(definitions(retry_delays=delays, user=user, password=password), indent=2) + "\n"
+    services = BrokerPasswords().configured()
+    exported = definitions(
+        retry_delays=delays, user=user, password=password, service_passwords=services
     )
+    text = json.dumps(exported, indent=2) + "\n"
     if str(output) == "-":
         typer.echo(text, nl=False)
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
-    console.print(f"wrote {output} (user {user})")
+    console.print(f"wrote {output} (users {', '.join([user, *services])})")
+
+
+# --8<-- [start:provision]
+@app.command("provision")
+def provision(
+    env: bool = typer.Option(
+        False,
+        "--env",
+        help="Print `export RABBIT_URL_<SERVICE>=...` lines for a shell to eval (`make run` "
+        "does); if the users cannot be provisioned, say why on stderr and print nothing.",
+    ),
+) -> None:
+    """Load the topology and one broker user per service (BROKER_PASSWORD_ORDER, ...: the
+    environment, else .env) into the broker of RABBIT_URL, with `rabbitmqctl import_definitions`
+    (WARREN_RABBITMQCTL names another command, e.g. `scripts/rabbitmq4.sh ctl`). Idempotent.
+
+    Each service then connects as its own user (its RABBIT_URL), with the least privilege of
+    shared/topology.py's SERVICES; the operator's user is left as it is.
+    """
+    settings, services = WarrenSettings(), BrokerPasswords().configured()
+    if not services:
+        fail(env, "no BROKER_PASSWORD_<SERVICE> is set (see .env.example)", code=2)
+    vhost = unquote(urlsplit(settings.rabbit_url).path[1:]) or "/"
+    exported = definitions(
+        vhost, retry_delays=settings.retry_delays_seconds, service_passwords=services
+    )
+    ctl = shlex.split(os.environ.get("WARREN_RABBITMQCTL", "rabbitmqctl"))
+    try:
+        imported = import_definitions(ctl, exported)
+    except OSError as exc:
+        imported = subprocess.CompletedProcess(ctl, 1, "", str(exc))
+    if imported.returncode != 0:
+        fail(env, f"{' '.join(ctl)} import_definitions failed: {imported.stderr.strip()}")
+    errors.print(f"provisioned vhost {vhost}: topology and users {', '.join(services)}")
+    if env:
+        for user, password in services.items():
+            url = urlsplit(settings.rabbit_url)
+            netloc = f"{user}:{password}@{url.hostname}:{url.port or 5672}"
+            typer.echo(f"export RABBIT_URL_{user.upper()}={url._replace(netloc=netloc).geturl()}")
+    # --8<-- [end:provision]
 
 
 async def _declare() -> None:

@@ -53,6 +53,7 @@ from shared.contracts import (
     PaymentSucceeded,
     StockReserved,
 )
+from shared.messaging import H_PUBLISHER
 
 console = Console()
 
@@ -268,6 +269,8 @@ class Faults:
                         correlation_id=envelope.correlation_id,
                         content_type="application/json",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        # The operator vouches for the copy: order published the original.
+                        headers={H_PUBLISHER: "order"},
                     ),
                     routing_key=envelope.type,
                 )

@@ -378,7 +378,7 @@ class Rehearsal:
             raise RehearsalError(f"{name} exited with {process.returncode}:\n{self.tail(name)}")
         log(f"{name}: completed")
 
-    def load_definitions(self, compose: dict[str, Any]) -> str:
+    def load_definitions(self, compose: dict[str, Any]) -> list[str]:
         """What the broker does at boot: import the definitions the job wrote."""
         job = compose["services"]["broker-definitions"]
         written = Path(self.argv(job)[self.argv(job).index("--output") + 1])
@@ -397,9 +397,9 @@ class Rehearsal:
             )
         if result.returncode != 0:
             raise RehearsalError(f"rabbitmqctl import_definitions failed: {result.stderr}")
-        [user] = definitions["users"]
-        log(f"broker: imported {len(definitions['queues'])} queues and user {user['name']!r}")
-        return user["name"]
+        users = [user["name"] for user in definitions["users"]]
+        log(f"broker: imported {len(definitions['queues'])} queues and users {', '.join(users)}")
+        return users
 
     def start_service(self, name: str, service: dict[str, Any]) -> None:
         self.start(name, self.argv(service), self.process_env(container_env(service, self.project)))
@@ -650,11 +650,11 @@ def run_in_compose_order(
 ) -> dict[str, Any]:
     """What `docker compose up` does, in its order: the stand-ins, the one-shot jobs (the broker
     imports the definitions between the two), the services, their healthchecks; then the order.
-    The broker user the definitions bring is added to ``imported_users``."""
+    The broker users the definitions bring are added to ``imported_users``."""
     services = compose["services"]
     rehearsal.start_stand_ins()
     rehearsal.run_one_shot("broker-definitions", services["broker-definitions"])
-    imported_users.append(rehearsal.load_definitions(compose))
+    imported_users.extend(rehearsal.load_definitions(compose))
     rehearsal.run_one_shot("seed", services["seed"])
     for name in APP_ORDER[2:]:
         rehearsal.start_service(name, services[name])
@@ -666,8 +666,8 @@ def run_in_compose_order(
 
 
 def delete_imported_users(rabbitmqctl: str, users: list[str]) -> None:
-    """Leave the broker's users as they were: delete the one the definitions brought, unless
-    it is guest (which the broker had before)."""
+    """Leave the broker's users as they were: delete those the definitions brought (the
+    operator's and one per service), except guest (which the broker had before)."""
     for user in users:
         if user and user != "guest":
             subprocess.run([*shlex.split(rabbitmqctl), "delete_user", user], capture_output=True)

@@ -246,6 +246,22 @@ def scratch_tree() -> Path:
     return tree
 
 
+def service_users(tree: Path, env: dict[str, str]) -> dict[str, str]:
+    """What `make run` does before honcho: one broker user per service, and each service's
+    RABBIT_URL_<SERVICE> (none where they cannot be provisioned: the services connect as the
+    operator)."""
+    provisioned = subprocess.run(
+        [str(VENV_BIN / "warren"), "topology", "provision", "--env"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    exports = [line.removeprefix("export ") for line in provisioned.stdout.splitlines()]
+    return dict(line.split("=", 1) for line in exports if "=" in line)
+
+
 class System:
     """The Procfile under honcho, as `make run` starts it, in ``tree``."""
 
@@ -262,6 +278,7 @@ class System:
 
     def start(self, timeout: float = 120.0) -> float:
         started = time.perf_counter()
+        self.env |= service_users(self.tree, self.env)  # after the queues were reset
         with self.log_path.open("wb") as log:
             self.honcho = subprocess.Popen(
                 [str(VENV_BIN / "honcho"), "start"],

@@ -33,6 +33,7 @@ from services.payment.gateway import SimulatedGateway
 from services.payment.repository import PaymentRepository
 from shared.contracts import OrderLine
 from shared.outbox import OutboxRelay
+from shared.sealing import RecipientKey, generate_key
 from shared.testing.bus import InMemoryBus
 
 Database = Any  # an async PyMongo database, or shared.testing.memory_mongo's
@@ -71,6 +72,7 @@ async def open_shop(
     ``database(service)`` gives each service its own database."""
     bus = InMemoryBus()
     inventory_deps = inventory.InventoryDeps(stock=StockRepository(database("inventory")))
+    payment_key = generate_key()  # this shop's own: the token is sealed as in the real one
     order_db = database("order")
     store = EventStore(order_db)
     relay = OutboxRelay(store.events, bus.publish_stored)
@@ -80,10 +82,13 @@ async def open_shop(
         keys=IdempotencyKeys(order_db),
         quote=functools.partial(inventory.quote, deps=inventory_deps),
         wake_relay=relay.wake,
+        payment_key=RecipientKey("in-memory", payment_key.public_key()),
     )
     payments_db = database("payment")
     payment_deps = payment.PaymentDeps(
-        payments=PaymentRepository(payments_db), gateway=SimulatedGateway(payments_db)
+        payments=PaymentRepository(payments_db),
+        gateway=SimulatedGateway(payments_db),
+        token_keys={"in-memory": payment_key},
     )
     notifications = NotificationRepository(database("notification"))
     emails: Counter[str] = Counter()

@@ -11,6 +11,15 @@ version, and a consumer that does not know it dead-letters the event.
 
 Events are immutable facts in the past tense (``order.placed``); the routing key on
 ``shop.events`` is the event type.
+
+Sensitive fields travel sealed (:class:`SealedValue`, :mod:`shared.sealing`): the payment token
+is encrypted by order for payment's public key, so only payment can read it. That change made
+``order.placed`` and ``stock.reserved`` version 2 (v1 carried ``payment_token`` in clear). The
+bus knows v2 only: a v1 message still in a queue at the upgrade is poison, dead-lettered with
+"no contract for event ... version 1", and its order is cancelled by the saga deadline. So
+drain the queues before upgrading (docs/14-security.md says how). The v1 ``order.placed`` stays
+readable from the order service's own event store (:data:`RETIRED_EVENT_TYPES`), where orders
+placed before the upgrade keep it.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,10 +46,37 @@ class OrderLine(Contract):
     quantity: int = Field(gt=0, le=1000)
 
 
+# A customer id: letters, digits, '.', '_' and '-', a letter or a digit first. It ends up in an
+# email address (notification mails <id>@<domain>) and in headers: the order API accepts
+# nothing else, and notification addresses nothing else.
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+CUSTOMER_ID_MAX_LENGTH = 64
+
+
 class PricedLine(Contract):
     sku: str
     quantity: int
     unit_price_cents: int
+
+
+# --8<-- [start:sealed-value]
+SEALING_ALGORITHM = "X25519-HKDF-SHA256-A256GCM"
+
+
+class SealedValue(Contract):
+    """A value that only one service can read: encrypted for that service's public key by
+    :func:`shared.sealing.seal`, opened by :func:`shared.sealing.unseal` with the private key
+    named ``kid``. Binary fields are base64url without padding."""
+
+    alg: Literal["X25519-HKDF-SHA256-A256GCM"] = SEALING_ALGORITHM
+    # Which of the recipient's keys it was sealed for: a recipient may hold several (rotation).
+    kid: str = Field(min_length=1, max_length=64)
+    # The sender's one-time X25519 public key (a fresh one for every value sealed).
+    epk: str = Field(max_length=64)
+    nonce: str = Field(max_length=64)
+    # AES-256-GCM: the encrypted value and its 16-byte tag.
+    ciphertext: str = Field(max_length=4096)
+    # --8<-- [end:sealed-value]
 
 
 # --- event payloads ------------------------------------------------------------------------
@@ -54,13 +90,18 @@ class EventData(Contract):
     order_id: str
 
 
+# --8<-- [start:order-placed]
 class OrderPlaced(EventData):
     TYPE: ClassVar[str] = "order.placed"
+    VERSION: ClassVar[int] = 2  # v1 carried payment_token in clear
     customer_id: str
     lines: tuple[PricedLine, ...]
     total_cents: int
     currency: str = "EUR"
-    payment_token: str
+    # The card token, sealed for payment's key with this order's id: nobody else can read it,
+    # and it cannot be moved to another order.
+    sealed_payment_token: SealedValue
+    # --8<-- [end:order-placed]
 
 
 class OrderConfirmed(EventData):
@@ -77,10 +118,12 @@ class OrderCancelled(EventData):
 
 class StockReserved(EventData):
     TYPE: ClassVar[str] = "stock.reserved"
+    VERSION: ClassVar[int] = 2  # v1 carried payment_token in clear
     lines: tuple[PricedLine, ...]
     amount_cents: int
-    # Carried along so that payment can charge without reading the order's database.
-    payment_token: str
+    # Carried along (still sealed: inventory cannot read it) so that payment can charge
+    # without reading the order's database.
+    sealed_payment_token: SealedValue
 
 
 class StockRejected(EventData):
@@ -122,6 +165,22 @@ EVENT_TYPES: dict[tuple[str, int], type[EventData]] = {
 
 EventTypes = Mapping[tuple[str, int], type[EventData]]
 """(type, version) -> the event class: what a reader knows how to decode."""
+
+
+class OrderPlacedV1(EventData):
+    """``order.placed`` version 1, retired: the payment token in clear. Kept as it was, for the
+    order service's event store only (orders placed before the upgrade); never on the bus."""
+
+    TYPE: ClassVar[str] = "order.placed"
+    customer_id: str
+    lines: tuple[PricedLine, ...]
+    total_cents: int
+    currency: str = "EUR"
+    payment_token: str
+
+
+RETIRED_EVENT_TYPES: EventTypes = {(OrderPlacedV1.TYPE, OrderPlacedV1.VERSION): OrderPlacedV1}
+"""Versions no longer published nor consumed, still readable where they were stored."""
 
 
 class UnknownEventError(ValueError):
@@ -196,9 +255,20 @@ def decode_event(body: bytes | str | dict[str, Any]) -> tuple[Envelope, EventDat
             else Envelope.model_validate_json(body)
         )
         return envelope, envelope.payload()
-    except (ValidationError, UnknownEventError, ValueError) as exc:
-        # The whole message (which fields failed, and why), on one line for the DLQ header.
+    except ValidationError as exc:
+        # Which fields failed, and why, on one line for the DLQ header -- never their values
+        # (pydantic's own message quotes them: a token or an address would end up in the header).
+        raise PoisonMessageError(describe_errors(exc)[:1000]) from exc
+    except (UnknownEventError, ValueError) as exc:
         raise PoisonMessageError(" | ".join(str(exc).splitlines())[:1000]) from exc
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """What failed validation, where: ``data.lines.0.sku: Field required | ...``, no input."""
+    return " | ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or '(body)'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
 
 
 class PoisonMessageError(Exception):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -51,6 +52,9 @@ H_ORIGINAL_QUEUE = "x-warren-original-queue"
 H_FIRST_FAILURE = "x-warren-first-failure"
 H_DEAD_LETTERED_AT = "x-warren-dead-lettered-at"
 H_BROKER_DEATHS = "x-warren-broker-deaths"
+# Who published the original of a copy (a retry, a dead letter, an operator's replay), as the
+# consumer verified it. Trusted only on copies made by the consumer itself or an operator.
+H_PUBLISHER = "x-warren-publisher"
 
 # The broker's own dead-letter history. RabbitMQ 3.x drops a dead-lettered message whose
 # x-death (even one a client copied in) names the queue it is routed back to ("Dead-letter
@@ -146,6 +150,21 @@ def broker_middlewares(tracer_provider: TracerProvider | None = None) -> tuple[A
     # --8<-- [end:broker-middlewares]
 
 
+# --8<-- [start:user-id]
+def stamp_user_id(user: str) -> type[BaseMiddleware]:
+    """A middleware that sets the AMQP ``user_id`` of every message this broker publishes to
+    the user it connected as. RabbitMQ refuses a publish whose ``user_id`` is not the
+    connection's user, so a consumer that reads it knows who published the message."""
+
+    class StampUserId(BaseMiddleware):
+        async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+            cmd.message_options["user_id"] = user
+            return await call_next(cmd)
+
+    return StampUserId
+    # --8<-- [end:user-id]
+
+
 # --8<-- [start:make-broker]
 def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> RabbitBroker:
     """The one broker factory: confirms on, unroutable messages raise, telemetry on."""
@@ -160,7 +179,8 @@ def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> Rab
         graceful_timeout=10.0,
         # Keep retrying the connection after start-up; services reconnect by themselves.
         reconnect_interval=2.0,
-        middlewares=broker_middlewares(),  # tracing: spans, trace headers, baggage
+        # Tracing (spans, trace headers, baggage), and who publishes (the AMQP user_id).
+        middlewares=(*broker_middlewares(), stamp_user_id(settings.broker_user)),
         logger=logging.getLogger("faststream.broker"),
         # FastStream's own "Received"/"Processed" lines at DEBUG: our handler logs say more.
         log_level=logging.DEBUG,
@@ -244,9 +264,13 @@ def _failure_headers(
     reason: str,
     exception: BaseException | None,
     attempts: int,
+    publisher: str | None,
 ) -> dict[str, Any]:
-    """The message's own headers plus why, where from, how often and since when it failed."""
+    """The message's own headers plus why, where from, how often and since when it failed,
+    and who published it (as the consumer verified it)."""
     headers = copy_headers(message.headers)
+    if publisher:
+        headers[H_PUBLISHER] = publisher
     headers.update(
         {
             H_REASON: reason[:1000],
@@ -272,10 +296,16 @@ async def dead_letter(
     reason: str,
     exception: BaseException | None,
     attempts: int,
+    publisher: str | None = None,
 ) -> None:
     """Send ``message`` to its queue's DLQ with the reason in headers (the caller acks after)."""
     headers = _failure_headers(
-        message, queue_name, reason=reason, exception=exception, attempts=attempts
+        message,
+        queue_name,
+        reason=reason,
+        exception=exception,
+        attempts=attempts,
+        publisher=publisher,
     )
     headers[H_DEAD_LETTERED_AT] = utcnow_iso()
     await _republish(
@@ -293,6 +323,7 @@ async def retry_later(
     *,
     attempts: int,
     exception: BaseException,
+    publisher: str | None = None,
 ) -> None:
     """Park ``message`` in the delay queue of ``delay`` seconds; it comes back to ``queue_name``."""
     headers = _failure_headers(
@@ -301,6 +332,7 @@ async def retry_later(
         reason="retrying after a failure",
         exception=exception,
         attempts=attempts,
+        publisher=publisher,
     )
     await _republish(
         broker,
@@ -330,6 +362,7 @@ def subscribe_events(
     routes: Routes,
     *,
     retry_delays: tuple[int, ...],
+    identity: Identity | None = None,
 ) -> None:
     """Consume ``consumer_queue`` with Warren's delivery rules, calling ``routes[type(event)]``.
 
@@ -339,10 +372,12 @@ def subscribe_events(
     are published with confirms *before* the incoming message is acked, so a crash in between
     re-runs the handler, which re-emits the same events (same ids) rather than losing them.
 
-    ``retry_delays`` is the service's backoff (settings.retry_delays_seconds).
+    ``retry_delays`` is the service's backoff (settings.retry_delays_seconds). With an
+    ``identity``, an event whose publisher is not the one service allowed to publish its type
+    is poison (forged).
     """
     consumer = EventConsumer(
-        broker, consumer_queue, routes, retry_delays if consumer_queue.retried else ()
+        broker, consumer_queue, routes, retry_delays if consumer_queue.retried else (), identity
     )
 
     @broker.subscriber(
@@ -382,6 +417,35 @@ def route(
     return envelope, payload, handler
 
 
+# --8<-- [start:verified-publisher]
+@dataclass(frozen=True)
+class Identity:
+    """Who this consumer is on the broker, and whose copies it trusts."""
+
+    user: str  # the broker user this service connects as
+    operators: frozenset[str]  # the operator's users: they replay dead letters
+
+    def publisher(self, message: RabbitMessage) -> str:
+        """Who published this message: its ``user_id``, which RabbitMQ has checked -- unless
+        it is a copy that this consumer (a retry) or an operator (a replay) published, which
+        carries the publisher of the original, as verified when it first arrived."""
+        user = message.raw_message.user_id or ""
+        if user == self.user or user in self.operators:
+            return str((message.headers or {}).get(H_PUBLISHER, ""))
+        return user
+
+    def check(self, message: RabbitMessage, envelope: Envelope) -> str:
+        """The verified publisher; raises PoisonMessageError for an event from anyone else."""
+        publisher, allowed = self.publisher(message), topology.publisher_of(envelope.type)
+        if publisher != allowed:
+            raise PoisonMessageError(
+                f"forged: {envelope.type} is published by {allowed}, "
+                f"this one by {publisher or 'an unknown publisher'}"
+            )
+        return publisher
+        # --8<-- [end:verified-publisher]
+
+
 # --8<-- [start:event-consumer]
 class EventConsumer:
     """One queue's delivery rules: decode, handle, publish what the handler returns, then ack.
@@ -397,14 +461,16 @@ class EventConsumer:
         consumer_queue: topology.ConsumerQueue,
         routes: Routes,
         retry_delays: tuple[int, ...],
+        identity: Identity | None = None,
     ) -> None:
         self.broker, self.queue, self.routes = broker, consumer_queue, routes
-        self.retry_delays = retry_delays
+        self.retry_delays, self.identity = retry_delays, identity
 
     async def handle(self, message: RabbitMessage) -> None:
         attempts = _attempts_so_far(message) + 1
         try:
             envelope, payload, handler = route(self.routes, self.queue, message.body)
+            publisher = self.identity.check(message, envelope) if self.identity else None
         except PoisonMessageError as exc:
             log.warning("poison message", queue=self.queue.name, reason=str(exc))
             await dead_letter(
@@ -414,6 +480,7 @@ class EventConsumer:
                 reason=f"poison: {exc}",
                 exception=exc,
                 attempts=attempts,
+                publisher=message.raw_message.user_id,
             )
             await message.ack()
             return
@@ -430,15 +497,35 @@ class EventConsumer:
                 for event in outcome:
                     await publish_event(self.broker, event)
         except Exception as exc:
-            await self.failed(message, attempts, exc, bound)
+            await self.failed(message, attempts, exc, bound, publisher)
         else:
             bound.info("handled", emitted=[event.type for event in outcome])
         await message.ack()  # only now: the events, or the retry or DLQ copy, are confirmed
 
     async def failed(
-        self, message: RabbitMessage, attempts: int, exc: Exception, bound: Any
+        self,
+        message: RabbitMessage,
+        attempts: int,
+        exc: Exception,
+        bound: Any,
+        publisher: str | None,
     ) -> None:
-        """Park the message for its next attempt, or dead-letter it when none is left."""
+        """Park the message for its next attempt, or dead-letter it when none is left. Either
+        copy says who published the original (``x-warren-publisher``)."""
+        if isinstance(exc, PoisonMessageError):
+            # The handler found that no retry can help (a customer id that makes no email
+            # address): dead-lettered at once with its reason, like a message that cannot decode.
+            bound.warning("poison message", reason=str(exc))
+            await dead_letter(
+                self.broker,
+                message,
+                self.queue.name,
+                reason=f"poison: {exc}",
+                exception=exc,
+                attempts=attempts,
+                publisher=publisher,
+            )
+            return
         if attempts > len(self.retry_delays):
             bound.error("retries exhausted, dead-lettering", attempts=attempts, error=repr(exc))
             await dead_letter(
@@ -448,11 +535,18 @@ class EventConsumer:
                 reason="retries exhausted",
                 exception=exc,
                 attempts=attempts,
+                publisher=publisher,
             )
             return
         delay = self.retry_delays[attempts - 1]
         await retry_later(
-            self.broker, message, self.queue.name, delay, attempts=attempts, exception=exc
+            self.broker,
+            message,
+            self.queue.name,
+            delay,
+            attempts=attempts,
+            exception=exc,
+            publisher=publisher,
         )
         bound.warning(
             "handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc)

@@ -6,6 +6,8 @@ or ``.env``, else the service's default port); ``--host``/``--port`` override th
 
 from __future__ import annotations
 
+import os
+
 import typer
 import uvicorn
 
@@ -36,6 +38,10 @@ def run_service(factory: str, settings: type[WarrenSettings], *, description: st
             port=configured.port if port is None else port,
             log_config=None,
             access_log=False,
+            # The client address is the socket's peer: uvicorn would otherwise believe any
+            # X-Forwarded-For sent from 127.0.0.1 -- every local client could pick the address
+            # that the rate limit counts. Behind a proxy, name it: FORWARDED_ALLOW_IPS=<its IP>.
+            forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", ""),
         )
 
     cli()

@@ -5,7 +5,8 @@ set up, one MongoDB client, the service's own database, the broker. :meth:`Runti
 subscribes the service's handler table. :func:`lifespan` is the one start-up and shut-down
 sequence, for the order service's FastAPI app and for the others' health-only apps alike:
 
-1. wait for the broker and the database, declare the topology (idempotent);
+1. wait for the broker and the database, declare the queues (idempotent: an operator declares
+   the whole topology, a service with a broker user of its own only its own queues);
 2. the service's own start-up hooks (indexes, clock sync...);
 3. start consuming, then the background loops (sweepers, the outbox relay);
 4. on the way out, the reverse: loops cancelled, broker drained (the handlers in flight
@@ -37,7 +38,7 @@ from starlette.routing import Route
 
 from shared import mongo, topology
 from shared.handlers import HandlerTable, bind
-from shared.messaging import make_broker, subscribe_events
+from shared.messaging import Identity, make_broker, subscribe_events
 from shared.observability import setup_observability
 from shared.settings import WarrenSettings
 from shared.startup import wait_for_dependencies
@@ -57,12 +58,41 @@ class Runtime:
     # Background loops that ended with an error: the service is broken, and /healthz says so.
     failures: list[str] = field(default_factory=list)
 
+    @property
+    def identity(self) -> Identity | None:
+        """Who this service is on the broker -- None when it connects as an operator (a broker
+        without per-service users): then it cannot tell who published what."""
+        user = self.settings.broker_user
+        if user in self.settings.broker_operators:
+            return None
+        return Identity(user=user, operators=self.settings.broker_operators)
+
     def serve(self, table: HandlerTable[Any], deps: Any) -> None:
-        """Consume every queue of the service's handler table, with Warren's delivery rules."""
+        """Consume every queue of the service's handler table, with Warren's delivery rules;
+        with a broker user of its own, events from anyone but their one publisher are refused."""
         for queue, routes in bind(table, deps).items():
             subscribe_events(
-                self.broker, queue, routes, retry_delays=self.settings.retry_delays_seconds
+                self.broker,
+                queue,
+                routes,
+                retry_delays=self.settings.retry_delays_seconds,
+                identity=self.identity,
             )
+
+    async def declare_queues(self) -> None:
+        """An operator declares the whole topology (idempotent); a service with a user of its
+        own may declare its own queues only: the rest was provisioned."""
+        delays = self.settings.retry_delays_seconds
+        access = topology.access_of(self.settings.broker_user)
+        if self.identity is None or access is None:
+            log.warning(
+                "connected as an operator: declaring the whole topology; publishers of events "
+                "are not verified (give each service a broker user: warren topology provision)",
+                user=self.settings.broker_user,
+            )
+            await topology.declare_topology(self.broker, delays)
+        else:
+            await topology.declare_own_queues(self.broker, access, delays)
 
 
 def bootstrap(settings: WarrenSettings) -> Runtime:
@@ -96,7 +126,7 @@ def lifespan(
     @contextlib.asynccontextmanager
     async def run(_: Any) -> AsyncIterator[None]:
         await wait_for_dependencies(runtime.broker, runtime.client)
-        await topology.declare_topology(runtime.broker, runtime.settings.retry_delays_seconds)
+        await runtime.declare_queues()
         for hook in hooks.on_startup:
             await hook()
         await runtime.broker.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -37,6 +39,20 @@ class WarrenSettings(BaseSettings):
     # environment, or --host/--port on the command line (see shared.runner).
     host: str = "127.0.0.1"
     port: int = 8000
+    # The operator's broker user (compose's RABBITMQ_USER; locally "guest" too): the CLI replays
+    # dead letters and copies messages under it, so a copy it made is trusted to say who
+    # published the original. A service never connects as the operator when it has a user of
+    # its own (see shared/topology.py, SERVICES).
+    rabbitmq_user: str = "guest"
+
+    @property
+    def broker_user(self) -> str:
+        """The user this process connects as (from RABBIT_URL)."""
+        return urlsplit(self.rabbit_url).username or "guest"
+
+    @property
+    def broker_operators(self) -> frozenset[str]:
+        return frozenset({"guest", self.rabbitmq_user})
 
     @property
     def mongo_db(self) -> str:
@@ -45,3 +61,22 @@ class WarrenSettings(BaseSettings):
     def mongo_db_of(self, service: str) -> str:
         return f"{self.mongo_db_prefix}_{service}"
         # --8<-- [end:settings]
+
+
+class BrokerPasswords(BaseSettings):
+    """Each service's broker password (``BROKER_PASSWORD_ORDER``...), read by the operator's
+    provisioning only (``warren topology export`` / ``provision``). A service gets its own in
+    its ``RABBIT_URL``, and no other."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BROKER_PASSWORD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    order: str = ""
+    inventory: str = ""
+    payment: str = ""
+    notification: str = ""
+
+    def configured(self) -> dict[str, str]:
+        """service -> password, for the services that have one."""
+        return {service: password for service, password in self.model_dump().items() if password}

@@ -1,8 +1,11 @@
 """The message topology: every exchange, queue and binding in Warren is declared here, and only here.
 
-Services declare it at start-up (declaration is idempotent); ``warren topology export`` writes it
-as RabbitMQ definitions, which compose's broker loads at boot, so that it holds the same topology
-(and the broker user from ``.env``) before any service has started.
+It also says who may use what: one broker user per service (:data:`SERVICES`), with the least
+privilege it needs. ``warren topology export`` writes the topology and the users as RabbitMQ
+definitions, which compose's broker loads at boot; ``warren topology provision`` loads the same
+into a running broker (``make run``, the tests). A service with a user of its own then declares
+only its own queues at start-up; one that connects as the operator declares everything
+(declaration is idempotent).
 
 Shape::
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,6 +211,120 @@ ALL_QUEUES_WITH_DLQ: tuple[ConsumerQueue, ...] = (
 )
 
 
+# --- who may do what: one broker user per service --------------------------------------------
+
+# Celery's own resources, used by the email worker: its remote-control ("pidbox") exchanges and
+# queues (the healthcheck's ping) and its event exchange.
+CELERY_RESOURCES = r"(.+\.)?(reply\.)?celery\.pidbox|celeryev(\..+)?"
+
+
+# --8<-- [start:service-access]
+@dataclass(frozen=True)
+class ServiceAccess:
+    """What one service's broker user may do. RabbitMQ checks it on every operation."""
+
+    user: str
+    consumes: tuple[ConsumerQueue, ...]  # its own queues: declared, bound and read by it only
+    publishes: tuple[type[EventData], ...]  # the event types it may publish on shop.events
+    # It publishes through the default exchange: quote requests, replies, Celery tasks.
+    default_exchange: bool = False
+    extra: str = ""  # more resources (a regex) it may configure, write and read
+
+
+SERVICES: tuple[ServiceAccess, ...] = (
+    ServiceAccess(
+        "order",
+        consumes=(ORDER_SAGA_REPLIES,),
+        publishes=(OrderPlaced, OrderConfirmed, OrderCancelled),
+        default_exchange=True,  # asks inventory for quotes
+    ),
+    ServiceAccess(
+        "inventory",
+        consumes=(
+            INVENTORY_ORDER_PLACED,
+            INVENTORY_PAYMENT_OUTCOMES,
+            INVENTORY_ORDER_CANCELLED,
+            INVENTORY_QUOTES,
+        ),
+        publishes=(StockReserved, StockRejected, StockReleased),
+        default_exchange=True,  # answers them
+    ),
+    ServiceAccess(
+        "payment",
+        consumes=(PAYMENT_STOCK_RESERVED, PAYMENT_ORDER_CANCELLED),
+        publishes=(PaymentSucceeded, PaymentFailed),
+    ),
+    ServiceAccess(
+        "notification",
+        consumes=(NOTIFICATION_ORDER_EVENTS, NOTIFICATION_EMAILS),
+        publishes=(),
+        default_exchange=True,  # hands emails to Celery
+        extra=CELERY_RESOURCES,
+    ),
+)
+# --8<-- [end:service-access]
+
+
+def access_of(user: str) -> ServiceAccess | None:
+    return next((access for access in SERVICES if access.user == user), None)
+
+
+def publisher_of(event_type: str) -> str | None:
+    """The one service allowed to publish ``event_type`` on ``shop.events``."""
+    for access in SERVICES:
+        if any(event_type == event.TYPE for event in access.publishes):
+            return access.user
+    return None
+
+
+def _literal(name: str) -> str:
+    return name.replace(".", r"\.")
+
+
+def _alternatives(*names: str) -> str:
+    """A regex matching exactly these names (none: matching nothing)."""
+    return "^(" + "|".join(names) + ")$" if names else "^$"
+
+
+# --8<-- [start:permissions]
+def permissions(access: ServiceAccess) -> dict[str, str]:
+    """configure / write / read regexes over resource names (exchanges and queues).
+
+    * configure: its own queues and their DLQs (declare them); nothing shared;
+    * write: shop.events (publish; the topic permissions below narrow the routing keys), the
+      retry and dead-letter exchanges (copies of its failed messages), its own queues (bind
+      them); the default exchange only if it needs it (requests, replies, Celery);
+    * read: its own queues (consume), and the exchanges its queues are bound to.
+    """
+    queues = [_literal(queue.name) for queue in access.consumes]
+    dlqs = [_literal(queue.dlq_name) for queue in access.consumes]
+    extra = [access.extra] if access.extra else []
+    copies = [_literal(DEAD_LETTER.name), r"shop\.retry\..+"]
+    default = [r"amq\.default"] if access.default_exchange else []
+    bound_to = [_literal(EVENTS.name), _literal(DEAD_LETTER.name), _literal(REQUEUE.name)]
+    return {
+        "configure": _alternatives(*queues, *dlqs, *extra),
+        "write": _alternatives(_literal(EVENTS.name), *copies, *default, *queues, *dlqs, *extra),
+        "read": _alternatives(*queues, *bound_to, *extra),
+    }
+
+
+def topic_permissions(access: ServiceAccess) -> dict[str, str]:
+    """On shop.events: publish only its own event types, bind only to those its queues receive."""
+    receives = sorted({key for queue in access.consumes for key in queue.routing_keys})
+    return {
+        "exchange": EVENTS.name,
+        "write": _alternatives(*sorted(_literal(event.TYPE) for event in access.publishes)),
+        "read": _alternatives(*(_literal(key) for key in receives)),
+    }
+    # --8<-- [end:permissions]
+
+
+def existing(exchange: RabbitExchange) -> RabbitExchange:
+    """The same exchange, checked (a passive declare: no right to configure it needed)."""
+    return RabbitExchange(exchange.name, type=exchange.type, durable=True, declare=False)
+
+
 def exchanges(retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> Iterator[RabbitExchange]:
     yield from (EVENTS, DEAD_LETTER, REQUEUE)
     yield from (retry_exchange(delay) for delay in delay_steps(retry_delays))
@@ -222,13 +339,24 @@ def queue_by_name(name: str) -> ConsumerQueue:
 
 # --8<-- [start:declare-consumer-queue]
 async def declare_consumer_queue(
-    broker: Any, consumer_queue: ConsumerQueue, retry_delays: tuple[int, ...]
+    broker: Any,
+    consumer_queue: ConsumerQueue,
+    retry_delays: tuple[int, ...],
+    *,
+    shared: bool = True,
 ) -> None:
-    """Declare one consumer queue with its bindings, its DLQ and its delay queues (idempotent)."""
-    events = await broker.declare_exchange(EVENTS)
-    requeue = await broker.declare_exchange(REQUEUE)
-    dead_letter = await broker.declare_exchange(DEAD_LETTER)
-    for delay in delay_steps(retry_delays if consumer_queue.retried else ()):
+    """Declare one consumer queue with its bindings, its DLQ and its delay queues (idempotent).
+
+    ``shared=False``: the exchanges and delay queues exist already (a service's own user may
+    not declare them); only the queue, its DLQ and their bindings are declared."""
+
+    def exchange(declared: RabbitExchange) -> RabbitExchange:
+        return declared if shared else existing(declared)
+
+    events = await broker.declare_exchange(exchange(EVENTS))
+    requeue = await broker.declare_exchange(exchange(REQUEUE))
+    dead_letter = await broker.declare_exchange(exchange(DEAD_LETTER))
+    for delay in delay_steps(retry_delays if consumer_queue.retried and shared else ()):
         delay_exchange = await broker.declare_exchange(retry_exchange(delay))
         delay_queue = await broker.declare_queue(retry_queue(delay))
         await delay_queue.bind(delay_exchange, routing_key="")
@@ -248,6 +376,18 @@ async def declare_topology(broker: Any, retry_delays: tuple[int, ...]) -> None:
         await broker.declare_exchange(exchange)
     for consumer_queue in ALL_QUEUES_WITH_DLQ:
         await declare_consumer_queue(broker, consumer_queue, retry_delays)
+
+
+async def declare_own_queues(
+    broker: Any, access: ServiceAccess, retry_delays: tuple[int, ...]
+) -> None:
+    """What a service with a user of its own declares: its own queues, their DLQs and
+    bindings. The shared exchanges and delay queues are the operator's (provisioned with
+    :func:`declare_topology` or the definitions); they are only checked here, passively."""
+    for exchange in (EVENTS, REQUEUE, DEAD_LETTER):
+        await broker.declare_exchange(existing(exchange))
+    for consumer_queue in access.consumes:
+        await declare_consumer_queue(broker, consumer_queue, retry_delays, shared=False)
 
 
 def queue_names(retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> list[str]:
@@ -320,21 +460,36 @@ def password_hash(user: str, password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
-def _administrator(vhost: str, user: str, password: str) -> dict[str, Any]:
-    """The broker user (administrator), the vhost and its permissions, as definitions."""
+def _user(name: str, password: str, tags: list[str]) -> dict[str, Any]:
     return {
-        "users": [
-            {
-                "name": user,
-                "password_hash": password_hash(user, password),
-                "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": ["administrator"],
-            }
-        ],
+        "name": name,
+        "password_hash": password_hash(name, password),
+        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "tags": tags,
+    }
+
+
+def _users(
+    vhost: str, admin: tuple[str, str] | None, services: Mapping[str, str]
+) -> dict[str, Any]:
+    """The operator (administrator, every right) and one user per service (least privilege),
+    with the vhost and their permissions, as definitions."""
+    users, grants, topics = [], [], []
+    if admin is not None:
+        users.append(_user(*admin, ["administrator"]))
+        grants.append(
+            {"user": admin[0], "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+        )
+    for access in SERVICES:
+        if access.user in services:
+            users.append(_user(access.user, services[access.user], []))
+            grants.append({"user": access.user, "vhost": vhost, **permissions(access)})
+            topics.append({"user": access.user, "vhost": vhost, **topic_permissions(access)})
+    return {
+        "users": users,
         "vhosts": [{"name": vhost}],
-        "permissions": [
-            {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
-        ],
+        "permissions": grants,
+        "topic_permissions": topics,
     }
 
 
@@ -344,11 +499,14 @@ def definitions(
     retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS,
     user: str | None = None,
     password: str | None = None,
+    service_passwords: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """RabbitMQ definitions equal to what :func:`declare_topology` does.
 
-    With ``user``/``password`` they also hold that user (administrator), the vhost and its
-    permissions: a broker that loads definitions at boot creates no default user of its own.
+    With ``user``/``password`` they also hold that user (the operator: administrator), the vhost
+    and its permissions: a broker that loads definitions at boot creates no default user of its
+    own. ``service_passwords`` (service -> password) adds one user per service, with the least
+    privilege of :data:`SERVICES`.
     """
     steps = delay_steps(retry_delays)
     queues: list[RabbitQueue] = [retry_queue(delay) for delay in steps]
@@ -358,9 +516,10 @@ def definitions(
         bindings += [(EVENTS.name, consumer_queue.name, key) for key in consumer_queue.routing_keys]
         bindings.append((REQUEUE.name, consumer_queue.name, consumer_queue.name))
         bindings.append((DEAD_LETTER.name, consumer_queue.dlq_name, consumer_queue.name))
+    admin = (user, password) if user is not None and password is not None else None
     access: dict[str, Any] = {}
-    if user is not None and password is not None:
-        access = _administrator(vhost, user, password)
+    if admin is not None or service_passwords:
+        access = _users(vhost, admin, service_passwords or {})
     return {
         **access,
         "exchanges": [

@@ -112,7 +112,7 @@ async def reserve_stock(
                     order_id=order_id,
                     lines=placed.lines,
                     amount_cents=placed.total_cents,
-                    payment_token=placed.payment_token,
+                    sealed_payment_token=placed.sealed_payment_token,  # as it came: sealed
                 ),
                 source=SOURCE,
                 causation=envelope,

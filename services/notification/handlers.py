@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from services.notification.emails import compose
+from services.notification.recipients import customer_address
 from services.notification.repository import NotificationRepository
 from shared import topology
 from shared.contracts import Envelope, OrderCancelled, OrderConfirmed, OrderPlaced
@@ -33,17 +34,19 @@ async def notify_customer(
     """Record the notification (keyed by event id) and enqueue its delivery.
 
     A duplicate event finds the notification already recorded; it is enqueued again only if
-    not sent yet (the Celery task itself refuses to send twice).
+    not sent yet (the Celery task itself refuses to send twice). A customer id that makes no
+    email address is poison (dead-lettered with the reason): nothing is recorded or sent.
     """
     email = compose(event)
     if email is None:
         return []
+    to = customer_address(event.customer_id, deps.mail_domain)
     notification = await deps.notifications.record(
         {
             "_id": envelope.id,
             "order_id": event.order_id,
             "event_type": envelope.type,
-            "to": f"{event.customer_id}@{deps.mail_domain}",
+            "to": to,
             "subject": email.subject,
             "body": email.body,
         }

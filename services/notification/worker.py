@@ -39,6 +39,7 @@ import sys
 import threading
 import uuid
 from email.message import EmailMessage
+from email.utils import parseaddr
 from functools import cache
 from typing import Any, ClassVar
 
@@ -52,6 +53,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from tenacity import retry, stop_after_attempt, wait_exponential
 
+from services.notification.recipients import single_address
 from services.notification.settings import NotificationSettings
 from shared import topology
 from shared.clock import DatabaseClock, utcnow_iso
@@ -144,7 +146,7 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
         _fail(notifications, notification_id, f"cannot build the email: {exc}")
         return "failed"
     try:
-        send_message(message, settings.smtp_host, settings.smtp_port)
+        send_message(message, settings.smtp_host, settings.smtp_port, **_envelope(message))
     except Exception as exc:
         if _refused_for_good(exc):
             # The server said no for good (5xx): retrying would only be refused again.
@@ -172,13 +174,20 @@ def _compose(
 ) -> EmailMessage:
     message = EmailMessage()
     message["From"] = settings.mail_from
-    message["To"] = claimed["to"]
+    # One plain address, checked again: a notification recorded by an older Warren was not.
+    message["To"] = single_address(claimed["to"])
     message["Subject"] = claimed["subject"]
     message["Message-ID"] = message_id
     message["X-Warren-Order-Id"] = claimed["order_id"]
     message["X-Warren-Event-Type"] = claimed["event_type"]
     message.set_content(claimed["body"])
     return message
+
+
+def _envelope(message: EmailMessage) -> dict[str, str]:
+    """Who sends it, and to whom: given to SMTP explicitly, never left to its reading of the
+    headers. (``_compose`` made ``To`` one checked address.)"""
+    return {"sender": parseaddr(str(message["From"]))[1], "recipient": str(message["To"])}
 
 
 def _refused_for_good(exc: Exception) -> bool:
@@ -228,8 +237,12 @@ def _clock(mongo_url: str, db_name: str) -> DatabaseClock:
 _smtp = threading.local()  # each worker thread (or process) keeps its own connection
 
 
-def send_message(message: EmailMessage, host: str, port: int) -> None:
-    """Send over a kept-open SMTP connection, checked first; once, never retried here.
+def send_message(
+    message: EmailMessage, host: str, port: int, *, sender: str, recipient: str
+) -> None:
+    """Send to ``recipient`` alone, over a kept-open SMTP connection, checked first; once,
+    never retried here. The envelope's sender and recipient are given explicitly: SMTP would
+    otherwise take them from the headers, where text could add a recipient.
 
     Connecting, greeting (EHLO) and QUIT for every email cost more than the email itself, so
     each worker keeps its connection. A kept connection may have been closed by the server
@@ -251,7 +264,7 @@ def send_message(message: EmailMessage, host: str, port: int) -> None:
     if smtp is None:
         smtp = smtplib.SMTP(host, port, timeout=10)
     try:
-        smtp.send_message(message)
+        smtp.send_message(message, from_addr=sender, to_addrs=[recipient])
     except Exception:
         smtp.close()  # a refusal or a broken conversation: start clean next time
         raise

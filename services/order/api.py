@@ -24,10 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.order import handlers
 from services.order.handlers import OrderDeps
-from shared.contracts import OrderLine
+from services.order.settings import OrderSettings
+from shared.contracts import CUSTOMER_ID_MAX_LENGTH, CUSTOMER_ID_PATTERN, OrderLine
 from shared.http import serve_http
 from shared.observability import ORDER_ID
 from shared.outbox import outbox_stats
+from shared.ratelimit import TokenBuckets, retry_after
 from shared.service import Runtime, liveness, readiness
 
 
@@ -46,6 +48,9 @@ READ_TIMEOUT_SECONDS = 2.0
 DATABASE_AWAY = {
     503: {"description": "The database did not answer in time; retry after Retry-After"}
 }
+RATE_LIMITED = {
+    429: {"description": "Too many requests from this address; retry after Retry-After seconds"}
+}
 
 
 class LineIn(OrderLine):
@@ -60,9 +65,9 @@ class PlaceOrderRequest(BaseModel):
 
     customer_id: str = Field(
         min_length=1,
-        max_length=64,
+        max_length=CUSTOMER_ID_MAX_LENGTH,
         # Letters, digits, '.', '_' and '-': it ends up in an email address and in headers.
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        pattern=CUSTOMER_ID_PATTERN,
         examples=["bugs-bunny"],
     )
     lines: list[LineIn] = Field(min_length=1, max_length=50)
@@ -111,6 +116,21 @@ def _view(doc: dict[str, Any]) -> OrderView:
     return OrderView(order_id=doc["_id"], **{k: v for k, v in doc.items() if k != "_id"})
 
 
+# --8<-- [start:order-quota]
+def within_order_quota(request: Request, customer_id: str) -> None:
+    """Refuse (429) an order beyond the customer's rate. The customer is the body's
+    ``customer_id`` until customers authenticate; then it is the authenticated one."""
+    wait = request.app.state.order_quota.take(customer_id)
+    if wait:
+        seconds = retry_after(wait)
+        raise HTTPException(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many orders for customer {customer_id}; retry after {seconds} s",
+            headers={"Retry-After": seconds},
+        )
+        # --8<-- [end:order-quota]
+
+
 def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
     # The same shape as FastAPI's own validation errors, so clients parse one format.
     return HTTPException(
@@ -124,10 +144,15 @@ def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=OrderAccepted,
     responses={
-        400: {"description": "The body is not text at all (bytes that are not UTF-8)"},
+        400: {"description": "The body is not JSON (or not UTF-8 text); the reason is given"},
+        413: {"description": "The body is larger than the limit (64 KiB by default)"},
         422: {
             "description": "Invalid request, unknown SKU, Idempotency-Key missing, or reused "
             "with a different body"
+        },
+        429: {
+            "description": "Too many requests from this address, or orders for this "
+            "customer; retry after Retry-After seconds"
         },
         503: {
             "description": "Inventory or the database did not answer in time; retry after "
@@ -138,6 +163,7 @@ def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
 async def place_order(
     body: PlaceOrderRequest,
     deps: Deps,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[
         str,
@@ -155,6 +181,7 @@ async def place_order(
     Retry a request that failed or got no answer (a timeout, a 5xx, a 503) with the *same*
     ``Idempotency-Key``: if the order was recorded, you get it back (202, same id).
     """
+    within_order_quota(request, body.customer_id)
     command = handlers.PlaceOrder(
         customer_id=body.customer_id, lines=tuple(body.lines), payment_token=body.payment_token
     )
@@ -187,7 +214,7 @@ async def place_order(
 @router.get(
     "/orders/{order_id}",
     response_model=OrderView,
-    responses={404: {"description": "No order with this id"}, **DATABASE_AWAY},
+    responses={404: {"description": "No order with this id"}, **RATE_LIMITED, **DATABASE_AWAY},
 )
 async def get_order(order_id: str, deps: Deps) -> OrderView:
     """The order's status, lines, total and the history of its events."""
@@ -199,7 +226,7 @@ async def get_order(order_id: str, deps: Deps) -> OrderView:
     return _view(doc)
 
 
-@router.get("/orders", response_model=OrderPage, responses=DATABASE_AWAY)
+@router.get("/orders", response_model=OrderPage, responses={**RATE_LIMITED, **DATABASE_AWAY})
 async def list_orders(
     deps: Deps,
     customer_id: Annotated[str, Query(min_length=1, max_length=64)],
@@ -237,8 +264,11 @@ def create_api(
     runtime: Runtime,
     deps: OrderDeps,
     lifespan: Callable[[Any], AbstractAsyncContextManager[None]],
+    settings: OrderSettings,
 ) -> FastAPI:
-    """The order service's FastAPI app: these routes, the shared lifespan and HTTP behaviour."""
+    """The order service's FastAPI app: these routes, the shared lifespan and HTTP behaviour,
+    and the limits of ``settings`` (body size, rates per address and per customer)."""
+    # --8<-- [start:create-api-limits]
     app = FastAPI(
         title="Warren — order service",
         description="Place orders and follow them through the saga. Everything after the 202 "
@@ -247,5 +277,12 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.runtime, app.state.deps = runtime, deps
+    app.state.order_quota = TokenBuckets(
+        settings.orders_per_minute_per_customer / 60, settings.order_burst_per_customer
+    )
     app.include_router(router)
-    return serve_http(app)
+    per_address = TokenBuckets(
+        settings.requests_per_second_per_address, settings.request_burst_per_address
+    )
+    return serve_http(app, max_body_bytes=settings.max_body_bytes, per_address=per_address)
+    # --8<-- [end:create-api-limits]

@@ -43,6 +43,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         ),
         # --8<-- [end:ask-inventory]
         wake_relay=relay.wake,
+        payment_key=settings.payment_token_recipient(),
         saga_deadline_seconds=settings.saga_deadline_seconds,
     )
     runtime.serve(HANDLERS, deps)
@@ -52,4 +53,4 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         background=[relay.run, deadlines],  # the relay sweeps at once: what a last run left
         on_shutdown=[rpc.close],
     )
-    return api.create_api(runtime, deps, lifespan(runtime, lifecycle))
+    return api.create_api(runtime, deps, lifespan(runtime, lifecycle), settings)

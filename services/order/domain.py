@@ -31,11 +31,13 @@ from typing import Any, ClassVar
 
 from shared.contracts import (
     EVENT_TYPES,
+    RETIRED_EVENT_TYPES,
     EventData,
     EventTypes,
     OrderCancelled,
     OrderConfirmed,
     OrderPlaced,
+    OrderPlacedV1,
     PaymentFailed,
     PaymentSucceeded,
     StockRejected,
@@ -70,10 +72,12 @@ class OrderPaymentFailed(EventData):
 
 
 # What an order's stream may hold: the order's own internal events, and the contracts (a live
-# view: a contract version registered later is readable here too).
+# view: a contract version registered later is readable here too) -- retired versions too,
+# which orders placed before an upgrade keep (order.placed v1).
 ORDER_EVENT_TYPES: EventTypes = ChainMap(
     {(cls.TYPE, cls.VERSION): cls for cls in (OrderStockReserved, OrderPaymentFailed)},
     EVENT_TYPES,  # type: ignore[arg-type]
+    RETIRED_EVENT_TYPES,  # type: ignore[arg-type]
 )
 
 
@@ -121,7 +125,7 @@ class Order:
 
     def apply(self, event: OrderEvent) -> None:
         match event.data:
-            case OrderPlaced() as placed:
+            case OrderPlaced() | OrderPlacedV1() as placed:
                 self.customer_id = placed.customer_id
                 self.lines = [line.model_dump(mode="json") for line in placed.lines]
                 self.total_cents = placed.total_cents

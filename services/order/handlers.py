@@ -45,6 +45,7 @@ from shared.contracts import (
 from shared.faults import crash_point
 from shared.handlers import HandlerTable
 from shared.observability import current_trace_context, order_context
+from shared.sealing import RecipientKey
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +61,8 @@ class OrderDeps:
     quote: QuoteFn
     # Hands the outbox relay the documents just stored: it publishes the pending ones at once.
     wake_relay: Callable[[Sequence[dict[str, Any]]], None]
+    # Payment's public key: the payment token is sealed for it, and only payment can open it.
+    payment_key: RecipientKey
     # An order not final this long after it was placed is cancelled (and compensated).
     saga_deadline_seconds: float = 600.0
 
@@ -161,7 +164,8 @@ async def _accept(
             for line in quote.lines
         ),
         total_cents=quote.total_cents,
-        payment_token=command.payment_token,
+        # Sealed for payment and bound to this order: the clear token goes no further.
+        sealed_payment_token=deps.payment_key.seal(command.payment_token, aad=order_id),
     )
     # --8<-- [start:record-order-placed]
     try:

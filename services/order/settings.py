@@ -1,5 +1,6 @@
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from shared.sealing import RecipientKey, public_key_from_text
 from shared.settings import WarrenSettings
 
 
@@ -18,3 +19,35 @@ class OrderSettings(WarrenSettings):
     saga_deadline_seconds: float = Field(default=600.0, gt=0)
     # How often the order service looks for orders past their deadline.
     saga_sweep_seconds: float = Field(default=5.0, gt=0)
+    # --8<-- [start:api-limits]
+    # A request body larger than this is refused with 413 before it is read (MAX_BODY_BYTES).
+    # An order of 50 lines is about 3 KiB.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Token buckets per client address (every request but the health probes) and per customer
+    # (POST /orders); past them, 429 with Retry-After. In this process only: each replica counts
+    # for itself. Generous for the load tools, which run from one address: lower them where each
+    # address is one shopper (docs/14-security.md).
+    requests_per_second_per_address: float = Field(default=500.0, gt=0)
+    request_burst_per_address: int = Field(default=1000, ge=1)
+    orders_per_minute_per_customer: float = Field(default=60.0, gt=0)
+    order_burst_per_customer: int = Field(default=20, ge=1)
+    # --8<-- [end:api-limits]
+    # --8<-- [start:token-key]
+    # The payment token is sealed for payment's public key (`warren keys generate`): order can
+    # seal, never open. The key id travels with each sealed token, so payment knows which of its
+    # private keys opens it (rotation: docs/14-security.md).
+    payment_token_key_id: str = Field(min_length=1, max_length=64)
+    payment_token_public_key: str
+
+    @field_validator("payment_token_public_key")
+    @classmethod
+    def _an_x25519_public_key(cls, value: str) -> str:
+        public_key_from_text(value)  # raises with what is wrong (a public key: not secret)
+        return value
+
+    def payment_token_recipient(self) -> RecipientKey:
+        """Payment's key, as the order service seals tokens for it."""
+        return RecipientKey(
+            self.payment_token_key_id, public_key_from_text(self.payment_token_public_key)
+        )
+        # --8<-- [end:token-key]

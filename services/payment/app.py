@@ -22,6 +22,7 @@ def create_app(settings: PaymentSettings | None = None) -> Starlette:
             latency_ms=settings.payment_latency_ms,
             error_rate=settings.payment_error_rate,
         ),
+        token_keys=settings.token_keys(),
         processed_by=settings.instance_id,
     )
     runtime.serve(HANDLERS, deps)

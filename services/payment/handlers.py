@@ -7,22 +7,31 @@ decides; these read, call the gateway, and write.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from services.payment.domain import Payment, PaymentStatus, must_refund_after_charge, outcome
-from services.payment.gateway import SimulatedGateway
+from services.payment.gateway import ChargeResult, SimulatedGateway
 from services.payment.repository import PaymentRepository
 from shared import topology
 from shared.contracts import Envelope, OrderCancelled, StockReserved
 from shared.handlers import HandlerTable
+from shared.sealing import SealingError, UnknownKeyError, unseal
 
 SOURCE = "payment"
+UNREADABLE_TOKEN = "payment details could not be read"
+log = structlog.get_logger(__name__)
 
 
 @dataclass
 class PaymentDeps:
     payments: PaymentRepository
     gateway: SimulatedGateway
+    # Key id -> private key: they open the sealed payment tokens (only payment holds them).
+    token_keys: Mapping[str, X25519PrivateKey]
     # Which replica charged an order: recorded with the payment, to see competing consumers.
     processed_by: str = ""
 
@@ -36,14 +45,15 @@ async def charge_reserved_order(
     if recorded is not None:
         return _announce(recorded)
 
-    # The order id is the idempotency key -- one payment per order: a crash after charging and
-    # before recording gets the same charge back on the next attempt, not a second one.
-    result = await deps.gateway.charge(
-        reserved.order_id,
-        reserved.amount_cents,
-        reserved.payment_token,
-        idempotency_key=reserved.order_id,
-    )
+    token = open_payment_token(reserved, deps)
+    if token is None:  # altered, or sealed for another order: never sent to the gateway
+        result = ChargeResult(succeeded=False, charge_id="", reason=UNREADABLE_TOKEN)
+    else:
+        # The order id is the idempotency key -- one payment per order: a crash after charging
+        # and before recording gets the same charge back on the next attempt, not a second one.
+        result = await deps.gateway.charge(
+            reserved.order_id, reserved.amount_cents, token, idempotency_key=reserved.order_id
+        )
     data = outcome(
         reserved, succeeded=result.succeeded, charge_id=result.charge_id, reason=result.reason
     )
@@ -61,6 +71,25 @@ async def charge_reserved_order(
         await _refund(reserved.order_id, deps)
     return _announce(stands)
     # --8<-- [end:charge]
+
+
+# --8<-- [start:open-token]
+def open_payment_token(reserved: StockReserved, deps: PaymentDeps) -> str | None:
+    """The clear payment token, or None when it does not open (a decline, not a retry).
+
+    It opens only with the key it was sealed for, and only for the order it was sealed for.
+    A key this replica does not hold raises :class:`UnknownKeyError`: the message is retried
+    (and, when the retries run out, kept in the DLQ), so installing the key and replaying it
+    charges the order -- a rotation done in the wrong order loses nothing.
+    """
+    try:
+        return unseal(deps.token_keys, reserved.sealed_payment_token, aad=reserved.order_id)
+    except UnknownKeyError:
+        raise
+    except SealingError as exc:
+        log.warning("payment token does not open: declined", reason=str(exc))
+        return None
+    # --8<-- [end:open-token]
 
 
 def _announce(recorded: Payment) -> list[Envelope]:

@@ -110,6 +110,9 @@ class InMemoryBus:
         try:
             with order_context(envelope.correlation_id):
                 outcome = await handler(envelope, payload)
+        except PoisonMessageError as exc:  # the handler says no retry can help
+            self.dead_letters.append(DeadLetter(queue.name, f"poison: {exc}"))
+            return
         except Exception as exc:
             if delivery.attempts >= self.max_attempts or not queue.retried:
                 self.dead_letters.append(DeadLetter(queue.name, repr(exc)))

@@ -34,6 +34,8 @@ from mirakuru.base import Executor
 from pymongo import AsyncMongoClient
 
 from shared import topology
+from shared.messaging import H_PUBLISHER
+from shared.settings import BrokerPasswords
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -141,12 +143,17 @@ class System:
         )
 
     def _executor(
-        self, name: str, command: list[str], *, health_port: int | None = None
+        self,
+        name: str,
+        command: list[str],
+        *,
+        health_port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> Executor:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._log_files.append(log)
         options: dict[str, Any] = {
-            "envvars": self.env,
+            "envvars": {**self.env, **(env or {})},
             "cwd": str(REPO),
             "timeout": 60,
             "stdout": log,
@@ -233,6 +240,29 @@ PROCESSES_WITH_PORTS = (
 )
 
 
+def broker_users() -> dict[str, str]:
+    """One broker user per service (``BROKER_PASSWORD_<SERVICE>``, from .env), when this machine
+    can provision them (rabbitmqctl, as root); else none, and every process connects as the
+    operator. The passwords are `make run`'s: users are broker-wide, so a test run in another
+    vhost must not change the password a running `make run` connects with."""
+    if rabbitmqctl_command() is None or os.environ.get("WARREN_BROKER_USERS") == "0":
+        return {}
+    return {
+        f"BROKER_PASSWORD_{user.upper()}": password
+        for user, password in BrokerPasswords().configured().items()
+    }
+
+
+def service_url(system: System, user: str) -> dict[str, str]:
+    """The RABBIT_URL of a process that connects as ``user`` (when users are provisioned)."""
+    password = system.env.get(f"BROKER_PASSWORD_{user.upper()}")
+    if password is None:
+        return {}
+    url = urlsplit(system.env["RABBIT_URL"])
+    netloc = f"{user}:{password}@{url.hostname}:{url.port or 5672}"
+    return {"RABBIT_URL": url._replace(netloc=netloc).geturl()}
+
+
 def system_env(
     rabbit_url: str,
     mongo_url: str,
@@ -249,6 +279,12 @@ def system_env(
         "SMTP_PORT": str(ports["smtp"]),
         "MAIL_API_URL": f"http://127.0.0.1:{ports['mail_api']}",
         "QUOTE_TIMEOUT_SECONDS": "2",  # the shipped default
+        # The order API's rate limits, loose: the tests, the benchmark and the chaos runs
+        # send everything from one address, many orders for one customer (bugs-bunny).
+        "REQUESTS_PER_SECOND_PER_ADDRESS": "1000",
+        "REQUEST_BURST_PER_ADDRESS": "2000",
+        "ORDERS_PER_MINUTE_PER_CUSTOMER": "6000",
+        "ORDER_BURST_PER_CUSTOMER": "1000",
         "PAYMENT_DECLINE_RATE": "0",
         "PAYMENT_LATENCY_MS": "0",
         "PAYMENT_ERROR_RATE": "0",
@@ -257,6 +293,7 @@ def system_env(
         # Every span goes to this run's own OTLP receiver (warren traces collect), quickly.
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['otlp']}",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
+        **broker_users(),
         **(extra_env or {}),
     }
 
@@ -319,14 +356,26 @@ def build_system(
     _plumbing(system, ports)
     python = str(BIN / "python")
     for name in ("inventory", "payment_1", "payment_2", "notification", "order"):
-        module = "services." + name.split("_")[0]
+        service = name.split("_")[0]
         system.processes[name] = system._executor(
-            name, [python, "-m", module, "--port", str(ports[name])], health_port=ports[name]
+            name,
+            [python, "-m", f"services.{service}", "--port", str(ports[name])],
+            health_port=ports[name],
+            env=service_url(system, service),
         )
     system.processes["emails"] = system._executor(
-        "emails", [python, "-m", "services.notification.worker"]
+        "emails",
+        [python, "-m", "services.notification.worker"],
+        env=service_url(system, "notification"),
     )
     return system
+
+
+def provision_broker(system: System) -> None:
+    """`warren topology provision` (users, permissions, topology), or -- without per-service
+    users -- `warren topology declare`, as `make run` does."""
+    users = any(key.startswith("BROKER_PASSWORD_") for key in system.env)
+    system.warren("topology", "provision" if users else "declare", check=True, timeout=120)
 
 
 def seed_catalog(system: System) -> None:
@@ -386,18 +435,32 @@ SERVICES = ("inventory", "payment_1", "payment_2", "notification", "emails", "or
 
 
 def start_everything(system: System) -> None:
-    """The SMTP sink and the OTLP receiver, the seeded catalog, then every service."""
+    """The SMTP sink and the OTLP receiver, the broker's users and topology, the seeded
+    catalog, then every service."""
     system.start("smtp")
     system.start("traces")
+    provision_broker(system)
     seed_catalog(system)
     for name in SERVICES:
         system.start(name)
 
 
 async def publish_raw(
-    rabbit_url: str, exchange_name: str, routing_key: str, body: bytes, **properties: Any
+    rabbit_url: str,
+    exchange_name: str,
+    routing_key: str,
+    body: bytes,
+    *,
+    publisher: str | None = None,
+    **properties: Any,
 ) -> None:
-    """Publish bytes as they are (no envelope checks): duplicates, poison, dead letters."""
+    """Publish bytes as they are (no envelope checks): duplicates, poison, dead letters.
+
+    ``rabbit_url`` is the operator's. A copy of a service's event says which service
+    published the original (``publisher``), as the operator's DLQ replay does; without it, a
+    service with a broker user of its own takes the copy for a forgery."""
+    if publisher is not None:
+        properties["headers"] = {**properties.get("headers", {}), H_PUBLISHER: publisher}
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)

@@ -181,6 +181,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
             **stored["trace_context"],  # in whatever format OTEL_PROPAGATORS names
             "x-warren-reason": "retries exhausted",
             "x-warren-original-queue": topology.NOTIFICATION_ORDER_EVENTS.name,
+            "x-warren-publisher": "order",  # as the consumer's DLQ copy records it
         },
     )
 

@@ -248,3 +248,30 @@ def test_an_email_the_server_refuses_for_good_fails_instead_of_retrying_for_ever
         controller.stop()
     doc = notifications.find_one({"_id": notification_id})
     assert doc["state"] == "failed" and "550" in doc["failure"]
+
+
+def recipients(maildir: Path) -> list[str]:
+    """Each email's envelope recipients, as the SMTP server got them (RCPT TO)."""
+    return [m["X-RcptTo"] for m in mailbox.Maildir(maildir, create=False)]
+
+
+def test_the_email_goes_to_its_one_address_and_from_the_shop(
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
+) -> None:
+    notification_id = queued(notifications, to="bugs-bunny@customers.warren.example")
+    assert deliver(notification_id, settings, task_id="t1") == "sent"
+    [email] = mailbox.Maildir(smtp[1], create=False)
+    assert email["X-RcptTo"] == "bugs-bunny@customers.warren.example"
+    assert email["X-MailFrom"] == "shop@warren.example"
+
+
+def test_a_recorded_recipient_that_is_not_one_address_fails_and_mails_no_one(
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
+) -> None:
+    """Reproduced: SMTP took the recipients from the To header, so a customer id such as
+    ``victim@evil.example,x`` (recorded by an older Warren) mailed an outside address."""
+    notification_id = queued(notifications, to="victim@evil.example,x@customers.warren.example")
+    assert deliver(notification_id, settings, task_id="t1") == "failed"
+    assert recipients(smtp[1]) == []
+    doc = notifications.find_one({"_id": notification_id})
+    assert doc["state"] == "failed" and "is not one email address" in doc["failure"]

@@ -41,6 +41,7 @@ from shared.contracts import (
     OrderConfirmed,
     OrderLine,
     OrderPlaced,
+    OrderPlacedV1,
     PaymentFailed,
     PaymentSucceeded,
     PricedLine,
@@ -49,6 +50,8 @@ from shared.contracts import (
     StockReserved,
 )
 from shared.outbox import OutboxRelay, outbox_stats, retry_parked
+from shared.sealing import UnknownKeyError, generate_key, seal
+from tests.support.sealing import PAYMENT_KEYS, PAYMENT_RECIPIENT, sealed_token
 
 MUGS = CatalogItem("CARROT-MUG", "Carrot-shaped mug", 1250, 10)
 LAMPS = CatalogItem("BURROW-LAMP", "Burrow night lamp", 4500, 3)
@@ -65,7 +68,7 @@ def placed(order_id: str, *lines: tuple[CatalogItem, int], token: str = "tok_vis
             customer_id="bugs-bunny",
             lines=priced,
             total_cents=sum(p.quantity * p.unit_price_cents for p in priced),
-            payment_token=token,
+            sealed_payment_token=sealed_token(order_id, token),
         ),
         source="order",
     )
@@ -264,7 +267,12 @@ def cancelled_envelope(cancelled: OrderCancelled) -> Envelope:
 
 def reserved_event(order_id: str) -> Envelope:
     return Envelope.wrap(
-        StockReserved(order_id=order_id, lines=(), amount_cents=2500, payment_token="tok_visa"),
+        StockReserved(
+            order_id=order_id,
+            lines=(),
+            amount_cents=2500,
+            sealed_payment_token=sealed_token(order_id),
+        ),
         source="inventory",
     )
 
@@ -272,12 +280,14 @@ def reserved_event(order_id: str) -> Envelope:
 async def test_an_order_is_charged_once_however_often_it_arrives(db: Any) -> None:
     repo, gateway = PaymentRepository(db), SimulatedGateway(db)
     reserved = Envelope.wrap(
-        StockReserved(order_id="o1", lines=(), amount_cents=2500, payment_token="tok_visa"),
+        StockReserved(
+            order_id="o1", lines=(), amount_cents=2500, sealed_payment_token=sealed_token("o1")
+        ),
         source="inventory",
     )
     outcomes = [
         await payment.charge_reserved_order(
-            reserved, reserved.payload(), PaymentDeps(repo, gateway)
+            reserved, reserved.payload(), PaymentDeps(repo, gateway, PAYMENT_KEYS)
         )  # type: ignore[arg-type]
         for _ in range(3)
     ]
@@ -289,13 +299,15 @@ async def test_an_order_is_charged_once_however_often_it_arrives(db: Any) -> Non
 async def test_a_cancelled_order_that_was_charged_is_refunded_once(db: Any) -> None:
     repo, gateway = PaymentRepository(db), SimulatedGateway(db)
     order = reserved_event("late")
-    [paid] = await payment.charge_reserved_order(order, order.payload(), PaymentDeps(repo, gateway))  # type: ignore[arg-type]
+    [paid] = await payment.charge_reserved_order(
+        order, order.payload(), PaymentDeps(repo, gateway, PAYMENT_KEYS)
+    )  # type: ignore[arg-type]
     assert paid.type == "payment.succeeded"
     cancelled = OrderCancelled(order_id="late", customer_id="c", reason="saga deadline passed")
     for _ in range(2):  # a duplicate refunds nothing more
         assert (
             await payment.refund_cancelled_order(
-                cancelled_envelope(cancelled), cancelled, PaymentDeps(repo, gateway)
+                cancelled_envelope(cancelled), cancelled, PaymentDeps(repo, gateway, PAYMENT_KEYS)
             )
             == []
         )
@@ -309,11 +321,13 @@ async def test_an_order_cancelled_before_its_charge_is_never_charged(db: Any) ->
     repo, gateway = PaymentRepository(db), SimulatedGateway(db)
     cancelled = OrderCancelled(order_id="slow", customer_id="c", reason="saga deadline passed")
     await payment.refund_cancelled_order(
-        cancelled_envelope(cancelled), cancelled, PaymentDeps(repo, gateway)
+        cancelled_envelope(cancelled), cancelled, PaymentDeps(repo, gateway, PAYMENT_KEYS)
     )
     order = reserved_event("slow")  # still being retried when the deadline passed
     assert (
-        await payment.charge_reserved_order(order, order.payload(), PaymentDeps(repo, gateway))
+        await payment.charge_reserved_order(
+            order, order.payload(), PaymentDeps(repo, gateway, PAYMENT_KEYS)
+        )
         == []
     )  # type: ignore[arg-type]
     assert await db["gateway_charges"].count_documents({}) == 0
@@ -323,17 +337,55 @@ async def test_a_declined_card_moves_no_money(db: Any) -> None:
     repo, gateway = PaymentRepository(db), SimulatedGateway(db)
     reserved = Envelope.wrap(
         StockReserved(
-            order_id="o2", lines=(), amount_cents=2500, payment_token="tok_chargeDeclined"
+            order_id="o2",
+            lines=(),
+            amount_cents=2500,
+            sealed_payment_token=sealed_token("o2", "tok_chargeDeclined"),
         ),
         source="inventory",
     )
     outcome = await payment.charge_reserved_order(
-        reserved, reserved.payload(), PaymentDeps(repo, gateway)
+        reserved, reserved.payload(), PaymentDeps(repo, gateway, PAYMENT_KEYS)
     )  # type: ignore[arg-type]
     assert outcome[0].type == "payment.failed"
     assert await db["gateway_charges"].count_documents({"status": "captured"}) == 0
     recorded = await repo.get("o2")
     assert recorded is not None and recorded.amount_cents == 0
+
+
+def reserved_with(order_id: str, sealed: Any) -> Envelope:
+    return Envelope.wrap(
+        StockReserved(order_id=order_id, lines=(), amount_cents=2500, sealed_payment_token=sealed),
+        source="inventory",
+    )
+
+
+async def test_a_token_sealed_for_another_order_is_declined_without_asking_the_gateway(
+    db: Any,
+) -> None:
+    """A sealed token copied from order o1 into o3's message does not open for o3."""
+    repo, gateway = PaymentRepository(db), SimulatedGateway(db)
+    moved = reserved_with("o3", sealed_token("o1"))
+    [failed] = await payment.charge_reserved_order(
+        moved, moved.payload(), PaymentDeps(repo, gateway, PAYMENT_KEYS)
+    )  # type: ignore[arg-type]
+    assert failed.type == "payment.failed"
+    assert failed.data["reason"] == payment.UNREADABLE_TOKEN
+    assert await db["gateway_charges"].count_documents({}) == 0
+
+
+async def test_a_token_sealed_for_a_key_payment_does_not_hold_is_retried_not_declined(
+    db: Any,
+) -> None:
+    """Rotation done in the wrong order (order seals for a key payment has not got yet): the
+    message fails and is retried -- then kept in the DLQ -- so nothing is decided without it."""
+    repo, gateway = PaymentRepository(db), SimulatedGateway(db)
+    early = reserved_with("o4", seal(generate_key().public_key(), "next", "tok_visa", "o4"))
+    with pytest.raises(UnknownKeyError, match="'next'"):
+        await payment.charge_reserved_order(
+            early, early.payload(), PaymentDeps(repo, gateway, PAYMENT_KEYS)
+        )  # type: ignore[arg-type]
+    assert await repo.get("o4") is None
 
 
 # --- order: event store, read model, idempotency keys, outbox -------------------------------------
@@ -345,7 +397,7 @@ def order_placed(order_id: str, customer: str = "bugs-bunny") -> OrderPlaced:
         customer_id=customer,
         lines=(PricedLine(sku="CARROT-MUG", quantity=1, unit_price_cents=1250),),
         total_cents=1250,
-        payment_token="tok_visa",
+        sealed_payment_token=sealed_token(order_id),
     )
 
 
@@ -385,7 +437,12 @@ async def test_once_an_order_is_recorded_the_answer_is_that_order_whatever_fails
         return quoted
 
     deps = OrderDeps(
-        store=store, views=BrokenViews(db), keys=keys, quote=quote, wake_relay=lambda events: None
+        store=store,
+        views=BrokenViews(db),
+        keys=keys,
+        quote=quote,
+        wake_relay=lambda events: None,
+        payment_key=PAYMENT_RECIPIENT,
     )
     command = PlaceOrder("bugs-bunny", (OrderLine(sku="CARROT-MUG", quantity=1),), "tok_visa")
     placed = await place_order(command, deps, idempotency_key="k-1")
@@ -680,7 +737,14 @@ async def test_events_stored_by_an_older_warren_are_given_their_envelope(db: Any
     """An older Warren stored ``event_id``/``data``/``causation_id`` and no envelope: after an
     upgrade (a compose volume kept), they load, fold and publish like new ones."""
     store = EventStore(db)
-    placed_data = order_placed("old").model_dump(mode="json")
+    # Back then order.placed was v1, with the payment token in clear.
+    placed_data = OrderPlacedV1(
+        order_id="old",
+        customer_id="bugs-bunny",
+        lines=order_placed("old").lines,
+        total_cents=1250,
+        payment_token="tok_visa",
+    ).model_dump(mode="json")
     occurred = datetime(2026, 11, 1, 12, 0, 0, 123000, tzinfo=UTC)
     await store.events.insert_one(
         {

@@ -128,6 +128,21 @@ def test_yaml_anchors_resolve_into_every_app_service() -> None:
         assert env["OTEL_SERVICE_NAME"] == expected, name
 
 
+def test_only_the_payment_containers_get_the_keys_that_open_payment_tokens() -> None:
+    """env_file hands every app container all of .env; ``environment:`` wins over it. So the
+    private keys are blanked for every container but payment's, and order gets the public key."""
+    assert _env_names(ENV_EXAMPLE)["PAYMENT_TOKEN_KEYS"]  # what env_file would hand over
+    for name, svc in _app_services().items():
+        env = svc.get("environment") or {}
+        assert "PAYMENT_TOKEN_KEYS" in env, f"{name} would get the private keys from env_file"
+        keys = env["PAYMENT_TOKEN_KEYS"]
+        assert bool(keys) == (name == "payment"), f"{name}: PAYMENT_TOKEN_KEYS={keys!r}"
+    payment, order = _services()["payment"]["environment"], _services()["order"]["environment"]
+    assert payment["PAYMENT_TOKEN_KEYS"] == "${PAYMENT_TOKEN_KEYS:?set it in .env}"
+    assert order["PAYMENT_TOKEN_PUBLIC_KEY"] == "${PAYMENT_TOKEN_PUBLIC_KEY:?set it in .env}"
+    assert order["PAYMENT_TOKEN_KEY_ID"] == payment["PAYMENT_TOKEN_KEY_ID"]
+
+
 def test_payment_runs_two_competing_consumers_without_fixed_names_or_host_ports() -> None:
     payment = _services()["payment"]
     assert payment["deploy"]["replicas"] == 2
@@ -200,11 +215,15 @@ def test_broker_loads_the_definitions_the_one_shot_job_writes_from_env() -> None
     assert broker["depends_on"]["broker-definitions"] == {
         "condition": "service_completed_successfully"
     }
-    # A changed user or password changes the broker's configuration, so `up` re-creates it and
-    # it loads the new definitions.
+    # A changed user or password (the operator's, or a service's) changes the broker's
+    # configuration, so `up` re-creates it and it loads the new definitions.
     assert set(broker["environment"].values()) == {
         "${RABBITMQ_USER:?set it in .env}",
         "${RABBITMQ_PASSWORD:?set it in .env}",
+        *(
+            f"${{BROKER_PASSWORD_{service}:?set it in .env}}"
+            for service in ("ORDER", "INVENTORY", "PAYMENT", "NOTIFICATION")
+        ),
     }
 
 

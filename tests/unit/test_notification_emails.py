@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from services.notification.emails import compose
 from shared.contracts import OrderCancelled, OrderConfirmed, OrderPlaced, PricedLine, StockReserved
+from tests.support.sealing import sealed_token
 
 
 def test_each_lifecycle_event_has_its_email() -> None:
@@ -11,7 +12,7 @@ def test_each_lifecycle_event_has_its_email() -> None:
             customer_id="c",
             lines=(PricedLine(sku="CARROT-MUG", quantity=2, unit_price_cents=1250),),
             total_cents=2500,
-            payment_token="tok_visa",
+            sealed_payment_token=sealed_token("12345678-aaaa"),
         )
     )
     assert placed is not None and "2 x CARROT-MUG" in placed.body and "25.00 EUR" in placed.body
@@ -24,4 +25,7 @@ def test_each_lifecycle_event_has_its_email() -> None:
 
 
 def test_other_events_send_nothing() -> None:
-    assert compose(StockReserved(order_id="o", lines=(), amount_cents=0, payment_token="t")) is None
+    reserved = StockReserved(
+        order_id="o", lines=(), amount_cents=0, sealed_payment_token=sealed_token("o")
+    )
+    assert compose(reserved) is None

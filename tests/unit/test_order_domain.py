@@ -13,12 +13,16 @@ from services.order.domain import (
     OrderEvent,
     OrderStatus,
     expire,
+    is_published,
     react,
 )
+from services.order.repository import to_event
 from shared.contracts import (
+    Envelope,
     EventData,
     OrderCancelled,
     OrderPlaced,
+    OrderPlacedV1,
     PaymentFailed,
     PaymentSucceeded,
     PricedLine,
@@ -26,6 +30,7 @@ from shared.contracts import (
     StockReleased,
     StockReserved,
 )
+from tests.support.sealing import sealed_token
 
 ORDER_ID = "order-42"
 LINES = (PricedLine(sku="CARROT-MUG", quantity=2, unit_price_cents=1250),)
@@ -37,7 +42,7 @@ def placed_order() -> tuple[Order, list[OrderEvent]]:
         customer_id="bugs-bunny",
         lines=LINES,
         total_cents=2500,
-        payment_token="tok_visa",
+        sealed_payment_token=sealed_token(ORDER_ID),
     )
     events = [_stored(placed, 1)]
     return Order.from_events(ORDER_ID, events), events
@@ -60,7 +65,7 @@ def feed(incoming: list[EventData]) -> Order:
 
 
 reserved = StockReserved(
-    order_id=ORDER_ID, lines=LINES, amount_cents=2500, payment_token="tok_visa"
+    order_id=ORDER_ID, lines=LINES, amount_cents=2500, sealed_payment_token=sealed_token(ORDER_ID)
 )
 paid = PaymentSucceeded(order_id=ORDER_ID, payment_id="ch_1", amount_cents=2500)
 declined = PaymentFailed(order_id=ORDER_ID, reason="card declined")
@@ -135,3 +140,28 @@ def test_an_order_past_its_saga_deadline_is_cancelled_whatever_stage_it_is_stuck
 def test_a_final_order_is_not_expired() -> None:
     assert expire(feed([reserved, paid])) == []
     assert expire(Order(id="nobody")) == []
+
+
+def test_an_order_placed_before_tokens_were_sealed_still_loads_from_the_store() -> None:
+    """Its stream starts with order.placed v1 (retired from the bus, readable from the store)."""
+    v1 = OrderPlacedV1(
+        order_id=ORDER_ID,
+        customer_id="bugs-bunny",
+        lines=LINES,
+        total_cents=2500,
+        payment_token="tok_visa",
+    )
+    stored = {
+        "version": 1,
+        "occurred_at": datetime.now(UTC),
+        "envelope": Envelope.wrap(v1, source="order").model_dump(mode="json"),
+    }
+    event = to_event(stored)
+    assert event.data == v1
+    order = Order.from_events(ORDER_ID, [event])
+    assert (order.status, order.customer_id, order.total_cents) == (
+        OrderStatus.PENDING,
+        "bugs-bunny",
+        2500,
+    )
+    assert not is_published(v1)  # never published again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,50 @@ def test_inventory_refuses_a_lease_longer_than_the_retry_budget() -> None:
     with pytest.raises(pydantic.ValidationError, match="shorter than the retry budget"):
         InventorySettings(retry_delays_seconds=(1, 2, 4), decision_lease_seconds=30)
     assert InventorySettings(retry_delays_seconds=(1, 2, 4), decision_lease_seconds=5)
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return re.search(pattern, name) is not None  # RabbitMQ's regexes: PCRE, unanchored search
+
+
+def test_each_service_may_publish_only_its_own_event_types() -> None:
+    payment = topology.topic_permissions(topology.access_of("payment"))  # type: ignore[arg-type]
+    assert payment["exchange"] == "shop.events"
+    assert _matches(payment["write"], "payment.succeeded")
+    assert not _matches(payment["write"], "stock.reserved")
+    assert not _matches(payment["write"], "payment.succeededX")
+    notification = topology.topic_permissions(topology.access_of("notification"))  # type: ignore[arg-type]
+    assert not _matches(notification["write"], "order.placed")  # publishes nothing
+
+
+def test_each_service_may_configure_and_read_only_its_own_queues() -> None:
+    payment = topology.permissions(topology.access_of("payment"))  # type: ignore[arg-type]
+    assert _matches(payment["configure"], "payment.stock-reserved")
+    assert not _matches(payment["configure"], "order.saga-replies")
+    assert not _matches(payment["configure"], "shop.events")  # no exchange of its own
+    assert _matches(payment["read"], "payment.stock-reserved")
+    assert not _matches(payment["read"], "order.saga-replies")
+    assert not _matches(payment["read"], "payment.stock-reserved.dlq")  # the operator's
+    assert not _matches(payment["write"], "amq.default")  # no straight-to-a-queue publishing
+
+
+def test_the_exported_definitions_hold_one_user_per_service_without_tags() -> None:
+    defs = topology.definitions(
+        user="warren", password="w", service_passwords={"order": "o", "payment": "p"}
+    )
+    assert {u["name"]: u["tags"] for u in defs["users"]} == {
+        "warren": ["administrator"],
+        "order": [],
+        "payment": [],
+    }
+    assert {t["user"] for t in defs["topic_permissions"]} == {"order", "payment"}
+
+
+def test_every_published_event_type_has_exactly_one_publisher() -> None:
+    from shared.contracts import EVENT_TYPES
+
+    for cls in EVENT_TYPES.values():
+        publishers = [
+            a.user for a in topology.SERVICES if cls.TYPE in {e.TYPE for e in a.publishes}
+        ]
+        assert len(publishers) == 1, (cls.TYPE, publishers)
