@@ -174,16 +174,21 @@ async def show_messages(queue_name: str, limit: int) -> list[dict[str, Any]]:
     return shown
 
 
-def persistent_copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+def persistent_copy(
+    message: AbstractIncomingMessage, headers: dict[str, Any], *, operator: str
+) -> aio_pika.Message:
     """The same message -- body, id, correlation id, type -- with these headers, persistent.
 
-    The copy is published by the operator: it says who published the original
-    (``x-warren-publisher``), the user RabbitMQ checked, unless an earlier copy said it already.
+    The copy is published by the ``operator`` (the user this connection is, which RabbitMQ
+    checks against ``user_id``): it says who published the original (``x-warren-publisher``),
+    the user RabbitMQ checked then, unless an earlier copy said it already. A consumer with a
+    broker user of its own trusts that header on an operator's copy, and only there.
     """
     if H_PUBLISHER not in headers and message.user_id:
         headers = {**headers, H_PUBLISHER: message.user_id}
     return aio_pika.Message(
         message.body,
+        user_id=operator,
         headers=headers,
         message_id=message.message_id,
         correlation_id=message.correlation_id,
@@ -212,7 +217,7 @@ async def replay_messages(queue_name: str, message_id: str | None) -> int:
             headers[H_REPLAY_COUNT] = int(headers.get(H_REPLAY_COUNT, 0)) + 1
             with _replay_span(headers, consumer_queue.name, message):
                 await requeue.publish(
-                    persistent_copy(message, headers),
+                    persistent_copy(message, headers, operator=WarrenSettings().broker_user),
                     routing_key=_original_queue(message, consumer_queue.name),
                     mandatory=True,
                 )

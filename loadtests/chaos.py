@@ -221,6 +221,7 @@ class Faults:
         """Publish a second copy of ``share`` of all events, at once, while the saga runs
         (until cancelled); ``self.copies`` counts them."""
         connection = await aio_pika.connect(self.rabbit_url)
+        operator = urlparse(self.rabbit_url).username or "guest"  # who the copies come from
         self.copies = 0
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
@@ -235,7 +236,7 @@ class Faults:
                             continue
                         headers["x-chaos-copy"] = 1
                         await events.publish(
-                            persistent_copy(message, headers),
+                            persistent_copy(message, headers, operator=operator),
                             routing_key=message.routing_key or "",
                         )
                         self.copies += 1
@@ -271,6 +272,7 @@ class Faults:
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         # The operator vouches for the copy: order published the original.
                         headers={H_PUBLISHER: "order"},
+                        user_id=urlparse(self.rabbit_url).username or "guest",
                     ),
                     routing_key=envelope.type,
                 )

@@ -471,17 +471,9 @@ class EventConsumer:
         try:
             envelope, payload, handler = route(self.routes, self.queue, message.body)
             publisher = self.identity.check(message, envelope) if self.identity else None
-        except PoisonMessageError as exc:
-            log.warning("poison message", queue=self.queue.name, reason=str(exc))
-            await dead_letter(
-                self.broker,
-                message,
-                self.queue.name,
-                reason=f"poison: {exc}",
-                exception=exc,
-                attempts=attempts,
-                publisher=message.raw_message.user_id,
-            )
+        except PoisonMessageError as exc:  # it cannot be read, nobody handles it, or forged
+            bound = log.bind(queue=self.queue.name)
+            await self.failed(message, attempts, exc, bound, message.raw_message.user_id)
             await message.ack()
             return
         bound = log.bind(
@@ -513,8 +505,9 @@ class EventConsumer:
         """Park the message for its next attempt, or dead-letter it when none is left. Either
         copy says who published the original (``x-warren-publisher``)."""
         if isinstance(exc, PoisonMessageError):
-            # The handler found that no retry can help (a customer id that makes no email
-            # address): dead-lettered at once with its reason, like a message that cannot decode.
+            # No retry can help: a message that cannot be read, or that no handler here takes,
+            # or forged -- or one its handler found unusable (a customer id that makes no email
+            # address). Dead-lettered at once, with its reason.
             bound.warning("poison message", reason=str(exc))
             await dead_letter(
                 self.broker,

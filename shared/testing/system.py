@@ -461,6 +461,8 @@ async def publish_raw(
     service with a broker user of its own takes the copy for a forgery."""
     if publisher is not None:
         properties["headers"] = {**properties.get("headers", {}), H_PUBLISHER: publisher}
+        # The operator's copy: RabbitMQ checks the user_id, the consumer trusts the header.
+        properties.setdefault("user_id", urlsplit(rabbit_url).username or "guest")
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)

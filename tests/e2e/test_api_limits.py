@@ -8,7 +8,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
@@ -151,7 +150,6 @@ async def test_an_event_naming_an_outside_recipient_mails_no_one_and_is_dead_let
         message_id=forged.id,
         content_type="application/json",
         publisher="order",  # not a forgery: the operator vouches for order's event
-        user_id=urlsplit(system.env["RABBIT_URL"]).username,  # the operator, checked by RabbitMQ
     )
     dead = await eventually(
         lambda: dead_letters(system.env["RABBIT_URL"], topology.NOTIFICATION_ORDER_EVENTS),

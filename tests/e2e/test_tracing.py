@@ -7,8 +7,10 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 from pymongo import AsyncMongoClient
 
+from cli import dlq
 from cli.traces import trace_ids_of_order
 from shared import topology
 from shared.testing.system import System, publish_raw
@@ -161,7 +163,11 @@ async def test_a_declined_orders_trace_shows_the_compensation(
 
 
 async def test_a_replayed_dead_letter_links_to_its_original_trace(
-    system: System, api: httpx.AsyncClient, rabbit_url: str, mongo: AsyncMongoClient
+    system: System,
+    api: httpx.AsyncClient,
+    rabbit_url: str,
+    mongo: AsyncMongoClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     order_id, original_trace = await place_and_finish(api, "tok_visa")
     await complete_trace(system, order_id, {("notification-worker", "run/notification.send_email")})
@@ -229,3 +235,7 @@ async def test_a_replayed_dead_letter_links_to_its_original_trace(
     # The duplicate was recognised: still one email per event.
     emails = system.emails_for(order_id)
     assert len(emails) == len({m["Message-ID"] for m in emails}) == 2
+    # And handled, not refused: the operator's copy is trusted to say order published it.
+    monkeypatch.setenv("RABBIT_URL", rabbit_url)  # the DLQ tool reads it, as every command
+    left = await dlq.show_messages(topology.NOTIFICATION_ORDER_EVENTS.name, 50)
+    assert [m for m in left if m["message_id"] == envelope["id"]] == []
