@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
-import aio_pika
 import httpx
 import pytest
 
 from shared import topology
 from shared.contracts import Envelope, OrderConfirmed
 from shared.testing.system import System, publish_raw
+from tests.support.dlq import dead_letters
 from tests.support.orders import order_body
 from tests.support.polling import eventually
 
@@ -116,20 +115,6 @@ async def test_rates_per_customer_and_per_address_hold_whatever_x_forwarded_for_
 # --- the email recipient ---------------------------------------------------------------------------
 
 
-async def dead_letters(rabbit_url: str, queue: topology.ConsumerQueue) -> list[dict[str, Any]]:
-    """The DLQ's messages (id and headers), left in it."""
-    connection = await aio_pika.connect(rabbit_url)
-    async with connection:
-        channel = await connection.channel()
-        dlq = await channel.get_queue(queue.dlq_name)
-        taken = []
-        while (message := await dlq.get(no_ack=False, fail=False)) is not None:
-            taken.append(message)
-        for message in taken:
-            await message.nack(requeue=True)
-        return [{"id": m.message_id, **(m.headers or {})} for m in taken]
-
-
 async def test_an_event_naming_an_outside_recipient_mails_no_one_and_is_dead_lettered(
     system: System,
 ) -> None:
@@ -153,11 +138,11 @@ async def test_an_event_naming_an_outside_recipient_mails_no_one_and_is_dead_let
     )
     dead = await eventually(
         lambda: dead_letters(system.env["RABBIT_URL"], topology.NOTIFICATION_ORDER_EVENTS),
-        until=lambda found: any(d["id"] == forged.id for d in found),
+        until=lambda found: any(m.message_id == forged.id for m in found),
         timeout=20,
         what="the forged event in notification.order-events.dlq",
     )
-    [letter] = [d for d in dead if d["id"] == forged.id]
+    [letter] = [dict(m.headers) for m in dead if m.message_id == forged.id]
     assert letter["x-warren-reason"] == (
         "poison: customer id 'victim@evil.example,x' cannot make an email address"
     )

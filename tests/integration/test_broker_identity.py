@@ -19,6 +19,7 @@ from shared import messaging, topology
 from shared.contracts import Envelope, PaymentSucceeded, StockRejected
 from shared.settings import BrokerPasswords, WarrenSettings
 from shared.testing.system import BIN, REPO, rabbitmqctl_command
+from tests.support.dlq import dead_letters
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.skipif(
@@ -147,20 +148,10 @@ class Recorder:
         return []
 
 
-async def dead_letters(
-    broker: Broker, queue: topology.ConsumerQueue, message_id: str
-) -> list[dict[str, object]]:
-    """The DLQ's copies of one message (left in the DLQ)."""
-    connection = await aio_pika.connect(broker.operator)
-    async with connection:
-        channel = await connection.channel()
-        dlq = await channel.get_queue(queue.dlq_name, ensure=False)
-        taken = []
-        while (message := await dlq.get(no_ack=False, fail=False)) is not None:
-            taken.append(message)
-        for message in taken:
-            await message.nack(requeue=True)
-        return [dict(message.headers) for message in taken if message.message_id == message_id]
+async def copies(broker: Broker, message_id: str) -> list[dict[str, object]]:
+    """The headers of order.saga-replies' dead letters of one message."""
+    found = await dead_letters(broker.operator, topology.ORDER_SAGA_REPLIES)
+    return [dict(m.headers) for m in found if m.message_id == message_id]
 
 
 async def consume_as_order(broker: Broker, handler: Recorder) -> messaging.RabbitBroker:
@@ -193,7 +184,7 @@ async def test_an_event_from_the_wrong_service_is_dead_lettered_as_forged(broker
             channel = await connection.channel(publisher_confirms=True)
             await channel.default_exchange.publish(forged, topology.ORDER_SAGA_REPLIES.name)
         [dead] = await eventually(
-            lambda: dead_letters(broker, topology.ORDER_SAGA_REPLIES, forged.message_id or ""),
+            lambda: copies(broker, forged.message_id or ""),
             until=lambda found: len(found) == 1,
         )
     finally:
@@ -222,4 +213,4 @@ async def test_a_genuine_event_is_handled_and_its_retry_copy_too(broker: Broker)
         )
     finally:
         await consumer.stop()
-    assert await dead_letters(broker, topology.ORDER_SAGA_REPLIES, genuine.message_id or "") == []
+    assert await copies(broker, genuine.message_id or "") == []

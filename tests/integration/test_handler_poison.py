@@ -17,6 +17,7 @@ from shared import messaging, topology
 from shared.contracts import Envelope, OrderConfirmed
 from shared.settings import WarrenSettings
 from shared.testing.memory_mongo import AsyncMongomockDatabase
+from tests.support.dlq import dead_letters
 from tests.support.polling import eventually
 
 RETRY_DELAYS = (1, 1)  # were it retried: 3 attempts over 2 s, then "retries exhausted"
@@ -31,19 +32,6 @@ async def test_queue(rabbit_url: str) -> AsyncIterator[topology.ConsumerQueue]:
         channel = await connection.channel()
         for name in (queue.name, queue.dlq_name):
             await channel.queue_delete(name)
-
-
-async def dead_letters(rabbit_url: str, queue: topology.ConsumerQueue) -> list[dict]:
-    connection = await aio_pika.connect(rabbit_url)
-    async with connection:
-        channel = await connection.channel()
-        dlq = await channel.get_queue(queue.dlq_name)
-        messages = []
-        while (message := await dlq.get(no_ack=False, fail=False)) is not None:
-            messages.append(message)
-        for message in messages:
-            await message.nack(requeue=True)
-        return [dict(message.headers) for message in messages]
 
 
 async def test_an_event_whose_customer_makes_no_address_is_dead_lettered_at_once(
@@ -85,7 +73,8 @@ async def test_an_event_whose_customer_makes_no_address_is_dead_lettered_at_once
         assert time.monotonic() - sent_at < 1.0  # before the first retry delay ran out
     finally:
         await broker.stop()
-    [headers] = await dead_letters(rabbit_url, test_queue)
+    [dead] = await dead_letters(rabbit_url, test_queue)
+    headers = dead.headers
     assert headers["x-warren-attempts"] == 1
     assert headers["x-warren-reason"] == (
         "poison: customer id 'victim@evil.example,x' cannot make an email address"

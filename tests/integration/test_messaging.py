@@ -16,6 +16,7 @@ from faststream.rabbit import RabbitBroker
 from shared import messaging, topology
 from shared.contracts import Envelope, EventData, OrderConfirmed, PaymentFailed
 from shared.settings import WarrenSettings
+from tests.support.dlq import dead_letters
 from tests.support.polling import eventually
 
 
@@ -71,21 +72,6 @@ async def send(
     broker: RabbitBroker, queue: topology.ConsumerQueue, body: bytes | str, message_id: str
 ) -> None:
     await broker.publish(body, queue=queue.name, persist=True, message_id=message_id)
-
-
-async def dead_letters(
-    rabbit_url: str, queue: topology.ConsumerQueue
-) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    connection = await aio_pika.connect(rabbit_url)
-    async with connection:
-        channel = await connection.channel()
-        dlq = await channel.get_queue(queue.dlq_name)
-        messages = []
-        while (message := await dlq.get(no_ack=False, fail=False)) is not None:
-            messages.append(message)
-        for message in messages:
-            await message.nack(requeue=True)
-        return messages
 
 
 async def test_a_poison_message_is_dead_lettered_at_once_and_the_consumer_goes_on(
