@@ -46,6 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.dlq import persistent_copy
+from shared import auth
 from shared.contracts import (
     Envelope,
     OrderConfirmed,
@@ -108,6 +109,9 @@ class Shoppers:
         self.accepted: list[str] = []
         self.offered = 0
         self.refusals: Counter[str] = Counter()
+        # Fifty customers, each with a bearer token of its own.
+        secret = auth.configured_secret()
+        self.signed_in = [auth.bearer(f"chaos-{c}", secret=secret) for c in range(50)]
 
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=100)
@@ -123,14 +127,14 @@ class Shoppers:
         self.offered += 1
         key = str(uuid.uuid4())
         body = {
-            "customer_id": f"chaos-{n % 50}",
             "lines": [{"sku": SKUS[n % len(SKUS)], "quantity": 1 + n % 2}],
             "payment_token": "tok_visa",
         }
+        headers = {"Idempotency-Key": key, **self.signed_in[n % 50]}
         deadline = time.monotonic() + self.patience
         while time.monotonic() < deadline:
             try:
-                response = await client.post("/orders", json=body, headers={"Idempotency-Key": key})
+                response = await client.post("/orders", json=body, headers=headers)
             except httpx.HTTPError as exc:
                 self.refusals[type(exc).__name__] += 1
             else:
@@ -588,10 +592,13 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
 def _second_inventory(system: Any, port: int) -> Any:
     import sys
 
+    from shared.testing.system import service_url
+
     return system._executor(
         "inventory_2",
         [sys.executable, "-m", "services.inventory", "--port", str(port)],
         health_port=port,
+        env=service_url(system, "inventory"),  # as inventory's own broker user, like the first
     )
 
 
