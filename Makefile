@@ -42,7 +42,7 @@ run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it al
 	@mkdir -p .run
 	@echo ""
 	@echo "  Order API + docs   http://127.0.0.1:8000/docs"
-	@echo "  Health             http://127.0.0.1:8000/readyz (inventory :8001, payment :8002 :8012, notification :8003)"
+	@echo "  Health             http://127.0.0.1:8000/readyz (inventory :8001, payment :8002 :8012, notification :8003, audit :8004)"
 	@echo "  Emails (Maildir)   .run/mail/new      -- try: make demo"
 	@echo "  MongoDB stand-in   mongodb://127.0.0.1:27017"
 	@echo "  RabbitMQ           amqp://127.0.0.1:5672 (management UI, if enabled: http://127.0.0.1:15672)"
@@ -86,6 +86,9 @@ compose-rehearsal: $(STAMP) ## Run docker-compose.yml's app containers locally a
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python scripts/compose_rehearsal.py
 
+secrets: $(STAMP) ## Write ./secrets (compose's secret files) from .env, after changing a secret there
+	$(BIN)/warren secrets write
+
 compose-check: $(STAMP) ## Validate docker-compose.yml against the Compose schema
 	$(BIN)/check-jsonschema --schemafile $$( [ -f ../shared/compose-spec.schema.json ] && echo ../shared/compose-spec.schema.json || echo infra/compose-spec.schema.json ) docker-compose.yml
 
@@ -109,4 +112,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench chaos seed compose-rehearsal compose-check docs tutorial-check lint constraints clean
+.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench chaos seed compose-rehearsal secrets compose-check docs tutorial-check lint constraints clean

@@ -15,6 +15,7 @@ from dotenv import dotenv_values
 from rich.console import Console
 
 from cli import (
+    audit,
     demo,
     dlq,
     keys,
@@ -22,8 +23,10 @@ from cli import (
     mail_sink,
     orders,
     outbox,
+    secrets,
     seed,
     supervise,
+    tokens,
     topology,
     traces,
 )
@@ -39,6 +42,8 @@ app.command("ledger")(ledger.ledger)
 app.command("supervise", context_settings=supervise.CONTEXT_SETTINGS)(supervise.supervise)
 app.command("seed")(seed.seed)
 app.command("demo")(demo.demo)
+app.command("audit")(audit.audit)
+app.command("token")(tokens.token)
 app.command("mail-sink")(mail_sink.mail_sink)
 app.add_typer(orders.app, name="orders")
 app.add_typer(topology.app, name="topology")
@@ -46,6 +51,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(traces.app, name="traces")
 app.add_typer(keys.app, name="keys")
+app.add_typer(secrets.app, name="secrets")
 
 console = Console()
 

@@ -23,7 +23,7 @@ from dotenv import dotenv_values
 from rich.console import Console
 
 from shared.messaging import make_broker
-from shared.settings import BrokerPasswords, WarrenSettings
+from shared.settings import BrokerPasswords, WarrenSettings, secret_file_values
 from shared.topology import declare_topology, definitions, delete_queues
 
 app = typer.Typer(help="The RabbitMQ topology, and who may use it.", no_args_is_help=True)
@@ -60,13 +60,14 @@ def export_topology(
         Path("-"), help="Where to write the definitions; '-' (the default) is standard output."
     ),
 ) -> None:
-    """Write the topology, and the broker user from RABBITMQ_USER / RABBITMQ_PASSWORD (the
-    environment, else .env), as RabbitMQ definitions.
+    """Write the topology, and the broker user from RABBITMQ_USER / RABBITMQ_PASSWORD (a secret
+    file in WARREN_SECRETS_DIR, else the environment, else .env), as RabbitMQ definitions.
 
     Compose's `broker-definitions` job runs this at every `docker compose up`, and the broker
     loads the file at boot (infra/rabbitmq/rabbitmq.conf).
     """
-    values = {**dotenv_values(".env"), **os.environ}
+    # Under compose the passwords are secret files (WARREN_SECRETS_DIR), the variables blank.
+    values = {**dotenv_values(".env"), **os.environ, **secret_file_values()}
     user, password = values.get("RABBITMQ_USER"), values.get("RABBITMQ_PASSWORD")
     if not user or not password:
         console.print("[red]RABBITMQ_USER and RABBITMQ_PASSWORD must be set (in .env)[/]")

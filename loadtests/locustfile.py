@@ -6,6 +6,8 @@ its own request type ``SAGA``, which appears in the statistics, charts and CSV b
 
 The mix: mostly good orders, some declined cards, some out of stock, a few invalid requests.
 All traffic carries the W3C baggage ``synthetic_request=true`` so traces can be told apart.
+Each order is one of a thousand customers', placed and followed with that customer's bearer
+token (``tokens.py``, signed with ``API_TOKEN_SECRET`` from the environment or ``.env``).
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:8000        # web UI on :8089
     make load                                                               # headless, with reports
@@ -19,6 +21,7 @@ import time
 import uuid
 
 from locust import FastHttpUser, between, events, task
+from tokens import authorization  # beside this file, like unsampled
 from unsampled import unsampled_traceparent  # beside this file (locust puts it on sys.path)
 
 FINAL = {"CONFIRMED", "CANCELLED"}
@@ -35,7 +38,8 @@ class Shopper(FastHttpUser):
 
     def _place_and_follow(self, body: dict, label: str) -> None:
         started = time.perf_counter()
-        headers = {**SYNTHETIC, "Idempotency-Key": str(uuid.uuid4())}
+        signed_in = authorization(f"load-{random.randrange(1000)}")  # this order's customer
+        headers = {**SYNTHETIC, **signed_in, "Idempotency-Key": str(uuid.uuid4())}
         with self.client.post(
             "/orders", json=body, headers=headers, name="POST /orders", catch_response=True
         ) as response:
@@ -49,7 +53,7 @@ class Shopper(FastHttpUser):
             view = self.client.get(
                 f"/orders/{order_id}",
                 name="GET /orders/[id]",
-                headers={**SYNTHETIC, "traceparent": unsampled_traceparent()},
+                headers={**SYNTHETIC, **signed_in, "traceparent": unsampled_traceparent()},
             )
             if view.status_code == 200 and view.json()["status"] in FINAL:
                 status = view.json()["status"]
@@ -68,11 +72,7 @@ class Shopper(FastHttpUser):
         # --8<-- [end:place-and-follow]
 
     def _body(self, sku: str, quantity: int, token: str = "tok_visa") -> dict:
-        return {
-            "customer_id": f"load-{random.randrange(1000)}",
-            "lines": [{"sku": sku, "quantity": quantity}],
-            "payment_token": token,
-        }
+        return {"lines": [{"sku": sku, "quantity": quantity}], "payment_token": token}
 
     # --8<-- [start:mix]
     @task(16)
@@ -96,7 +96,7 @@ class Shopper(FastHttpUser):
         with self.client.post(
             "/orders",
             json=body,
-            headers=SYNTHETIC,
+            headers={**SYNTHETIC, **authorization("load-invalid")},
             name="POST /orders (invalid)",
             catch_response=True,
         ) as response:

@@ -5,7 +5,14 @@ against its schema. This script executes it instead, as far as a single machine 
 
 * every app container's ``command``, ``env_file`` and ``environment`` exactly as the compose
   file gives them (``${VAR}`` filled in from .env, as compose does), each process started with
-  that environment alone, in an empty folder (a container has no .env file);
+  that environment alone, in an empty folder of its own (a container has no .env file);
+* its ``secrets:``: the files compose would mount in /run/secrets, copied into a folder of the
+  container's own, which its ``WARREN_SECRETS_DIR`` names instead; and no secret in its
+  environment (env_file hands every container all of .env: a secret not blanked fails here);
+* what ``cap_drop: [ALL]`` and ``no-new-privileges`` take away, taken away (``setpriv``: the
+  processes run with no capability and cannot gain one); ``read_only``, checked after the run:
+  a container that wrote into its working folder or HOME (the image's read-only /app and
+  /home/warren) fails; ``network_mode: none``, a network namespace with nothing in it;
 * the app processes run in a network namespace of their own, as containers do: 127.0.0.1 there
   is not this machine's (a service that falls back to a default like 127.0.0.1:5672 finds
   nothing), and the compose service names resolve (through the namespace's own /etc/hosts) to
@@ -13,17 +20,21 @@ against its schema. This script executes it instead, as far as a single machine 
   definitions the ``broker-definitions`` job writes (the broker user from .env included),
   ``mongo`` to the MongoDB stand-in, ``jaeger`` to an OTLP receiver, ``mailpit`` to the SMTP
   sink and its Mailpit-like API, each on the port compose's own service uses;
-* the published API port is forwarded from this machine's 127.0.0.1 into the namespace;
+* the published API port is forwarded from this machine's 127.0.0.1 into the namespace, unless
+  the service is on internal networks only (Docker publishes no port there: it fails);
 * each app's ``healthcheck`` command is run as written, within compose's own time budget;
 * then an order is placed through the published API port and must reach CONFIRMED, with its
   trace at the OTLP receiver and its email at the sink.
 
 It fails, naming the service, when compose and the code disagree: a variable missing or
-misspelled, a wrong port, a command that does not exist. What it cannot rehearse: the images
-themselves (the Dockerfile's build, Python 3.12 instead of this machine's), the infrastructure
-containers' own commands and healthchecks, one namespace per container (the app processes
-share one), and replicas (one payment process, not two: both would listen on the same port).
-It needs root (to make the namespace) and iproute2.
+misspelled, a wrong port, a command that does not exist, a secret missing or leaked. What it
+cannot rehearse: the images themselves (the Dockerfile's build, Python 3.12 instead of this
+machine's, its user: the processes run as root without capabilities, not as uid 10001), the
+infrastructure containers' own commands, healthchecks and hardening, one namespace per
+container and the two networks (the app processes share one namespace, which has no route out
+at all), a read-only root filesystem beyond the working folder and HOME (a write to /tmp goes
+to this machine's), and replicas (one payment process, not two: both would listen on the same
+port). It needs root (to make the namespaces), iproute2 and util-linux (unshare, setpriv).
 
     python scripts/compose_rehearsal.py                # make compose-rehearsal
     python scripts/compose_rehearsal.py --help
@@ -55,6 +66,7 @@ import typer
 import yaml
 from dotenv import dotenv_values
 
+from shared import auth
 from shared.topology import queues_in_use
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,19 +253,20 @@ class Rehearsal:
     workdir: Path
     namespace: Namespace
     forwarder: Forwarder
+    compose: dict[str, Any] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     # --- processes ---
 
     def start(
-        self, name: str, argv: list[str], env: dict[str, str], *, inside: bool = True
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path
     ) -> subprocess.Popen[bytes]:
-        """Start a process, in the namespace (an app container) or beside it (a stand-in)."""
+        """Start a process: an app container's (``in_container``) or a stand-in's."""
         log_file = (self.workdir / "logs" / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [*self.namespace.run_in, *argv] if inside else argv,
+            argv,
             env=env,
-            cwd=self.workdir / "container",  # an empty folder: no .env, as in the image
+            cwd=cwd,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -278,10 +291,68 @@ class Rehearsal:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def process_env(self, env: dict[str, str]) -> dict[str, str]:
-        """The container's environment, plus the image's commands (`python`, `warren`): here,
-        the virtualenv's."""
-        return {**env, "PATH": f"{BIN}{os.pathsep}/usr/bin:/bin", "HOME": str(self.workdir)}
+    def root(self, name: str) -> Path:
+        """A container's own empty folders: ``app`` (its working directory, /app in the image:
+        no .env there) and ``home``."""
+        root = self.workdir / "containers" / name
+        for folder in ("app", "home"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        return root
+
+    def process_env(self, name: str, service: dict[str, Any]) -> dict[str, str]:
+        """The container's environment, with the image's commands (`python`, `warren`: here the
+        virtualenv's), its own HOME, and its secrets folder where /run/secrets is named."""
+        env = container_env(service, self.project)
+        leaks = environment_leaks(env, self.secret_values())
+        if leaks:
+            raise RehearsalError(
+                f"{name}: its environment carries {', '.join(leaks)}; compose must give a "
+                "secret as a file (`secrets:`), and blank it where env_file hands .env over"
+            )
+        secrets = str(self.secrets_folder(name, service))
+        env = {k: re.sub(r"^/run/secrets(?=/|$)", secrets, v) for k, v in env.items()}
+        path = f"{BIN}{os.pathsep}/usr/bin:/bin"
+        return {**env, "PATH": path, "HOME": str(self.root(name) / "home")}
+
+    def in_container(self, service: dict[str, Any], argv: list[str]) -> list[str]:
+        """``argv`` as compose runs it in the service's container: in the namespace (with
+        ``network_mode: none``, in one of its own with nothing in it), without what
+        ``cap_drop`` and ``security_opt`` take away."""
+        if service.get("network_mode") == "none":
+            return ["unshare", "--net", *confinement(service), *argv]
+        return [*self.namespace.run_in, *confinement(service), *argv]
+
+    # --- secrets: files, as compose mounts them ---
+
+    def secret_values(self) -> dict[str, str]:
+        """Secret name -> the content of its file, for every file secret of the compose file."""
+        values = {}
+        for secret, definition in (self.compose.get("secrets") or {}).items():
+            path = self.project / str((definition or {}).get("file", ""))
+            if (definition or {}).get("file") and path.is_file():
+                values[secret] = path.read_text().strip()
+        return values
+
+    def secrets_folder(self, name: str, service: dict[str, Any]) -> Path:
+        """The service's ``secrets:``, each file copied under its target name into a folder of
+        its own: what /run/secrets is in its container (absent when it lists none)."""
+        folder = self.workdir / "secrets" / name
+        declared = self.compose.get("secrets") or {}
+        for entry in service.get("secrets", []) if not folder.exists() else []:
+            source = entry if isinstance(entry, str) else entry["source"]
+            target = source if isinstance(entry, str) else entry.get("target", source)
+            target = target.removeprefix("/run/secrets/")
+            file = (declared.get(source) or {}).get("file")
+            if not file:
+                raise RehearsalError(
+                    f"{name}: secret {source} is not a file; compose copies any other kind into "
+                    "the container, which a read-only root filesystem refuses"
+                )
+            if "/" in target or not (self.project / file).is_file():
+                raise RehearsalError(f"{name}: secret {source}: no file {file}, or target {target}")
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.project / file, folder / target)
+        return folder
 
     # --- stand-ins, on the host side of the link, on the ports compose's services use ---
 
@@ -331,7 +402,7 @@ class Rehearsal:
             ),
         }
         for name, (argv, _) in stand_ins.items():
-            self.start(name, argv, dict(os.environ), inside=False)
+            self.start(name, argv, dict(os.environ), self.workdir)
         self.forwarder.add((host, 5672), ("127.0.0.1", self.broker_port))
         for name, (_, ports) in stand_ins.items():
             for port in ports:
@@ -372,8 +443,8 @@ class Rehearsal:
         return argv
 
     def run_one_shot(self, name: str, service: dict[str, Any]) -> None:
-        env = self.process_env(container_env(service, self.project))
-        process = self.start(name, self.argv(service), env)
+        argv = self.in_container(service, self.argv(service))
+        process = self.start(name, argv, self.process_env(name, service), self.root(name) / "app")
         if process.wait(timeout=120) != 0:
             raise RehearsalError(f"{name} exited with {process.returncode}:\n{self.tail(name)}")
         log(f"{name}: completed")
@@ -402,10 +473,19 @@ class Rehearsal:
         return users
 
     def start_service(self, name: str, service: dict[str, Any]) -> None:
-        self.start(name, self.argv(service), self.process_env(container_env(service, self.project)))
+        argv = self.in_container(service, self.argv(service))
+        self.start(name, argv, self.process_env(name, service), self.root(name) / "app")
 
-    def publish(self, service: dict[str, Any]) -> None:
-        """``ports: 127.0.0.1:HOST:CONTAINER`` -> forward this machine's port into the namespace."""
+    def publish(self, name: str, service: dict[str, Any]) -> None:
+        """``ports: 127.0.0.1:HOST:CONTAINER`` -> forward this machine's port into the namespace;
+        none for a service on internal networks only, as Docker publishes none there."""
+        networks = service.get("networks") or ["default"]
+        declared = self.compose.get("networks") or {}
+        if service.get("ports") and all((declared.get(n) or {}).get("internal") for n in networks):
+            raise RehearsalError(
+                f"{name} publishes {service['ports']} but is on internal networks only "
+                f"({', '.join(networks)}): Docker publishes no port of such a container"
+            )
         for spec in service.get("ports", []):
             parts = str(spec).split(":")
             host_port, container_port = int(parts[-2]), int(parts[-1])
@@ -429,7 +509,7 @@ class Rehearsal:
         budget = _seconds(check.get("start_period", "0s")) + _seconds(
             check.get("interval", "30s")
         ) * int(check.get("retries", 3))
-        env = self.process_env(container_env(service, self.project))
+        env = self.process_env(name, service)
         deadline = time.monotonic() + budget
         last = ""
         while time.monotonic() < deadline:
@@ -440,9 +520,9 @@ class Rehearsal:
                     f"{self.tail(name)}"
                 )
             result = subprocess.run(
-                [*self.namespace.run_in, *argv],
+                self.in_container(service, argv),
                 env=env,
-                cwd=self.workdir / "container",
+                cwd=self.root(name) / "app",
                 capture_output=True,
                 text=True,
                 timeout=_seconds(check.get("timeout", "30s")) + 5,
@@ -455,6 +535,48 @@ class Rehearsal:
         raise RehearsalError(
             f"{name}: healthcheck still failing after {budget:g} s: {last}\n{self.tail(name)}"
         )
+
+    def nothing_written(self, names: list[str]) -> None:
+        """``read_only: true``: a container writes only to its volumes and tmpfs mounts. Its
+        working folder (the image's /app) and HOME are on the root filesystem: a file a process
+        left in them here would have been refused there."""
+        for name in names:
+            if not self.compose["services"][name].get("read_only"):
+                continue
+            root = self.root(name)
+            written = sorted({str(p.relative_to(root)) for p in root.rglob("*")} - {"app", "home"})
+            if written:
+                raise RehearsalError(
+                    f"{name} wrote {', '.join(written[:5])}: its root filesystem is read-only "
+                    "under compose (read_only: true), so that write would fail there"
+                )
+        log(f"read-only: {', '.join(names)} wrote nothing into their working folder or HOME")
+
+
+def confinement(service: dict[str, Any]) -> list[str]:
+    """The command prefix that takes away what compose takes from a container: every capability
+    (``cap_drop: [ALL]``) and the right to gain privileges (``no-new-privileges:true``)."""
+    options = []
+    if [cap.upper() for cap in service.get("cap_drop", [])] == ["ALL"]:
+        options += ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+    if "no-new-privileges:true" in service.get("security_opt", []):
+        options.append("--no-new-privs")
+    if service.get("cap_add"):
+        raise RehearsalError(f"cap_add {service['cap_add']}: not rehearsed")
+    return ["setpriv", *options] if options else []
+
+
+def environment_leaks(env: dict[str, str], secrets: dict[str, str]) -> list[str]:
+    """The variables of a container's environment that carry a secret: one named after a secret
+    and not blank (env_file hands over all of .env), or one that contains a secret's value (a
+    password in a URL; values shorter than 8 characters are too likely to match by chance)."""
+    leaks = []
+    for variable, value in env.items():
+        for secret, secret_value in secrets.items():
+            named = variable.lower() == secret and value
+            if named or (len(secret_value) >= 8 and secret_value in value):
+                leaks.append(f"{variable} (the secret {secret})")
+    return leaks
 
 
 def _seconds(duration: str | int | float) -> float:
@@ -470,14 +592,13 @@ def _seconds(duration: str | int | float) -> float:
 
 
 def place_an_order(api: str, rehearsal: Rehearsal, timeout: float = 90.0) -> dict[str, Any]:
-    with httpx.Client(base_url=api, timeout=10.0) as client:
+    # Signed in as the customer "rehearsal", with the key compose gives the order container.
+    secret = compose_values(rehearsal.project).get("API_TOKEN_SECRET") or ""
+    signed_in = auth.bearer("rehearsal", secret=secret)
+    with httpx.Client(base_url=api, timeout=10.0, headers=signed_in) as client:
         response = client.post(
             "/orders",
-            json={
-                "customer_id": "rehearsal",
-                "lines": [{"sku": "RABBIT-PLUSH", "quantity": 1}],
-                "payment_token": "tok_visa",
-            },
+            json={"lines": [{"sku": "RABBIT-PLUSH", "quantity": 1}], "payment_token": "tok_visa"},
             headers={"Idempotency-Key": str(uuid.uuid4())},
         )
         if response.status_code != 202:
@@ -613,9 +734,10 @@ def check_broker(broker_port: int) -> None:
 
 
 def make_workdir() -> Path:
-    """A fresh work folder: the processes' logs, the containers' empty folder, MongoDB's data."""
+    """A fresh work folder: the processes' logs, MongoDB's data (and, as they start, each
+    container's own folders and secrets)."""
     workdir = Path(tempfile.mkdtemp(prefix="warren-rehearsal-"))
-    for folder in ("logs", "container", "mongo"):
+    for folder in ("logs", "mongo"):
         (workdir / folder).mkdir()
     return workdir
 
@@ -635,9 +757,12 @@ def rehearse(
     services = compose["services"]
     log(f"{compose_file.name}: {len(services)} services; rehearsing {', '.join(APP_ORDER)}")
     hosts = sorted(set(services) - set(APP_ORDER))  # rabbitmq, mongo, jaeger, mailpit, ...
+    for tool in ("unshare", "setpriv"):
+        if shutil.which(tool) is None:
+            raise RehearsalError(f"the rehearsal needs {tool} (util-linux)")
     with Namespace(hosts) as namespace:
         rehearsal = Rehearsal(
-            compose_file.parent, broker_port, rabbitmqctl, workdir, namespace, forwarder
+            compose_file.parent, broker_port, rabbitmqctl, workdir, namespace, forwarder, compose
         )
         try:
             return run_in_compose_order(rehearsal, compose, imported_users)
@@ -658,11 +783,13 @@ def run_in_compose_order(
     rehearsal.run_one_shot("seed", services["seed"])
     for name in APP_ORDER[2:]:
         rehearsal.start_service(name, services[name])
-        rehearsal.publish(services[name])
+        rehearsal.publish(name, services[name])
     for name in APP_ORDER[2:]:
         rehearsal.healthy(name, services[name])
     api_port = int(str(services["order"]["ports"][0]).split(":")[-2])
-    return place_an_order(f"http://127.0.0.1:{api_port}", rehearsal)
+    result = place_an_order(f"http://127.0.0.1:{api_port}", rehearsal)
+    rehearsal.nothing_written(APP_ORDER)
+    return result
 
 
 def delete_imported_users(rabbitmqctl: str, users: list[str]) -> None:

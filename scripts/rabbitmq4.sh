@@ -6,6 +6,7 @@
 #   scripts/rabbitmq4.sh stop      stop the node
 #   scripts/rabbitmq4.sh version   print the running server's version
 #   scripts/rabbitmq4.sh ctl ARGS  rabbitmqctl against the 4.x node (e.g. `ctl list_queues`)
+#   scripts/rabbitmq4.sh plugins ARGS  rabbitmq-plugins against it (e.g. `plugins list -e`)
 #   scripts/rabbitmq4.sh env       print RABBIT_URL and WARREN_RABBITMQCTL for this node
 #
 # Why a build: Debian 12 packages RabbitMQ 3.10 only. Debian 13 (trixie) packages RabbitMQ 4.0,
@@ -105,7 +106,10 @@ start() {
   if answers; then log "already running on 127.0.0.1:$port"; version; return; fi
   rm -rf "$state" && mkdir -p "$state/log" "$state/mnesia"
   sed -e "s/@PORT@/$port/" -e "s/@MGMT_PORT@/$mgmt_port/" "$here/infra/rabbitmq/rabbitmq4-test.conf" >"$state/rabbitmq.conf"
-  echo "[rabbitmq_management]." >"$state/enabled_plugins"
+  # The event exchange (amq.rabbitmq.event): the audit service records the broker's security
+  # events from it (docs/14-security.md). A node already running gets it with
+  # `scripts/rabbitmq4.sh plugins enable rabbitmq_event_exchange`, no restart needed.
+  echo "[rabbitmq_management,rabbitmq_event_exchange]." >"$state/enabled_plugins"
   log "starting $node on 127.0.0.1:$port (management :$mgmt_port)"
   rabbitmq-server -detached
   for _ in $(seq 1 120); do
@@ -140,10 +144,17 @@ case "${1:-}" in
   stop) stop ;;
   version) version ;;
   ctl) shift; node_env; exec rabbitmqctl -n "$node" "$@" ;;
+  plugins)
+    shift; node_env
+    # The node finds its plugins beside its own code; the CLI must be told.
+    RABBITMQ_PLUGINS_DIR=$(echo "$server"/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins)
+    export RABBITMQ_PLUGINS_DIR
+    exec rabbitmq-plugins -n "$node" "$@"
+    ;;
   env)
     echo "RABBIT_URL=amqp://guest:guest@127.0.0.1:$port/"
     echo "WARREN_RABBITMQCTL='$here/scripts/rabbitmq4.sh ctl'"
     ;;
-  -h|--help|help|"") sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help|"") sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "unknown command: $1 (try --help)" >&2; exit 2 ;;
 esac

@@ -71,8 +71,8 @@ VENV_BIN = REPO / ".venv" / "bin"
 
 # The Procfile's ports; the order API first, because it is what a running `make run` holds.
 API_PORT = 8000
-PORTS = (API_PORT, 8001, 8002, 8012, 8003, 27017, 1025, 8025, 4318)
-HEALTH_PORTS = (8000, 8001, 8002, 8012, 8003)
+PORTS = (API_PORT, 8001, 8002, 8012, 8003, 8004, 27017, 1025, 8025, 4318)
+HEALTH_PORTS = (8000, 8001, 8002, 8012, 8003, 8004)
 # What `make run` adds to honcho's environment (the Makefile's `run` target).
 MAKE_RUN_ENV = {
     "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",

@@ -1,5 +1,5 @@
-"""The whole shop in one process: the four services' real handlers, each wired through its
-handler table, on one :class:`~shared.testing.bus.InMemoryBus`.
+"""The whole shop in one process: the services' real handlers (the four of the saga and the
+audit), each wired through its handler table, on one :class:`~shared.testing.bus.InMemoryBus`.
 
 For the fast saga tests (``tests/unit/test_saga_in_memory.py``) and the benchmark's database
 ceiling -- never for running the shop. Each service keeps a database of its own (any async
@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.audit import handlers as audit
+from services.audit.repository import AuditTrail
 from services.inventory import handlers as inventory
 from services.inventory.catalog import CATALOG, CatalogItem
 from services.inventory.repository import StockRepository
@@ -46,6 +48,7 @@ class InMemoryShop:
     inventory: inventory.InventoryDeps
     payment: payment.PaymentDeps
     notification: notification.NotificationDeps
+    audit: audit.AuditDeps
     emails: Counter[str] = field(default_factory=Counter)  # notification id -> emails sent
 
     async def place(
@@ -68,7 +71,7 @@ class InMemoryShop:
 async def open_shop(
     database: Callable[[str], Database], *, catalog: list[CatalogItem] | None = None
 ) -> InMemoryShop:
-    """The four services on one bus, indexes made and the catalog seeded;
+    """The four services and the audit on one bus, indexes made and the catalog seeded;
     ``database(service)`` gives each service its own database."""
     bus = InMemoryBus()
     inventory_deps = inventory.InventoryDeps(stock=StockRepository(database("inventory")))
@@ -101,10 +104,15 @@ async def open_shop(
     bus.serve(inventory.HANDLERS, inventory_deps)
     bus.serve(payment.HANDLERS, payment_deps)
     bus.serve(notification.HANDLERS, notification_deps)
+    audit_deps = audit.AuditDeps(trail=AuditTrail(database("audit")))
+    bus.serve(audit.HANDLERS, audit_deps)
     bus.outbox(relay)
     await order_deps.create_indexes()
+    await audit_deps.trail.create_indexes()
     await inventory_deps.stock.seed(catalog if catalog is not None else CATALOG)
-    return InMemoryShop(bus, order_deps, inventory_deps, payment_deps, notification_deps, emails)
+    return InMemoryShop(
+        bus, order_deps, inventory_deps, payment_deps, notification_deps, audit_deps, emails
+    )
 
 
 async def _send_email(

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,9 @@ H_BROKER_DEATHS = "x-warren-broker-deaths"
 # Who published the original of a copy (a retry, a dead letter, an operator's replay), as the
 # consumer verified it. Trusted only on copies made by the consumer itself or an operator.
 H_PUBLISHER = "x-warren-publisher"
+# The routing key the original arrived with (a copy comes back by its queue's name). Trusted,
+# like x-warren-publisher, only on copies made by the consumer itself or an operator.
+H_ROUTING_KEY = "x-warren-routing-key"
 
 # The broker's own dead-letter history. RabbitMQ 3.x drops a dead-lettered message whose
 # x-death (even one a client copied in) names the queue it is routed back to ("Dead-letter
@@ -271,6 +276,7 @@ def _failure_headers(
     headers = copy_headers(message.headers)
     if publisher:
         headers[H_PUBLISHER] = publisher
+    headers.setdefault(H_ROUTING_KEY, message.raw_message.routing_key or "")
     headers.update(
         {
             H_REASON: reason[:1000],
@@ -374,7 +380,8 @@ def subscribe_events(
 
     ``retry_delays`` is the service's backoff (settings.retry_delays_seconds). With an
     ``identity``, an event whose publisher is not the one service allowed to publish its type
-    is poison (forged).
+    is poison (forged) -- but on an audit queue (``records_forgeries``) it is handed to the
+    handler, whose :func:`current_provenance` says so.
     """
     consumer = EventConsumer(
         broker, consumer_queue, routes, retry_delays if consumer_queue.retried else (), identity
@@ -425,25 +432,65 @@ class Identity:
     user: str  # the broker user this service connects as
     operators: frozenset[str]  # the operator's users: they replay dead letters
 
+    def made_the_copy(self, message: RabbitMessage) -> bool:
+        """A copy that this consumer (a retry) or an operator (a replay) published."""
+        user = message.raw_message.user_id or ""
+        return user == self.user or user in self.operators
+
     def publisher(self, message: RabbitMessage) -> str:
         """Who published this message: its ``user_id``, which RabbitMQ has checked -- unless
-        it is a copy that this consumer (a retry) or an operator (a replay) published, which
-        carries the publisher of the original, as verified when it first arrived."""
-        user = message.raw_message.user_id or ""
-        if user == self.user or user in self.operators:
+        it is a copy that this consumer or an operator made, which carries the publisher of
+        the original, as verified when it first arrived."""
+        if self.made_the_copy(message):
             return str((message.headers or {}).get(H_PUBLISHER, ""))
-        return user
+        return message.raw_message.user_id or ""
 
-    def check(self, message: RabbitMessage, envelope: Envelope) -> str:
-        """The verified publisher; raises PoisonMessageError for an event from anyone else."""
+    def verify(self, message: RabbitMessage, envelope: Envelope) -> tuple[str, str | None]:
+        """The publisher, and why the event is forged (None: it came from the one service
+        allowed to publish its type)."""
         publisher, allowed = self.publisher(message), topology.publisher_of(envelope.type)
         if publisher != allowed:
-            raise PoisonMessageError(
+            return publisher, (
                 f"forged: {envelope.type} is published by {allowed}, "
                 f"this one by {publisher or 'an unknown publisher'}"
             )
-        return publisher
+        return publisher, None
         # --8<-- [end:verified-publisher]
+
+
+# --8<-- [start:provenance]
+VERIFIED = "verified"
+UNVERIFIED = "unverified"  # the consumer connects as the operator: it cannot tell publishers apart
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How the event being handled reached this consumer: who published it, whether that
+    was verified (``verified``, ``forged: <reason>``, ``unverified``), by which routing key."""
+
+    publisher: str
+    verdict: str
+    routing_key: str
+
+
+_PROVENANCE: ContextVar[Provenance | None] = ContextVar("warren_provenance", default=None)
+
+
+def current_provenance() -> Provenance | None:
+    """The provenance of the event being handled: set by the broker consumer around each
+    handler call (None elsewhere -- the in-memory bus, a test calling a handler). Handlers
+    that act on events need none of it; the audit trail records it."""
+    return _PROVENANCE.get()
+
+
+@contextmanager
+def _handling(provenance: Provenance) -> Iterator[None]:
+    token = _PROVENANCE.set(provenance)
+    try:
+        yield
+    finally:
+        _PROVENANCE.reset(token)
+        # --8<-- [end:provenance]
 
 
 # --8<-- [start:event-consumer]
@@ -470,7 +517,7 @@ class EventConsumer:
         attempts = _attempts_so_far(message) + 1
         try:
             envelope, payload, handler = route(self.routes, self.queue, message.body)
-            publisher = self.identity.check(message, envelope) if self.identity else None
+            provenance = self.provenance(message, envelope)
         except PoisonMessageError as exc:  # it cannot be read, nobody handles it, or forged
             bound = log.bind(queue=self.queue.name)
             await self.failed(message, attempts, exc, bound, message.raw_message.user_id)
@@ -482,8 +529,10 @@ class EventConsumer:
             event_id=envelope.id,
             order_id=envelope.correlation_id,
         )
+        # The publisher a retry or dead-letter copy carries (none: nothing was verified).
+        publisher = provenance.publisher if self.identity else None
         try:
-            with order_context(envelope.correlation_id):
+            with order_context(envelope.correlation_id), _handling(provenance):
                 outcome = await handler(envelope, payload)
                 crash_point(f"{self.queue.name}:after-handler")
                 for event in outcome:
@@ -493,6 +542,18 @@ class EventConsumer:
         else:
             bound.info("handled", emitted=[event.type for event in outcome])
         await message.ack()  # only now: the events, or the retry or DLQ copy, are confirmed
+
+    def provenance(self, message: RabbitMessage, envelope: Envelope) -> Provenance:
+        """Who published the event, verified when this consumer has an identity. A forgery
+        is poison -- except on an audit queue, whose handler records it with its verdict."""
+        raw = message.raw_message
+        if self.identity is None:
+            return Provenance(raw.user_id or "", UNVERIFIED, _routing_key(message, copy=True))
+        publisher, forged = self.identity.verify(message, envelope)
+        if forged and not self.queue.records_forgeries:
+            raise PoisonMessageError(forged)
+        copy = self.identity.made_the_copy(message)
+        return Provenance(publisher, forged or VERIFIED, _routing_key(message, copy=copy))
 
     async def failed(
         self,
@@ -545,6 +606,12 @@ class EventConsumer:
             "handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc)
         )
         # --8<-- [end:event-consumer]
+
+
+def _routing_key(message: RabbitMessage, *, copy: bool) -> str:
+    """The routing key the event came with: a trusted copy's says the original's."""
+    original = (message.headers or {}).get(H_ROUTING_KEY) if copy else None
+    return str(original or message.raw_message.routing_key or "")
 
 
 def _attempts_so_far(message: RabbitMessage) -> int:

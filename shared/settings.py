@@ -2,16 +2,79 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import os
+from pathlib import Path
+from typing import Self
+from urllib.parse import quote, urlsplit
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 # Delay before the 1st, 2nd, 3rd... retry of a failed message. A retry beyond the last goes to
 # the queue's DLQ. Quick at first (a blip), then a capped exponential tail: together they outlast
 # a realistic outage -- a database failover, a broker restart, a minute of maintenance -- so that
 # what is in flight waits it out instead of filling the DLQs. 8 attempts over 811 s (13.5 min).
 RETRY_DELAYS_SECONDS: tuple[int, ...] = (1, 5, 25, 60, 120, 300, 300)
+
+# --8<-- [start:secret-files]
+# Where this process's secret files are, one file per setting, named after it
+# (`rabbit_password`, `payment_token_keys`, ...). Compose mounts each container's own secrets in
+# /run/secrets and sets this to that folder; the compose rehearsal points it at a folder of its
+# own. Unset (the local run): no files, .env and the environment alone.
+SECRETS_DIR_VARIABLE = "WARREN_SECRETS_DIR"
+
+
+def secrets_dir() -> Path | None:
+    """The folder named by ``WARREN_SECRETS_DIR``, when it exists (a container given no secret
+    has no /run/secrets)."""
+    folder = os.environ.get(SECRETS_DIR_VARIABLE, "")
+    return Path(folder) if folder and Path(folder).is_dir() else None
+
+
+def secret_files_first(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+    dotenv_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """A settings class's sources, with the secret files before the environment. Under compose,
+    ``env_file`` hands every container all of .env: ``environment:`` blanks the secrets there
+    (``PAYMENT_TOKEN_KEYS: ""``), and a container's own secrets arrive as files, which must win
+    over those blanks. With secret files, an empty variable is no value (a blank JSON setting
+    would not even parse)."""
+    folder = secrets_dir()
+    if folder is None:
+        return init_settings, env_settings, dotenv_settings
+    return (
+        init_settings,
+        SecretsSettingsSource(settings_cls, secrets_dir=folder),
+        EnvSettingsSource(settings_cls, env_ignore_empty=True),
+        DotEnvSettingsSource(settings_cls, env_ignore_empty=True),
+    )
+
+
+def secret_file_values() -> dict[str, str]:
+    """``NAME`` -> value of each secret file (for code that reads variables, not settings)."""
+    folder = secrets_dir()
+    if folder is None:
+        return {}
+    return {path.name.upper(): path.read_text().strip() for path in folder.iterdir()}
+    # --8<-- [end:secret-files]
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` as its password (URL-quoted), the user kept."""
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0] or "guest"
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
 
 
 # --8<-- [start:settings]
@@ -22,6 +85,9 @@ class WarrenSettings(BaseSettings):
 
     service_name: str = "warren"
     rabbit_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # The broker password, when it is not in RABBIT_URL: under compose each service's own comes
+    # as a secret file (rabbit_password) and RABBIT_URL names the user alone.
+    rabbit_password: SecretStr | None = None
     mongo_url: str = "mongodb://127.0.0.1:27017"
     # Each service owns a database of its own: `<mongo_db_prefix>_<service>`.
     mongo_db_prefix: str = "warren"
@@ -62,11 +128,29 @@ class WarrenSettings(BaseSettings):
         return f"{self.mongo_db_prefix}_{service}"
         # --8<-- [end:settings]
 
+    @model_validator(mode="after")
+    def _rabbit_password_into_url(self) -> Self:
+        if self.rabbit_password is not None:
+            password = self.rabbit_password.get_secret_value()
+            self.rabbit_url = with_password(self.rabbit_url, password)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return secret_files_first(settings_cls, init_settings, env_settings, dotenv_settings)
+
 
 class BrokerPasswords(BaseSettings):
     """Each service's broker password (``BROKER_PASSWORD_ORDER``...), read by the operator's
     provisioning only (``warren topology export`` / ``provision``). A service gets its own in
-    its ``RABBIT_URL``, and no other."""
+    its ``RABBIT_URL`` (under compose: its secret file ``rabbit_password``), and no other."""
 
     model_config = SettingsConfigDict(
         env_prefix="BROKER_PASSWORD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
@@ -76,7 +160,20 @@ class BrokerPasswords(BaseSettings):
     inventory: str = ""
     payment: str = ""
     notification: str = ""
+    audit: str = ""
 
     def configured(self) -> dict[str, str]:
         """service -> password, for the services that have one."""
         return {service: password for service, password in self.model_dump().items() if password}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Compose's broker-definitions job: secret files broker_password_order, ...
+        return secret_files_first(settings_cls, init_settings, env_settings, dotenv_settings)

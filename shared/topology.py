@@ -13,6 +13,8 @@ Shape::
                         --order.placed--> notification.order-events -> (notification)
                         --stock.reserved-> payment.stock-reserved ----> (payment xN, competing)
                         ...
+                        --every type-----> audit.events --------------> (audit: records them)
+    amq.rabbitmq.event (the broker's own) --user.#...--> audit.broker-events --> (audit)
     consumer queue --(handler gave up / broker rejected)--> shop.dead-letter --<queue>--> <queue>.dlq
     consumer queue --(transient failure)--> shop.retry.<delay> --TTL--> shop.requeue --<queue>--> queue
 """
@@ -28,6 +30,7 @@ from typing import Any
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
 
 from shared.contracts import (
+    EVENT_TYPES,
     EventData,
     OrderCancelled,
     OrderConfirmed,
@@ -117,6 +120,9 @@ class ConsumerQueue:
     # The broker dead-letters what it rejects or expires into the DLQ too. Off for a queue
     # whose expired messages are worthless: only Warren's own poison copies land there.
     broker_dead_letters: bool = True
+    # An audit queue: its consumer hands a forged event to the handler, with its verdict,
+    # instead of dead-lettering it -- the audit records every arrival, and acts on none.
+    records_forgeries: bool = False
 
     @property
     def routing_keys(self) -> tuple[str, ...]:
@@ -166,6 +172,8 @@ ORDER_SAGA_REPLIES = ConsumerQueue(
 NOTIFICATION_ORDER_EVENTS = ConsumerQueue(
     "notification.order-events", (OrderPlaced, OrderConfirmed, OrderCancelled)
 )
+# The audit trail: every event of the contracts, from whoever published it (a forgery too).
+AUDIT_EVENTS = ConsumerQueue("audit.events", tuple(EVENT_TYPES.values()), records_forgeries=True)
 
 CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (
     INVENTORY_ORDER_PLACED,
@@ -175,6 +183,7 @@ CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (
     PAYMENT_ORDER_CANCELLED,
     ORDER_SAGA_REPLIES,
     NOTIFICATION_ORDER_EVENTS,
+    AUDIT_EVENTS,
 )
 # --8<-- [end:consumer-queues]
 
@@ -204,10 +213,30 @@ NOTIFICATION_EMAILS = ConsumerQueue("notification.emails", events=())
 A quorum queue with a delivery limit like the others: a task that kills its worker every time
 is dead-lettered, not redelivered for ever (one email per loop)."""
 
+# --- the broker's own events ------------------------------------------------------------------
+
+# --8<-- [start:broker-events]
+BROKER_EVENTS = "amq.rabbitmq.event"
+"""RabbitMQ's own events, from its event exchange plugin (``rabbitmq_event_exchange``). The
+exchange is internal: only the broker publishes there. Routing key = the event
+(``user.authentication.failure``, ``permission.created``...); what it is about in headers."""
+
+# The security events: logins (failed and not), users and their passwords and tags created,
+# changed or deleted, permissions and topic permissions granted or revoked. (A refused
+# operation -- ACCESS_REFUSED -- is no event: the broker only logs it.)
+BROKER_SECURITY_EVENTS = ("user.#", "permission.#", "topic.permission.#")
+
+AUDIT_BROKER_EVENTS = ConsumerQueue("audit.broker-events", events=())
+"""The audit's copy of the broker's security events. Bound to :data:`BROKER_EVENTS` by the
+audit service at start-up, when the exchange exists (the plugin is enabled): never in the
+definitions, which a broker without the plugin could not load."""
+# --8<-- [end:broker-events]
+
 ALL_QUEUES_WITH_DLQ: tuple[ConsumerQueue, ...] = (
     *CONSUMER_QUEUES,
     NOTIFICATION_EMAILS,
     INVENTORY_QUOTES,
+    AUDIT_BROKER_EVENTS,
 )
 
 
@@ -229,6 +258,8 @@ class ServiceAccess:
     # It publishes through the default exchange: quote requests, replies, Celery tasks.
     default_exchange: bool = False
     extra: str = ""  # more resources (a regex) it may configure, write and read
+    # Exchanges it may read (bind its own queues to) besides Warren's: the broker's events.
+    reads: tuple[str, ...] = ()
 
 
 SERVICES: tuple[ServiceAccess, ...] = (
@@ -260,6 +291,12 @@ SERVICES: tuple[ServiceAccess, ...] = (
         publishes=(),
         default_exchange=True,  # hands emails to Celery
         extra=CELERY_RESOURCES,
+    ),
+    ServiceAccess(
+        "audit",
+        consumes=(AUDIT_EVENTS, AUDIT_BROKER_EVENTS),
+        publishes=(),  # it records, it never speaks
+        reads=(BROKER_EVENTS,),
     ),
 )
 # --8<-- [end:service-access]
@@ -294,7 +331,8 @@ def permissions(access: ServiceAccess) -> dict[str, str]:
     * write: shop.events (publish; the topic permissions below narrow the routing keys), the
       retry and dead-letter exchanges (copies of its failed messages), its own queues (bind
       them); the default exchange only if it needs it (requests, replies, Celery);
-    * read: its own queues (consume), and the exchanges its queues are bound to.
+    * read: its own queues (consume), and the exchanges its queues are bound to (Warren's,
+      and the broker's event exchange for the audit).
     """
     queues = [_literal(queue.name) for queue in access.consumes]
     dlqs = [_literal(queue.dlq_name) for queue in access.consumes]
@@ -302,6 +340,7 @@ def permissions(access: ServiceAccess) -> dict[str, str]:
     copies = [_literal(DEAD_LETTER.name), r"shop\.retry\..+"]
     default = [r"amq\.default"] if access.default_exchange else []
     bound_to = [_literal(EVENTS.name), _literal(DEAD_LETTER.name), _literal(REQUEUE.name)]
+    bound_to += [_literal(exchange) for exchange in access.reads]
     return {
         "configure": _alternatives(*queues, *dlqs, *extra),
         "write": _alternatives(_literal(EVENTS.name), *copies, *default, *queues, *dlqs, *extra),

@@ -19,12 +19,15 @@ from fastapi import (
     status,
 )
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.order import handlers
 from services.order.handlers import OrderDeps
 from services.order.settings import OrderSettings
+from shared import auth
+from shared.auth import Principal
 from shared.contracts import CUSTOMER_ID_MAX_LENGTH, CUSTOMER_ID_PATTERN, OrderLine
 from shared.http import serve_http
 from shared.observability import ORDER_ID
@@ -40,6 +43,54 @@ async def get_deps(request: Request) -> OrderDeps:
 
 Deps = Annotated[OrderDeps, Depends(get_deps)]
 
+
+# --8<-- [start:authentication]
+# In OpenAPI as the security scheme "bearerAuth": /docs gets its "Authorize" button.
+# auto_error=False: a missing token gets Warren's 401 (below), with its challenge and reason.
+BEARER = HTTPBearer(
+    scheme_name="bearerAuth",
+    bearerFormat="JWT",
+    description="A token from `warren token <customer>` (`--operator` for an operator's).",
+    auto_error=False,
+)
+
+
+def _unauthorized(reason: str, error: str | None = None) -> HTTPException:
+    # RFC 6750: the challenge names the scheme, and why a token that was sent is refused.
+    challenge = f'Bearer realm="warren", error="{error}"' if error else 'Bearer realm="warren"'
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=reason,
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+async def authenticated(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> Principal:
+    """The caller, as their bearer token says; 401 without a valid one."""
+    if credentials is None:
+        raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+    try:
+        return auth.verify(credentials.credentials, secret=request.app.state.token_secret)
+    except auth.InvalidTokenError as exc:
+        raise _unauthorized(f"invalid bearer token: {exc}", "invalid_token") from None
+
+
+Caller = Annotated[Principal, Depends(authenticated)]
+
+
+def forbidden(reason: str) -> HTTPException:
+    """403: the caller is known, and may not do this (whatever the data)."""
+    return HTTPException(
+        status_code=status.HTTP_403_FORBIDDEN,
+        detail=reason,
+        headers={"WWW-Authenticate": 'Bearer realm="warren", error="insufficient_scope"'},
+    )
+    # --8<-- [end:authentication]
+
+
 router = APIRouter()
 
 # A status poll should fail fast when the database is away (a clear 503, see app.py), not hold
@@ -51,6 +102,9 @@ DATABASE_AWAY = {
 RATE_LIMITED = {
     429: {"description": "Too many requests from this address; retry after Retry-After seconds"}
 }
+UNAUTHENTICATED = {
+    401: {"description": "No bearer token, or one that is invalid or expired; the reason is given"}
+}
 
 
 class LineIn(OrderLine):
@@ -59,17 +113,12 @@ class LineIn(OrderLine):
 
 class PlaceOrderRequest(BaseModel):
     """What a client sends. Strict, unlike the message contracts: an unknown field in a request
-    is a client's mistake, answered with a 422 that names it."""
+    is a client's mistake, answered with a 422 that names it. The customer is not in it: it is
+    the one the bearer token names (a body that still sends ``customer_id`` gets a 422 naming
+    that field, rather than have it silently ignored)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str = Field(
-        min_length=1,
-        max_length=CUSTOMER_ID_MAX_LENGTH,
-        # Letters, digits, '.', '_' and '-': it ends up in an email address and in headers.
-        pattern=CUSTOMER_ID_PATTERN,
-        examples=["bugs-bunny"],
-    )
     lines: list[LineIn] = Field(min_length=1, max_length=50)
     payment_token: str = Field(
         min_length=1,
@@ -118,8 +167,8 @@ def _view(doc: dict[str, Any]) -> OrderView:
 
 # --8<-- [start:order-quota]
 def within_order_quota(request: Request, customer_id: str) -> None:
-    """Refuse (429) an order beyond the customer's rate. The customer is the body's
-    ``customer_id`` until customers authenticate; then it is the authenticated one."""
+    """Refuse (429) an order beyond the customer's rate. The customer is the authenticated
+    one, from the bearer token."""
     wait = request.app.state.order_quota.take(customer_id)
     if wait:
         seconds = retry_after(wait)
@@ -145,6 +194,8 @@ def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
     response_model=OrderAccepted,
     responses={
         400: {"description": "The body is not JSON (or not UTF-8 text); the reason is given"},
+        **UNAUTHENTICATED,
+        403: {"description": "The token is an operator's: only customers place orders"},
         413: {"description": "The body is larger than the limit (64 KiB by default)"},
         422: {
             "description": "Invalid request, unknown SKU, Idempotency-Key missing, or reused "
@@ -161,6 +212,7 @@ def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
     },
 )
 async def place_order(
+    caller: Caller,
     body: PlaceOrderRequest,
     deps: Deps,
     request: Request,
@@ -180,10 +232,13 @@ async def place_order(
 
     Retry a request that failed or got no answer (a timeout, a 5xx, a 503) with the *same*
     ``Idempotency-Key``: if the order was recorded, you get it back (202, same id).
+    The order is the bearer token's customer's.
     """
-    within_order_quota(request, body.customer_id)
+    if caller.is_operator:
+        raise forbidden("only customers place orders; this token is an operator's")
+    within_order_quota(request, caller.subject)
     command = handlers.PlaceOrder(
-        customer_id=body.customer_id, lines=tuple(body.lines), payment_token=body.payment_token
+        customer_id=caller.subject, lines=tuple(body.lines), payment_token=body.payment_token
     )
     try:
         placed = await handlers.place_order(command, deps, idempotency_key=idempotency_key)
@@ -214,28 +269,69 @@ async def place_order(
 @router.get(
     "/orders/{order_id}",
     response_model=OrderView,
-    responses={404: {"description": "No order with this id"}, **RATE_LIMITED, **DATABASE_AWAY},
+    responses={
+        **UNAUTHENTICATED,
+        404: {"description": "No order with this id that the caller may see"},
+        **RATE_LIMITED,
+        **DATABASE_AWAY,
+    },
 )
-async def get_order(order_id: str, deps: Deps) -> OrderView:
-    """The order's status, lines, total and the history of its events."""
+async def get_order(order_id: str, deps: Deps, caller: Caller) -> OrderView:
+    """The order's status, lines, total and the history of its events. A customer sees their
+    own orders only: another's is "not found", as if it did not exist. An operator sees any."""
     trace.get_current_span().set_attribute(ORDER_ID, order_id)
     with pymongo.timeout(READ_TIMEOUT_SECONDS):
         doc = await deps.views.get(order_id)
-    if doc is None:
+    # The same 404 for someone else's order as for none: the answer confirms no id.
+    if doc is None or not (caller.is_operator or doc["customer_id"] == caller.subject):
         raise HTTPException(status_code=404, detail=f"no order {order_id}")
     return _view(doc)
 
 
-@router.get("/orders", response_model=OrderPage, responses={**RATE_LIMITED, **DATABASE_AWAY})
+def customer_to_list(caller: Principal, customer_id: str | None) -> str:
+    """Whose orders ``GET /orders`` lists: a customer's own (naming another is 403, whether
+    or not that customer exists); any customer an operator names (422 if none)."""
+    if caller.is_operator:
+        if customer_id is None:
+            raise _unprocessable(
+                ["query", "customer_id"], "an operator names the customer", "missing"
+            )
+        return customer_id
+    if customer_id not in (None, caller.subject):
+        raise forbidden("a customer lists only their own orders")
+    return caller.subject
+
+
+@router.get(
+    "/orders",
+    response_model=OrderPage,
+    responses={
+        **UNAUTHENTICATED,
+        403: {"description": "A customer asked for another customer's orders"},
+        **RATE_LIMITED,
+        **DATABASE_AWAY,
+    },
+)
 async def list_orders(
     deps: Deps,
-    customer_id: Annotated[str, Query(min_length=1, max_length=64)],
+    caller: Caller,
+    customer_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=CUSTOMER_ID_MAX_LENGTH,
+            pattern=CUSTOMER_ID_PATTERN,
+            description="Whose orders: a customer's own by default (another's is 403); "
+            "required of an operator.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> OrderPage:
     """A customer's orders, newest first."""
+    customer = customer_to_list(caller, customer_id)
     with pymongo.timeout(READ_TIMEOUT_SECONDS):
-        items, total = await deps.views.by_customer(customer_id, limit=limit, offset=offset)
+        items, total = await deps.views.by_customer(customer, limit=limit, offset=offset)
     return OrderPage(items=[_view(doc) for doc in items], total=total, limit=limit, offset=offset)
 
 
@@ -277,6 +373,7 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.runtime, app.state.deps = runtime, deps
+    app.state.token_secret = settings.api_token_secret  # verifies the bearer tokens
     app.state.order_quota = TokenBuckets(
         settings.orders_per_minute_per_customer / 60, settings.order_burst_per_customer
     )

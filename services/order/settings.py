@@ -1,10 +1,13 @@
 from pydantic import Field, field_validator
 
+from shared.auth import TokenSettings
 from shared.sealing import RecipientKey, public_key_from_text
 from shared.settings import WarrenSettings
 
 
-class OrderSettings(WarrenSettings):
+# TokenSettings: API_TOKEN_SECRET, the key the API's bearer tokens are verified with
+# (shared/auth.py). Settings errors of this class never show the value refused.
+class OrderSettings(WarrenSettings, TokenSettings):
     service_name: str = "order"
     port: int = 8000
     # How long POST /orders waits for inventory's quote before answering 503.

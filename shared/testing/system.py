@@ -33,7 +33,7 @@ from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 from mirakuru.base import Executor
 from pymongo import AsyncMongoClient
 
-from shared import topology
+from shared import auth, topology
 from shared.messaging import H_PUBLISHER
 from shared.settings import BrokerPasswords
 
@@ -234,6 +234,7 @@ PROCESSES_WITH_PORTS = (
     "payment_1",
     "payment_2",
     "notification",
+    "audit",
     "smtp",
     "mail_api",
     "otlp",
@@ -355,7 +356,7 @@ def build_system(
     )
     _plumbing(system, ports)
     python = str(BIN / "python")
-    for name in ("inventory", "payment_1", "payment_2", "notification", "order"):
+    for name in ("inventory", "payment_1", "payment_2", "notification", "audit", "order"):
         service = name.split("_")[0]
         system.processes[name] = system._executor(
             name,
@@ -388,11 +389,18 @@ async def _idempotency_key(request: httpx.Request) -> None:
 
 
 @asynccontextmanager
-async def api_client(system: System, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+async def api_client(
+    system: System, timeout: float, *, customer: str = "bugs-bunny"
+) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the system's order API that behaves like a well-written client:
-    every POST carries a fresh Idempotency-Key unless the test gives one."""
+    signed in as ``customer`` (a bearer token, signed with the configured API_TOKEN_SECRET, as
+    the order service's), and every POST carries a fresh Idempotency-Key unless the test gives
+    one. A request's own ``Authorization`` header (another customer's, an operator's) wins."""
     async with httpx.AsyncClient(
-        base_url=system.api, timeout=timeout, event_hooks={"request": [_idempotency_key]}
+        base_url=system.api,
+        timeout=timeout,
+        headers=auth.bearer(customer),
+        event_hooks={"request": [_idempotency_key]},
     ) as client:
         yield client
 
@@ -431,7 +439,7 @@ async def running_system(
         system.stop_all()
 
 
-SERVICES = ("inventory", "payment_1", "payment_2", "notification", "emails", "order")
+SERVICES = ("inventory", "payment_1", "payment_2", "notification", "emails", "audit", "order")
 
 
 def start_everything(system: System) -> None:

@@ -1,9 +1,10 @@
-"""The compose rehearsal (`make compose-rehearsal`): a password changed for compose reaches the
-broker and every service, and the rehearsal fails when compose and the code disagree.
+"""The compose rehearsal (`make compose-rehearsal`): passwords changed for compose (its secret
+files) reach the broker and every service, and the rehearsal fails when compose and the code
+disagree.
 
 With one variable taken out of docker-compose.yml, the app containers fall back to the code's
 defaults (127.0.0.1), which in a container -- and in the rehearsal's network namespace -- is
-nobody.
+nobody. With one secret no longer blanked, env_file would hand it to every container.
 """
 
 from __future__ import annotations
@@ -45,22 +46,46 @@ def _rehearse(compose_file: Path, rabbit_url: str, **env: str) -> subprocess.Com
     )
 
 
+def _project(tmp_path: Path, compose: str | None = None) -> Path:
+    """A copy of what compose reads: the compose file, .env and the secret files."""
+    (tmp_path / "docker-compose.yml").write_text(
+        compose or (REPO / "docker-compose.yml").read_text()
+    )
+    shutil.copy(REPO / ".env", tmp_path / ".env")
+    shutil.copytree(REPO / "secrets", tmp_path / "secrets")
+    return tmp_path / "docker-compose.yml"
+
+
 def test_a_password_changed_for_compose_reaches_the_broker_and_every_service(
-    rabbit_url: str,
+    rabbit_url: str, tmp_path: Path
 ) -> None:
-    password = f"changed-{uuid.uuid4().hex[:8]}"
-    result = _rehearse(REPO / "docker-compose.yml", rabbit_url, RABBITMQ_PASSWORD=password)
+    compose_file = _project(tmp_path)
+    # The operator's password and every service's: the job hashes them into the definitions
+    # the broker imports, each service logs in with its own, read from its secret file.
+    for secret in (tmp_path / "secrets").glob("*password*"):
+        secret.write_text(f"changed-{uuid.uuid4().hex[:8]}\n")
+    result = _rehearse(compose_file, rabbit_url)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "CONFIRMED, traced by" in result.stdout, result.stdout[-3000:]
+    assert "wrote nothing into their working folder or HOME" in result.stdout
+
+
+def test_the_rehearsal_fails_when_a_secret_reaches_an_environment(
+    rabbit_url: str, tmp_path: Path
+) -> None:
+    compose = (REPO / "docker-compose.yml").read_text()
+    blank = '  BROKER_PASSWORD_ORDER: ""\n'
+    assert compose.count(blank) == 1
+    result = _rehearse(_project(tmp_path, compose.replace(blank, "")), rabbit_url)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "its environment carries BROKER_PASSWORD_ORDER" in result.stdout, result.stdout[-2000:]
 
 
 def test_the_rehearsal_fails_when_compose_loses_a_variable(rabbit_url: str, tmp_path: Path) -> None:
     compose = (REPO / "docker-compose.yml").read_text()
     line = "  MONGO_URL: mongodb://mongo:27017\n"
     assert compose.count(line) == 1
-    (tmp_path / "docker-compose.yml").write_text(compose.replace(line, ""))
-    shutil.copy(REPO / ".env", tmp_path / ".env")
-    result = _rehearse(tmp_path / "docker-compose.yml", rabbit_url)
+    result = _rehearse(_project(tmp_path, compose.replace(line, "")), rabbit_url)
     assert result.returncode == 1, result.stdout[-2000:]
     assert "FAILED: seed exited with 1" in result.stdout, result.stdout[-2000:]
     assert "127.0.0.1:27017" in result.stdout  # the default it fell back to, refused

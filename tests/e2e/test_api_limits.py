@@ -15,7 +15,7 @@ from shared import topology
 from shared.contracts import Envelope, OrderConfirmed
 from shared.testing.system import System, publish_raw
 from tests.support.dlq import dead_letters
-from tests.support.orders import order_body
+from tests.support.orders import as_customer, order_body
 from tests.support.polling import eventually
 
 TWO_MB = 2 * 1024 * 1024
@@ -99,7 +99,9 @@ async def test_rates_per_customer_and_per_address_hold_whatever_x_forwarded_for_
 ) -> None:
     customer = f"quota-{uuid.uuid4().hex[:8]}"
     posts = [
-        await api.post("/orders", json=order_body(customer=customer), headers=forwarded())
+        await api.post(
+            "/orders", json=order_body(), headers={**forwarded(), **as_customer(customer)}
+        )
         for _ in range(3)
     ]
     assert [p.status_code for p in posts] == [202, 202, 429]

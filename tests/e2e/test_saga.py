@@ -11,7 +11,7 @@ import httpx
 from pymongo import AsyncMongoClient
 
 from shared.testing.system import System
-from tests.support.orders import final_order, order_body, place
+from tests.support.orders import as_customer, final_order, order_body, place
 from tests.support.polling import eventually
 
 
@@ -127,7 +127,7 @@ async def test_an_order_without_an_idempotency_key_is_refused_so_that_no_retry_d
     system: System,
 ) -> None:
     async with httpx.AsyncClient(base_url=system.api) as bare:  # no key added for us
-        response = await bare.post("/orders", json=order_body())
+        response = await bare.post("/orders", json=order_body(), headers=as_customer("bugs-bunny"))
     assert response.status_code == 422
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["header", "idempotency-key"] and detail["type"] == "missing"
@@ -137,21 +137,26 @@ async def test_a_repeated_idempotency_key_returns_the_same_order(
     system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
 ) -> None:
     key = str(uuid.uuid4())
-    body = order_body(sku="HOP-SOCKS", quantity=1, customer=f"key-{key[:8]}")
+    customer, body = f"key-{key[:8]}", order_body(sku="HOP-SOCKS", quantity=1)
     keyed = {"Idempotency-Key": key}
 
     first, second = await asyncio.gather(
-        place(api, body, headers=keyed), place(api, body, headers=keyed)
+        place(api, body, headers=keyed, customer=customer),
+        place(api, body, headers=keyed, customer=customer),
     )
-    third = await place(api, body, headers=keyed)
+    third = await place(api, body, headers=keyed, customer=customer)
 
     assert first == second == third
     await final_order(api, first)
-    listing = await api.get("/orders", params={"customer_id": body["customer_id"]})
+    listing = await api.get("/orders", headers=as_customer(customer))
     assert listing.json()["total"] == 1
     events = mongo[system.database("order")]["order_events"]
     assert await events.count_documents({"order_id": first, "type": "order.placed"}) == 1
-    reused = await api.post("/orders", json=order_body(sku="HOP-SOCKS", quantity=2), headers=keyed)
+    reused = await api.post(
+        "/orders",
+        json=order_body(sku="HOP-SOCKS", quantity=2),
+        headers={**keyed, **as_customer(customer)},
+    )
     assert reused.status_code == 422
 
 
@@ -182,12 +187,17 @@ async def test_both_payment_consumers_take_work(
 
 async def test_customer_orders_are_listed_newest_first(api: httpx.AsyncClient) -> None:
     customer = f"lister-{uuid.uuid4().hex[:6]}"
-    ids = [await place(api, order_body(sku="CLOVER-TEA", customer=customer)) for _ in range(3)]
-    page = (await api.get("/orders", params={"customer_id": customer, "limit": 2})).json()
+    ids = [await place(api, order_body(sku="CLOVER-TEA"), customer=customer) for _ in range(3)]
+    signed_in = as_customer(customer)
+    page = (await api.get("/orders", params={"limit": 2}, headers=signed_in)).json()
     assert page["total"] == 3
     assert [item["order_id"] for item in page["items"]] == ids[::-1][:2]
     rest = (
-        await api.get("/orders", params={"customer_id": customer, "limit": 2, "offset": 2})
+        await api.get(
+            "/orders",
+            params={"customer_id": customer, "limit": 2, "offset": 2},
+            headers=signed_in,
+        )
     ).json()
     assert [item["order_id"] for item in rest["items"]] == ids[:1]
 
@@ -208,7 +218,9 @@ async def test_every_answer_the_api_can_give_is_documented(api: httpx.AsyncClien
     paths = (await api.get("/openapi.json")).json()["paths"]
     assert "503" in paths["/readyz"]["get"]["responses"]
     assert "503" in paths["/orders/{order_id}"]["get"]["responses"]
-    assert {"400", "422", "503"} <= set(paths["/orders"]["post"]["responses"])
+    assert {"400", "401", "403", "422", "503"} <= set(paths["/orders"]["post"]["responses"])
+    assert {"401", "404"} <= set(paths["/orders/{order_id}"]["get"]["responses"])
+    assert {"401", "403"} <= set(paths["/orders"]["get"]["responses"])
 
 
 async def test_health_endpoints_report_broker_and_database(api: httpx.AsyncClient) -> None:

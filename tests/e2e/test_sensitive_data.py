@@ -5,7 +5,7 @@ are dead-lettered: one a buggy producer sent with the clear token and an address
 genuine sealed event delivered to a queue that has no handler for it. Then everything the run
 left behind is searched for the clear tokens and for customer addresses: every log file, every
 span, every DLQ message (headers; bodies too, but the buggy producer's own), and every document
-the four services stored.
+the four services and the audit stored.
 
 Where a customer address may be: the ``to`` of notification's ``notifications`` documents (the
 service sends the email, it must know where), the emails, and the mail sink. Nowhere else.
@@ -33,15 +33,18 @@ from tests.support.orders import final_order, order_body, place
 from tests.support.polling import eventually
 
 TOKENS = ("tok_visa", "tok_chargeDeclined")
+# The first bytes of every bearer token the API is sent (a JWT's header, {"alg":"HS256",...}):
+# a log line or a span that kept the Authorization header would hold them.
+BEARER_TOKEN = "eyJhbGciOiJIUzI1NiIs"
 ADDRESS = "@customers.warren.example"  # every customer's address (notification's mail domain)
 # The only stored field that may hold an address: (service, collection, field).
 ADDRESS_FIELDS = {("notification", "notifications", "to")}
-SERVICES = ("order", "inventory", "payment", "notification")
+SERVICES = ("order", "inventory", "payment", "notification", "audit")
 
 
 def leaks(text: str, *, address: bool = True) -> list[str]:
     """The sensitive strings found in ``text``."""
-    return [s for s in (*TOKENS, *((ADDRESS,) if address else ())) if s in text]
+    return [s for s in (*TOKENS, BEARER_TOKEN, *((ADDRESS,) if address else ())) if s in text]
 
 
 def dumped(value: Any) -> str:
@@ -57,7 +60,7 @@ def dlq_tool(rabbit_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 async def run_orders(system: System, api: httpx.AsyncClient) -> list[str]:
     """A paid order and a declined one, to the end (both emails sent); and a refused one."""
     placed = {
-        await place(api, order_body(sku="CARROT-MUG", token=token, customer=f"leak-{n}")): want
+        await place(api, order_body(sku="CARROT-MUG", token=token), customer=f"leak-{n}"): want
         for n, (token, want) in enumerate((("tok_visa", "CONFIRMED"), (TOKENS[1], "CANCELLED")))
     }
     for order_id, want in placed.items():
@@ -180,6 +183,7 @@ async def test_no_token_or_address_in_logs_spans_dead_letters_or_stored_document
     assert (await notification.find_one({"order_id": paid}))["to"].endswith(ADDRESS)
     await dlq.purge_queue(topology.INVENTORY_ORDER_PLACED.name)
     await dlq.purge_queue(topology.NOTIFICATION_ORDER_EVENTS.name)
+    await dlq.purge_queue(topology.AUDIT_EVENTS.name)  # the audit refused the buggy one too
     # --8<-- [end:sensitive-data-test]
 
 
@@ -207,7 +211,8 @@ async def test_an_order_placed_v1_left_in_a_queue_at_the_upgrade_is_dead_lettere
         message_id=v1.id,
         publisher="order",
     )
-    for queue in (topology.INVENTORY_ORDER_PLACED, topology.NOTIFICATION_ORDER_EVENTS):
+    queues = (topology.INVENTORY_ORDER_PLACED, topology.NOTIFICATION_ORDER_EVENTS)
+    for queue in (*queues, topology.AUDIT_EVENTS):  # the audit knows v2 only, too
         shown = await eventually(
             lambda q=queue.name: dlq.show_messages(q, 200),
             until=lambda ms: any(m["message_id"] == v1.id for m in ms),

@@ -15,17 +15,21 @@ from typing import Any, cast
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from services.in_memory import InMemoryShop, open_shop
 from services.inventory.catalog import CatalogItem
 from services.order import api, handlers
 from services.order.settings import OrderSettings
+from shared import auth
 from shared.http import MAX_ERRORS
 from shared.service import Runtime
 from shared.testing.memory_mongo import AsyncMongomockDatabase
 
 LIMIT = 64 * 1024
 TWO_MB = 2 * 1024 * 1024
+# The key these apps verify bearer tokens with (tests/unit/test_api_auth.py signs with others).
+TOKEN_SECRET = "the-unit-tests-own-key-0123456789abcdef"
 
 
 @pytest.fixture
@@ -46,15 +50,27 @@ async def _no_lifespan(_: Any) -> AsyncIterator[None]:
 def order_api(shop: InMemoryShop, **settings: Any) -> FastAPI:
     """The order API as `create_app` builds it, its dependencies from the in-memory shop."""
     # Unvalidated: only the API's own settings matter here (not the payment key, say).
-    configured = OrderSettings.model_construct(**{"max_body_bytes": LIMIT, **settings})
+    configured = OrderSettings.model_construct(
+        **{"max_body_bytes": LIMIT, "api_token_secret": SecretStr(TOKEN_SECRET), **settings}
+    )
     return api.create_api(cast(Runtime, None), shop.order, _no_lifespan, configured)
 
 
+def signed_in(customer: str = "bugs-bunny", role: auth.Role = auth.CUSTOMER) -> dict[str, str]:
+    """The Authorization header of ``customer`` (or an operator), for the app of ``order_api``."""
+    return auth.bearer(customer, role, secret=TOKEN_SECRET)
+
+
 @contextlib.asynccontextmanager
-async def client_of(app: FastAPI, address: str = "203.0.113.7") -> AsyncIterator[httpx.AsyncClient]:
+async def client_of(
+    app: FastAPI, address: str = "203.0.113.7", customer: str = "bugs-bunny"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client from ``address``, signed in as ``customer`` (a request's own header wins)."""
     # raise_app_exceptions=False: see what the client gets, as over a real socket.
     transport = httpx.ASGITransport(app, raise_app_exceptions=False, client=(address, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://order") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://order", headers=signed_in(customer)
+    ) as client:
         yield client
 
 
@@ -64,13 +80,8 @@ async def client(shop: InMemoryShop) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def body(customer: str = "bugs-bunny", **extra: Any) -> dict[str, Any]:
-    return {
-        "customer_id": customer,
-        "lines": [{"sku": "RABBIT-PLUSH", "quantity": 1}],
-        "payment_token": "tok_visa",
-        **extra,
-    }
+def body(**extra: Any) -> dict[str, Any]:
+    return {"lines": [{"sku": "RABBIT-PLUSH", "quantity": 1}], "payment_token": "tok_visa", **extra}
 
 
 def key() -> dict[str, str]:
@@ -268,7 +279,8 @@ async def test_one_customer_over_its_order_rate_gets_429_and_no_order_is_placed(
         assert refused.status_code == 429
         assert refused.headers["Retry-After"] == "10"  # 6 a minute: one every 10 s
         assert "bugs-bunny" in refused.json()["detail"]
-        other = await first.post("/orders", json=body(customer="daffy-duck"), headers=key())
+        daffy = {**key(), **signed_in("daffy-duck")}
+        other = await first.post("/orders", json=body(), headers=daffy)
         assert other.status_code == 202
     assert await orders_of(shop, "bugs-bunny") == 2
 
@@ -285,6 +297,8 @@ async def test_the_default_limits_let_a_load_test_through(client: httpx.AsyncCli
 
 def test_the_openapi_document_names_every_refusal(shop: InMemoryShop) -> None:
     paths = order_api(shop).openapi()["paths"]
-    assert {"400", "413", "422", "429", "503"} <= set(paths["/orders"]["post"]["responses"])
+    assert {"400", "401", "403", "413", "422", "429", "503"} <= set(
+        paths["/orders"]["post"]["responses"]
+    )
     assert "429" in paths["/orders"]["get"]["responses"]
     assert "429" in paths["/orders/{order_id}"]["get"]["responses"]

@@ -2,7 +2,9 @@
 
 This covers the Compose JSON schema, a healthcheck on every long-running container,
 `depends_on` with explicit conditions, every variable the file interpolates being defined in
-.env.example, and the commands the app image runs pointing at modules that exist.
+.env.example, the commands the app image runs pointing at modules that exist, and the
+containers' hardening: read-only root filesystems, no capabilities, `no-new-privileges`, two
+networks, and secrets as files that only their containers get, never in an environment.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from typing import Any
 
 import pytest
 import yaml
+from dotenv import dotenv_values
+
+from cli.secrets import SECRET_VARIABLES
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 ENV_FILE = REPO / ".env"
 RABBITMQ_CONF = REPO / "infra" / "rabbitmq" / "rabbitmq.conf"
+SECRETS = REPO / "secrets"
 JAEGER_CONFIG = REPO / "infra" / "jaeger" / "config.yaml"
 
 # Containers that run once and exit. A healthcheck means nothing for them. Their dependents wait
@@ -36,6 +42,7 @@ APP_MODULES = [
     "services.payment",
     "services.notification",
     "services.notification.worker",
+    "services.audit",
 ]
 
 # ${VAR}, ${VAR:?msg}, ${VAR:-default}, ${VAR-default}, ... but not the escaped $${VAR}.
@@ -111,7 +118,7 @@ def test_compose_file_has_no_obsolete_version_key() -> None:
 
 def test_yaml_anchors_resolve_into_every_app_service() -> None:
     services = _app_services()
-    expected = {"seed", "order", "inventory", "payment", "notification", "celery-worker"}
+    expected = {"seed", "order", "inventory", "payment", "notification", "celery-worker", "audit"}
     assert set(services) == expected | {"broker-definitions"}
     for name in expected:
         svc = services[name]
@@ -128,19 +135,46 @@ def test_yaml_anchors_resolve_into_every_app_service() -> None:
         assert env["OTEL_SERVICE_NAME"] == expected, name
 
 
+def _secrets_of(svc: dict[str, Any]) -> dict[str, str]:
+    """A service's secrets: the file name it reads (in /run/secrets) -> the secret's name."""
+    listed = {}
+    for entry in svc.get("secrets", []):
+        if isinstance(entry, str):
+            listed[entry] = entry
+        else:
+            listed[entry.get("target") or entry["source"]] = entry["source"]
+    return listed
+
+
+def _holders(secret: str) -> set[str]:
+    return {name for name, svc in _services().items() if secret in _secrets_of(svc).values()}
+
+
 def test_only_the_payment_containers_get_the_keys_that_open_payment_tokens() -> None:
     """env_file hands every app container all of .env; ``environment:`` wins over it. So the
-    private keys are blanked for every container but payment's, and order gets the public key."""
+    private keys are blanked for every container, payment's get them as a secret file, and order
+    gets the public key."""
     assert _env_names(ENV_EXAMPLE)["PAYMENT_TOKEN_KEYS"]  # what env_file would hand over
     for name, svc in _app_services().items():
         env = svc.get("environment") or {}
-        assert "PAYMENT_TOKEN_KEYS" in env, f"{name} would get the private keys from env_file"
-        keys = env["PAYMENT_TOKEN_KEYS"]
-        assert bool(keys) == (name == "payment"), f"{name}: PAYMENT_TOKEN_KEYS={keys!r}"
+        assert env.get("PAYMENT_TOKEN_KEYS") == "", f"{name} would get the keys from env_file"
+    assert _holders("payment_token_keys") == {"payment"}
+    assert _secrets_of(_services()["payment"])["payment_token_keys"] == "payment_token_keys"
     payment, order = _services()["payment"]["environment"], _services()["order"]["environment"]
-    assert payment["PAYMENT_TOKEN_KEYS"] == "${PAYMENT_TOKEN_KEYS:?set it in .env}"
     assert order["PAYMENT_TOKEN_PUBLIC_KEY"] == "${PAYMENT_TOKEN_PUBLIC_KEY:?set it in .env}"
     assert order["PAYMENT_TOKEN_KEY_ID"] == payment["PAYMENT_TOKEN_KEY_ID"]
+
+
+def test_only_order_and_locust_get_the_key_that_signs_api_tokens() -> None:
+    """Whoever holds API_TOKEN_SECRET can sign in as any customer, or as an operator: order
+    verifies with it, Locust's shoppers sign with it; every other container gets it blanked."""
+    assert _env_names(ENV_EXAMPLE)["API_TOKEN_SECRET"]  # what env_file would hand over
+    for name, svc in _app_services().items():
+        env = svc.get("environment") or {}
+        assert env.get("API_TOKEN_SECRET") == "", f"{name} would get the token key from env_file"
+    assert _holders("api_token_secret") == {"order", "locust"}
+    locust = _services()["locust"]
+    assert locust["environment"]["API_TOKEN_SECRET_FILE"] == "/run/secrets/api_token_secret"
 
 
 def test_payment_runs_two_competing_consumers_without_fixed_names_or_host_ports() -> None:
@@ -187,7 +221,7 @@ def test_every_dependency_states_a_condition_that_the_target_can_meet() -> None:
 
 
 def test_every_app_service_waits_for_a_healthy_broker_and_database() -> None:
-    for name in ("order", "inventory", "payment", "notification", "celery-worker"):
+    for name in ("order", "inventory", "payment", "notification", "celery-worker", "audit"):
         depends_on = _services()[name]["depends_on"]
         assert depends_on["rabbitmq"]["condition"] == "service_healthy", name
         assert depends_on["mongo"]["condition"] == "service_healthy", name
@@ -215,16 +249,16 @@ def test_broker_loads_the_definitions_the_one_shot_job_writes_from_env() -> None
     assert broker["depends_on"]["broker-definitions"] == {
         "condition": "service_completed_successfully"
     }
-    # A changed user or password (the operator's, or a service's) changes the broker's
-    # configuration, so `up` re-creates it and it loads the new definitions.
-    assert set(broker["environment"].values()) == {
-        "${RABBITMQ_USER:?set it in .env}",
-        "${RABBITMQ_PASSWORD:?set it in .env}",
-        *(
-            f"${{BROKER_PASSWORD_{service}:?set it in .env}}"
-            for service in ("ORDER", "INVENTORY", "PAYMENT", "NOTIFICATION")
-        ),
+    # A renamed user changes the broker's configuration, so `up` re-creates it and it loads the
+    # new definitions. The passwords are secret files, in no environment.
+    assert set(broker["environment"].values()) == {"${RABBITMQ_USER:?set it in .env}"}
+    # The job hashes the operator's password and every service's: it holds all of them.
+    passwords = {
+        name.lower()
+        for name in _env_names(ENV_EXAMPLE)
+        if name == "RABBITMQ_PASSWORD" or name.startswith("BROKER_PASSWORD_")
     }
+    assert set(_secrets_of(job)) == set(_secrets_of(job).values()) == passwords
 
 
 def test_no_two_services_share_an_image_tag_that_compose_builds() -> None:
@@ -282,10 +316,9 @@ def test_every_interpolated_variable_is_defined_in_env_example() -> None:
 
 def test_required_variables_fail_fast_with_a_hint() -> None:
     text = COMPOSE_FILE.read_text(encoding="utf-8")
-    for name in ("RABBITMQ_USER", "RABBITMQ_PASSWORD"):
-        bare = re.findall(r"(?<!\$)\$\{" + name + r"\}", text)
-        assert not bare, f"${{{name}}} without :? would start with an empty value"
-        assert "${" + name + ":?set it in .env}" in text
+    bare = re.findall(r"(?<!\$)\$\{RABBITMQ_USER\}", text)
+    assert not bare, "${RABBITMQ_USER} without :? would start with an empty value"
+    assert "${RABBITMQ_USER:?set it in .env}" in text
 
 
 def test_env_and_env_example_define_the_same_names() -> None:
@@ -341,3 +374,143 @@ def test_bind_mounted_host_paths_exist(source: str) -> None:
     # A missing file is silently replaced by an empty directory when the engine creates the
     # mount.
     assert (REPO / source).exists(), f"{source} does not exist"
+
+
+# --- (e) the containers' hardening (docs/14-security.md, "Containers") ---------------------------
+
+# Containers whose root filesystem stays writable, with the reason. None today: every image
+# writes only to its volumes and tmpfs mounts.
+WRITABLE_ROOT: dict[str, str] = {}
+
+# Infrastructure images that start as root and step down themselves (chown, gosu): compose starts
+# them as their own user instead, since they have no capability to step down with.
+IMAGE_USERS = {"rabbitmq": "rabbitmq", "mongo": "mongodb", "mailpit": "65534:65534"}
+
+
+def _networks_of(svc: dict[str, Any]) -> set[str]:
+    return set(svc.get("networks") or [])  # a list, or a mapping of network -> options
+
+
+@pytest.mark.parametrize("name", sorted(_services()))
+def test_every_container_has_a_read_only_root_filesystem(name: str) -> None:
+    svc = _services()[name]
+    if name in WRITABLE_ROOT:
+        assert not svc.get("read_only"), f"{name} is read-only now: take it off the list"
+        return
+    assert svc.get("read_only") is True, f"{name}: read_only: true, or WRITABLE_ROOT with why"
+    for mount in svc.get("tmpfs", []):
+        # A tmpfs is memory: bounded, so that a runaway writer hits its limit, not the host's.
+        assert re.fullmatch(r"/[\w/.-]+:size=\d+[kmg]", mount), (name, mount)
+
+
+@pytest.mark.parametrize("name", sorted(_services()))
+def test_every_container_drops_every_capability_and_may_not_gain_privileges(name: str) -> None:
+    svc = _services()[name]
+    assert svc.get("cap_drop") == ["ALL"], name
+    assert not svc.get("cap_add"), f"{name}: no image here needs a capability"
+    assert "no-new-privileges:true" in svc.get("security_opt", []), name
+    assert not svc.get("privileged"), name
+
+
+def test_no_container_runs_as_root() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^USER warren$", dockerfile, re.MULTILINE)
+    for name, svc in _services().items():
+        if name in IMAGE_USERS:
+            assert svc.get("user") == IMAGE_USERS[name], name
+        else:
+            # The app image's user, or the image's own (Jaeger 10001, Locust's "locust").
+            assert "user" not in svc, f"{name}: user {svc['user']!r}"
+
+
+def test_the_backend_network_is_internal_and_the_frontend_is_not() -> None:
+    networks = _compose()["networks"]
+    assert set(networks) == {"backend", "frontend"}
+    assert networks["backend"] == {"internal": True}
+    assert not (networks["frontend"] or {}).get("internal")
+
+
+def test_only_services_on_the_frontend_publish_ports_and_each_of_them_is_on_it() -> None:
+    """Docker publishes no port of a container on internal networks only: whatever the host
+    reaches must be on the frontend, and nothing else is."""
+    for name, svc in _services().items():
+        on_frontend = "frontend" in _networks_of(svc)
+        assert on_frontend == bool(svc.get("ports")), f"{name}: ports {svc.get('ports')}"
+    published = {name for name, svc in _services().items() if svc.get("ports")}
+    assert published == {"order", "rabbitmq", "mongo", "jaeger", "mailpit", "locust"}
+
+
+def test_the_services_talk_over_the_backend_and_the_job_with_every_password_has_no_network() -> (
+    None
+):
+    for name, svc in _services().items():
+        if name == "broker-definitions":
+            assert svc["network_mode"] == "none"
+            assert "networks" not in svc
+        elif name == "locust":
+            # A client from outside: it reaches the API, nothing on the backend.
+            assert _networks_of(svc) == {"frontend"}
+        else:
+            assert "backend" in _networks_of(svc), name
+    for name in ("inventory", "payment", "notification", "celery-worker", "seed"):
+        assert _networks_of(_services()[name]) == {"backend"}, name
+
+
+# --- (f) secrets: files for the containers that need them, never in an environment -------------
+
+
+def _secret_variables() -> list[str]:
+    return [name for name in _env_names(ENV_FILE) if SECRET_VARIABLES.fullmatch(name)]
+
+
+def test_every_secret_of_env_is_a_compose_secret_read_from_its_file() -> None:
+    declared = _compose()["secrets"]
+    expected = {name.lower() for name in _secret_variables()}
+    assert {"rabbitmq_password", "payment_token_keys", "api_token_secret"} <= expected
+    assert set(declared) == expected
+    for name, definition in declared.items():
+        # A file: compose copies an `environment:` secret into the container, which a read-only
+        # root filesystem refuses (docker/compose#12531).
+        assert definition == {"file": f"./secrets/{name}"}, name
+
+
+def test_the_secret_files_hold_what_env_says() -> None:
+    """They are written from .env (`make secrets`) and committed with its development values."""
+    env = dotenv_values(ENV_FILE)
+    for name in _secret_variables():
+        path = SECRETS / name.lower()
+        assert path.is_file(), f"{path} is missing: run `make secrets`"
+        written = path.read_text(encoding="utf-8").strip()
+        assert written == env[name], f"{path} differs from .env's {name}: run `make secrets`"
+        assert path.stat().st_mode & 0o004, f"{path}: the containers' users cannot read it"
+
+
+def test_no_secret_reaches_a_container_through_its_environment() -> None:
+    """Not interpolated into any `environment:`, not written there literally, and blanked in
+    every container that env_file hands all of .env to."""
+    values = {name: dotenv_values(ENV_FILE)[name] or "" for name in _secret_variables()}
+    for name, svc in _services().items():
+        env = svc.get("environment") or {}
+        for variable, value in env.items():
+            text = str(value)
+            for secret, secret_value in values.items():
+                assert f"${{{secret}" not in text, f"{name}: {variable} interpolates {secret}"
+                assert secret_value not in text or len(secret_value) < 8, (name, variable)
+            url = re.sub(r"\$\{[^}]*\}", "VAR", text)  # ${RABBITMQ_USER:?...} is a user
+            assert not re.search(r"://[^/@:]+:[^/@]+@", url), f"{name}: a password in {variable}"
+        if "env_file" in svc:
+            for secret in values:
+                assert env.get(secret) == "", f"{name}: env_file would hand it {secret}"
+
+
+def test_each_service_gets_its_own_broker_password_and_no_other_secret() -> None:
+    others = {"payment": {"payment_token_keys"}, "order": {"api_token_secret"}}
+    for name, svc in _app_services().items():
+        if name in ("broker-definitions", "seed"):
+            continue
+        env, secrets = svc["environment"], _secrets_of(svc)
+        user = env["RABBIT_URL"].removeprefix("amqp://").partition("@")[0]
+        assert secrets.pop("rabbit_password") == f"broker_password_{user}", name
+        assert set(secrets) == set(secrets.values()) == others.get(name, set()), name
+        assert env["WARREN_SECRETS_DIR"] == "/run/secrets", name
+    assert not _secrets_of(_services()["seed"]), "seed uses no secret"

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from services.audit.handlers import HANDLERS as AUDIT
 from services.inventory.handlers import HANDLERS as INVENTORY
 from services.notification.handlers import HANDLERS as NOTIFICATION
 from services.order.handlers import HANDLERS as ORDER
@@ -15,7 +16,13 @@ from shared import topology
 from shared.contracts import EVENT_TYPES, OrderPlaced, PaymentFailed
 from shared.handlers import HandlerTableError, check_table
 
-TABLES = {"order": ORDER, "inventory": INVENTORY, "payment": PAYMENT, "notification": NOTIFICATION}
+TABLES = {
+    "order": ORDER,
+    "inventory": INVENTORY,
+    "payment": PAYMENT,
+    "notification": NOTIFICATION,
+    "audit": AUDIT,
+}
 
 
 @pytest.mark.parametrize("service", TABLES)

@@ -51,13 +51,13 @@ def test_every_consumer_queue_has_a_dead_letter_queue_bound_by_its_name() -> Non
         assert (topology.REQUEUE.name, consumer.name, consumer.name) in bindings
 
 
-def test_order_placed_reaches_inventory_and_notification() -> None:
+def test_order_placed_reaches_inventory_notification_and_the_audit() -> None:
     bound = {
         b["destination"]
         for b in topology.definitions()["bindings"]
         if b["source"] == topology.EVENTS.name and b["routing_key"] == "order.placed"
     }
-    assert bound == {"inventory.order-placed", "notification.order-events"}
+    assert bound == {"inventory.order-placed", "notification.order-events", "audit.events"}
 
 
 def test_saga_and_email_queues_are_quorum_queues_with_a_delivery_limit() -> None:
