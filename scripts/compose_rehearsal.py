@@ -80,6 +80,7 @@ APP_ORDER = [
     "payment",
     "notification",
     "celery-worker",
+    "audit",
 ]
 # What the Dockerfile's ENV lines give every container.
 IMAGE_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
