@@ -18,10 +18,10 @@ from typing import Literal, get_args
 
 import jwt
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from shared.contracts import CUSTOMER_ID_MAX_LENGTH, CUSTOMER_ID_PATTERN
-from shared.settings import secret_files_first
+from shared.settings import SecretFilesFirst
 
 Role = Literal["customer", "operator"]
 CUSTOMER: Role = "customer"
@@ -38,7 +38,7 @@ MAX_TOKEN_LENGTH = 2048
 REQUIRED_CLAIMS = ["sub", "role", "iss", "iat", "exp"]
 
 
-class TokenSettings(BaseSettings):
+class TokenSettings(SecretFilesFirst):
     """The key that signs and verifies API tokens (``API_TOKEN_SECRET``; ``.env`` holds a
     development one). The order service verifies with it; whatever issues tokens reads it too."""
 
@@ -60,19 +60,6 @@ class TokenSettings(BaseSettings):
                 "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Under compose the key is the secret file api_token_secret (`docker compose exec order
-        # warren token` reads it there too), its variable blank.
-        return secret_files_first(settings_cls, init_settings, env_settings, dotenv_settings)
 
 
 class InvalidTokenError(Exception):

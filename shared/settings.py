@@ -69,6 +69,21 @@ def secret_file_values() -> dict[str, str]:
     # --8<-- [end:secret-files]
 
 
+class SecretFilesFirst(BaseSettings):
+    """Settings that read their secret files (compose's secrets) before the environment."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return secret_files_first(settings_cls, init_settings, env_settings, dotenv_settings)
+
+
 def with_password(url: str, password: str) -> str:
     """``url`` with ``password`` as its password (URL-quoted), the user kept."""
     parts = urlsplit(url)
@@ -78,7 +93,7 @@ def with_password(url: str, password: str) -> str:
 
 
 # --8<-- [start:settings]
-class WarrenSettings(BaseSettings):
+class WarrenSettings(SecretFilesFirst):
     """Values every service needs. Read from the environment (and `.env` when present)."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -135,19 +150,8 @@ class WarrenSettings(BaseSettings):
             self.rabbit_url = with_password(self.rabbit_url, password)
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return secret_files_first(settings_cls, init_settings, env_settings, dotenv_settings)
 
-
-class BrokerPasswords(BaseSettings):
+class BrokerPasswords(SecretFilesFirst):
     """Each service's broker password (``BROKER_PASSWORD_ORDER``...), read by the operator's
     provisioning only (``warren topology export`` / ``provision``). A service gets its own in
     its ``RABBIT_URL`` (under compose: its secret file ``rabbit_password``), and no other."""
@@ -165,15 +169,3 @@ class BrokerPasswords(BaseSettings):
     def configured(self) -> dict[str, str]:
         """service -> password, for the services that have one."""
         return {service: password for service, password in self.model_dump().items() if password}
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Compose's broker-definitions job: secret files broker_password_order, ...
-        return secret_files_first(settings_cls, init_settings, env_settings, dotenv_settings)

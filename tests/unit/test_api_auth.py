@@ -59,8 +59,16 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def claims(**changes: Any) -> dict[str, Any]:
+    """A token's claims. Valid for a day: the forged tokens below are made when the tests are
+    collected, and a whole `make test` may run for many minutes before they are used."""
     now = int(datetime.now(UTC).timestamp())
-    base = {"sub": "bugs-bunny", "role": "customer", "iss": "warren", "iat": now, "exp": now + 60}
+    base = {
+        "sub": "bugs-bunny",
+        "role": "customer",
+        "iss": "warren",
+        "iat": now,
+        "exp": now + 24 * 3600,
+    }
     return {k: v for k, v in {**base, **changes}.items() if v is not None}
 
 
