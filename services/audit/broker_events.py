@@ -111,7 +111,7 @@ class BrokerEventConsumer:
         except Exception as exc:
             await self.rules.failed(message, attempts, exc, bound, publisher=None)
         else:
-            bound.info("broker event recorded", event=name)
+            bound.info("broker event recorded", broker_event=name)
         await message.ack()  # only now: recorded, or its retry or DLQ copy confirmed
 
 

@@ -347,3 +347,47 @@ def test_the_audit_runs_wherever_the_services_run() -> None:
     assert "audit: RABBIT_URL=${RABBIT_URL_AUDIT:-" in procfile
     assert "python -m services.audit --port 8004" in procfile
     assert "audit" in PROCESSES_WITH_PORTS and "audit" in SYSTEM_SERVICES
+
+
+class FakeBrokerEvent:
+    """What FastStream hands the consumer for one message of the broker's event exchange."""
+
+    def __init__(self) -> None:
+        self.headers = dict(FAILED_LOGIN)
+        self.raw_message = type(
+            "Raw",
+            (),
+            {
+                "exchange": topology.BROKER_EVENTS,
+                "routing_key": "user.authentication.failure",
+                "user_id": None,
+            },
+        )()
+        self.acked = self.rejected = 0
+
+    async def ack(self) -> None:
+        self.acked += 1
+
+    async def reject(self, requeue: bool = False) -> None:
+        self.rejected += 1
+
+
+async def test_a_broker_event_is_recorded_and_acked_once() -> None:
+    """Reproduced on RabbitMQ 4.0.5: the consumer recorded the event, then raised while logging
+    it (before the ack), so each event came back again and again."""
+    from services.audit.broker_events import BrokerEventConsumer
+
+    trail = AuditTrail(AsyncMongomockDatabase("audit"))
+    await trail.create_indexes()
+    consumer = BrokerEventConsumer(
+        None,  # type: ignore[arg-type]  # nothing is published when all goes well
+        trail,
+        retry_delays=(1,),
+        trusted=frozenset(),
+        clock=lambda: NOON,
+    )
+    message = FakeBrokerEvent()
+    await consumer.handle(message)  # type: ignore[arg-type]
+    assert (message.acked, message.rejected) == (1, 0)
+    recorded = [doc async for doc in trail.broker_events.find({})]
+    assert [doc["event"] for doc in recorded] == ["user.authentication.failure"]
