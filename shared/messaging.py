@@ -386,6 +386,17 @@ def subscribe_events(
     consumer = EventConsumer(
         broker, consumer_queue, routes, retry_delays if consumer_queue.retried else (), identity
     )
+    consume_settled(broker, consumer_queue, consumer.handle)
+    # --8<-- [end:subscribe-events]
+
+
+def consume_settled(
+    broker: RabbitBroker,
+    consumer_queue: topology.ConsumerQueue,
+    handle: Callable[[RabbitMessage], Awaitable[None]],
+) -> None:
+    """Consume ``consumer_queue`` with ``handle``, which settles each message itself (acks it
+    once its outcome is confirmed). Undecoded: ``handle`` decodes, so bad bytes are its poison."""
 
     @broker.subscriber(
         consumer_queue.queue,
@@ -395,7 +406,7 @@ def subscribe_events(
     )
     async def consume(message: RabbitMessage) -> None:
         try:
-            await consumer.handle(message)
+            await handle(message)
         except Exception as exc:
             # Even retrying or dead-lettering failed (the broker is going away, a confirm timed
             # out): hand the message back rather than leave it unacked. A reject counts towards
@@ -406,8 +417,6 @@ def subscribe_events(
                 error=repr(exc),
             )
             await message.reject(requeue=True)
-
-    # --8<-- [end:subscribe-events]
 
 
 def route(
@@ -514,7 +523,7 @@ class EventConsumer:
         self.retry_delays, self.identity = retry_delays, identity
 
     async def handle(self, message: RabbitMessage) -> None:
-        attempts = _attempts_so_far(message) + 1
+        attempts = attempts_so_far(message) + 1
         try:
             envelope, payload, handler = route(self.routes, self.queue, message.body)
             provenance = self.provenance(message, envelope)
@@ -614,7 +623,8 @@ def _routing_key(message: RabbitMessage, *, copy: bool) -> str:
     return str(original or message.raw_message.routing_key or "")
 
 
-def _attempts_so_far(message: RabbitMessage) -> int:
+def attempts_so_far(message: RabbitMessage) -> int:
+    """How often this message failed before (its ``x-warren-attempts``; 0 if unreadable)."""
     try:
         return int((message.headers or {}).get(H_ATTEMPTS, 0))
     except (TypeError, ValueError):

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 import aio_pika
 import structlog
 from aiormq.exceptions import ChannelClosed, ChannelNotFoundEntity
-from faststream import AckPolicy
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 
@@ -30,7 +29,7 @@ from services.audit.domain import broker_event
 from services.audit.repository import AuditTrail
 from shared import topology
 from shared.contracts import PoisonMessageError
-from shared.messaging import H_ATTEMPTS, H_ROUTING_KEY, EventConsumer, undecoded
+from shared.messaging import H_ROUTING_KEY, EventConsumer, attempts_so_far, consume_settled
 
 log = structlog.get_logger(__name__)
 
@@ -98,10 +97,7 @@ class BrokerEventConsumer:
         )
 
     async def handle(self, message: RabbitMessage) -> None:
-        try:
-            attempts = int((message.headers or {}).get(H_ATTEMPTS) or 0) + 1
-        except (TypeError, ValueError):
-            attempts = 1
+        attempts = attempts_so_far(message) + 1
         bound = log.bind(queue=topology.AUDIT_BROKER_EVENTS.name)
         try:
             name = self.event_name(message)
@@ -116,15 +112,4 @@ class BrokerEventConsumer:
 
 
 def subscribe_broker_events(broker: RabbitBroker, consumer: BrokerEventConsumer) -> None:
-    @broker.subscriber(
-        topology.AUDIT_BROKER_EVENTS.queue,
-        ack_policy=AckPolicy.MANUAL,
-        decoder=undecoded,
-        title=f"{topology.AUDIT_BROKER_EVENTS.name}:consume",
-    )
-    async def consume(message: RabbitMessage) -> None:
-        try:
-            await consumer.handle(message)
-        except Exception as exc:  # even the retry or DLQ copy failed: hand it back
-            log.error("could not settle a broker event; requeueing it", error=repr(exc))
-            await message.reject(requeue=True)
+    consume_settled(broker, topology.AUDIT_BROKER_EVENTS, consumer.handle)

@@ -301,39 +301,22 @@ def system_env(
 
 def _plumbing(system: System, ports: dict[str, int]) -> None:
     """The SMTP sink (with its API) and the OTLP receiver, as `make run` starts them."""
-    warren = str(BIN / "warren")
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    system.processes["smtp"] = TCPExecutor(
-        [
-            warren,
-            "mail-sink",
-            "--maildir",
-            str(system.maildir),
-            "--port",
-            str(ports["smtp"]),
-            "--api-port",
-            str(ports["mail_api"]),
-        ],
+    smtp = ["mail-sink", "--maildir", str(system.maildir), "--api-port", str(ports["mail_api"])]
+    system.processes["smtp"] = _warren_listener(system, smtp, ports["smtp"], **quiet)
+    traces = ["traces", "collect", "--output", str(system.spans_file)]
+    system.processes["traces"] = _warren_listener(system, traces, ports["otlp"])
+
+
+def _warren_listener(system: System, args: list[str], port: int, **options: Any) -> TCPExecutor:
+    """``warren <args> --port <port>``, ready when the port accepts connections."""
+    return TCPExecutor(
+        [str(BIN / "warren"), *args, "--port", str(port)],
         host="127.0.0.1",
-        port=ports["smtp"],
+        port=port,
         envvars=system.env,
         timeout=30,
-        **quiet,
-    )
-    system.processes["traces"] = TCPExecutor(
-        [
-            warren,
-            "traces",
-            "collect",
-            "--output",
-            str(system.spans_file),
-            "--port",
-            str(ports["otlp"]),
-        ],
-        host="127.0.0.1",
-        port=ports["otlp"],
-        envvars=system.env,
-        timeout=30,
+        **options,
     )
 
 

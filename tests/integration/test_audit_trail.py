@@ -29,9 +29,10 @@ from services.audit.repository import AuditTrail
 from shared import messaging, topology
 from shared.contracts import Envelope, PaymentSucceeded, StockRejected
 from shared.messaging import VERIFIED, Provenance
-from shared.settings import BrokerPasswords, WarrenSettings
+from shared.settings import WarrenSettings
 from shared.testing.memory_mongo import AsyncMongomockDatabase
 from shared.testing.system import BIN, REPO, free_port, open_mongo, rabbitmqctl_command
+from tests.support.broker_users import Broker, provision, provisioned_vhost
 from tests.support.dlq import dead_letters
 from tests.support.polling import eventually
 
@@ -76,58 +77,14 @@ async def test_the_trail_is_written_once_per_arrival_and_read_in_time_order(db: 
 # --- on the broker -------------------------------------------------------------------------------
 
 
-class Broker:
-    def __init__(self, operator: str, passwords: dict[str, str]) -> None:
-        self.operator, self.passwords = operator, passwords
-
-    def url(self, user: str, password: str | None = None) -> str:
-        """``user``'s URL on this vhost (its password, unless another is given)."""
-        address = urlsplit(self.operator)
-        secret = self.passwords[user] if password is None else password
-        netloc = f"{user}:{secret}@{address.hostname}:{address.port or 5672}"
-        return address._replace(netloc=netloc).geturl()
-
-
-def ctl(*args: str) -> None:
-    command = rabbitmqctl_command()
-    assert command is not None
-    subprocess.run([*command, *args], check=True, capture_output=True, timeout=60)
-
-
-def provision(operator: str) -> Broker:
-    """`warren topology provision` on the operator's vhost, with `make run`'s passwords (the
-    users are broker-wide: a test must not change the password a running `make run` uses)."""
-    passwords = BrokerPasswords().configured()
-    assert "audit" in passwords, "BROKER_PASSWORD_AUDIT: see .env.example"
-    env = {
-        **os.environ,
-        "RABBIT_URL": operator,
-        "RETRY_DELAYS_SECONDS": "[1]",
-        **{f"BROKER_PASSWORD_{user.upper()}": password for user, password in passwords.items()},
-    }
-    subprocess.run(
-        [str(BIN / "warren"), "topology", "provision"],
-        env=env,
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return Broker(operator, passwords)
-
-
 @pytest.fixture(scope="module")
 def broker(rabbit_url: str) -> Iterator[Broker]:
     """A vhost of its own, provisioned as `make run` provisions the broker."""
     if rabbitmqctl_command() is None:
         pytest.skip("provisioning users needs rabbitmqctl (as root)")
-    vhost = f"audit-{uuid.uuid4().hex[:8]}"
-    address = urlsplit(rabbit_url)
-    operator = address._replace(path=f"/{vhost}").geturl()
-    ctl("add_vhost", vhost)
-    ctl("set_permissions", "-p", vhost, address.username or "guest", ".*", ".*", ".*")
-    yield provision(operator)
-    ctl("delete_vhost", vhost)
+    with provisioned_vhost(rabbit_url, "audit") as provisioned:
+        assert "audit" in provisioned.passwords, "BROKER_PASSWORD_AUDIT: see .env.example"
+        yield provisioned
 
 
 class Audit:

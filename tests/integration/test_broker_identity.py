@@ -4,12 +4,7 @@ service's credentials) and asserts that RabbitMQ, or the consumer, refuses what 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Iterator
 
 import aio_pika
 import pytest
@@ -17,8 +12,9 @@ from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
 from shared import messaging, topology
 from shared.contracts import Envelope, PaymentSucceeded, StockRejected
-from shared.settings import BrokerPasswords, WarrenSettings
-from shared.testing.system import BIN, REPO, rabbitmqctl_command
+from shared.settings import WarrenSettings
+from shared.testing.system import rabbitmqctl_command
+from tests.support.broker_users import Broker, provisioned_vhost
 from tests.support.dlq import dead_letters
 from tests.support.polling import eventually
 
@@ -27,50 +23,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@dataclass
-class Broker:
-    operator: str  # the operator's URL, on this test's vhost
-    passwords: dict[str, str]
-
-    def url(self, user: str) -> str:
-        address = urlsplit(self.operator)
-        netloc = f"{user}:{self.passwords[user]}@{address.hostname}:{address.port or 5672}"
-        return address._replace(netloc=netloc).geturl()
-
-
-def ctl(*args: str) -> None:
-    command = rabbitmqctl_command()
-    assert command is not None
-    subprocess.run([*command, *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
-def broker(rabbit_url: str) -> Broker:
+def broker(rabbit_url: str) -> Iterator[Broker]:
     """A vhost of its own, provisioned by `warren topology provision` as `make run` does."""
-    vhost = f"identity-{uuid.uuid4().hex[:8]}"
-    address = urlsplit(rabbit_url)
-    operator = address._replace(path=f"/{vhost}").geturl()
-    ctl("add_vhost", vhost)
-    ctl("set_permissions", "-p", vhost, address.username or "guest", ".*", ".*", ".*")
-    # The users are broker-wide: keep the passwords `make run` uses (.env).
-    passwords = BrokerPasswords().configured()
-    assert set(passwords) == {access.user for access in topology.SERVICES}, "see .env.example"
-    env = {
-        **os.environ,
-        "RABBIT_URL": operator,
-        "RETRY_DELAYS_SECONDS": "[1]",
-        **{f"BROKER_PASSWORD_{user.upper()}": password for user, password in passwords.items()},
-    }
-    subprocess.run(
-        [str(BIN / "warren"), "topology", "provision"],
-        env=env,
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    yield Broker(operator, passwords)
-    ctl("delete_vhost", vhost)
+    with provisioned_vhost(rabbit_url, "identity") as provisioned:
+        # The users are broker-wide: the passwords are `make run`'s (.env).
+        assert set(provisioned.passwords) == {access.user for access in topology.SERVICES}
+        yield provisioned
 
 
 @pytest.fixture

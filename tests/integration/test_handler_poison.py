@@ -5,11 +5,6 @@ queue first. The case that needs it: an event whose customer id makes no email a
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncIterator
-
-import aio_pika
-import pytest
 
 from services.notification.handlers import NotificationDeps, notify_customer
 from services.notification.repository import NotificationRepository
@@ -21,17 +16,6 @@ from tests.support.dlq import dead_letters
 from tests.support.polling import eventually
 
 RETRY_DELAYS = (1, 1)  # were it retried: 3 attempts over 2 s, then "retries exhausted"
-
-
-@pytest.fixture
-async def test_queue(rabbit_url: str) -> AsyncIterator[topology.ConsumerQueue]:
-    queue = topology.ConsumerQueue(f"test.{uuid.uuid4().hex[:8]}", events=())
-    yield queue
-    connection = await aio_pika.connect(rabbit_url)
-    async with connection:
-        channel = await connection.channel()
-        for name in (queue.name, queue.dlq_name):
-            await channel.queue_delete(name)
 
 
 async def test_an_event_whose_customer_makes_no_address_is_dead_lettered_at_once(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -43,18 +43,6 @@ def confirmed(order_id: str = "o-1") -> Envelope:
     return Envelope.wrap(
         OrderConfirmed(order_id=order_id, customer_id="c", total_cents=1), source="test"
     )
-
-
-@pytest.fixture
-async def test_queue(rabbit_url: str) -> AsyncIterator[topology.ConsumerQueue]:
-    # No bindings: the tests send straight to the queue.
-    queue = topology.ConsumerQueue(f"test.{uuid.uuid4().hex[:8]}", events=())
-    yield queue
-    connection = await aio_pika.connect(rabbit_url)
-    async with connection:
-        channel = await connection.channel()
-        await channel.queue_delete(queue.name)
-        await channel.queue_delete(queue.dlq_name)
 
 
 async def run_consumer(
