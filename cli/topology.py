@@ -73,10 +73,13 @@ def export_topology(
         console.print("[red]RABBITMQ_USER and RABBITMQ_PASSWORD must be set (in .env)[/]")
         raise typer.Exit(2)
     # The delay queues the services will use: their RETRY_DELAYS_SECONDS setting.
-    delays = WarrenSettings().retry_delays_seconds
-    services = BrokerPasswords().configured()
+    settings, services = WarrenSettings(), BrokerPasswords().configured()
     exported = definitions(
-        retry_delays=delays, user=user, password=password, service_passwords=services
+        retry_delays=settings.retry_delays_seconds,
+        user=user,
+        password=password,
+        service_passwords=services,
+        queue_max_length=settings.queue_max_length,
     )
     text = json.dumps(exported, indent=2) + "\n"
     if str(output) == "-":
@@ -97,8 +100,8 @@ def provision(
         "does); if the users cannot be provisioned, say why on stderr and print nothing.",
     ),
 ) -> None:
-    """Load the topology and one broker user per service (BROKER_PASSWORD_ORDER, ...: the
-    environment, else .env) into the broker of RABBIT_URL, with `rabbitmqctl import_definitions`
+    """Load the topology, its queue length limits (policies) and one broker user per service
+    (BROKER_PASSWORD_ORDER, ...: the environment, else .env) into the broker of RABBIT_URL, with `rabbitmqctl import_definitions`
     (WARREN_RABBITMQCTL names another command, e.g. `scripts/rabbitmq4.sh ctl`). Idempotent.
 
     Each service then connects as its own user (its RABBIT_URL), with the least privilege of
@@ -109,7 +112,10 @@ def provision(
         fail(env, "no BROKER_PASSWORD_<SERVICE> is set (see .env.example)", code=2)
     vhost = unquote(urlsplit(settings.rabbit_url).path[1:]) or "/"
     exported = definitions(
-        vhost, retry_delays=settings.retry_delays_seconds, service_passwords=services
+        vhost,
+        retry_delays=settings.retry_delays_seconds,
+        service_passwords=services,
+        queue_max_length=settings.queue_max_length,
     )
     ctl = shlex.split(os.environ.get("WARREN_RABBITMQCTL", "rabbitmqctl"))
     try:
@@ -118,7 +124,10 @@ def provision(
         imported = subprocess.CompletedProcess(ctl, 1, "", str(exc))
     if imported.returncode != 0:
         fail(env, f"{' '.join(ctl)} import_definitions failed: {imported.stderr.strip()}")
-    errors.print(f"provisioned vhost {vhost}: topology and users {', '.join(services)}")
+    errors.print(
+        f"provisioned vhost {vhost}: topology, {len(exported['policies'])} queue length limits "
+        f"and users {', '.join(services)}"
+    )
     if env:
         for user, password in services.items():
             url = urlsplit(settings.rabbit_url)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from aio_pika.exceptions import DeliveryError
 from faststream import AckPolicy, BaseMiddleware
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
@@ -36,6 +37,7 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.trace import TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pamqp.commands import Basic
 
 from shared import topology
 from shared.clock import utcnow_iso
@@ -191,6 +193,17 @@ def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> Rab
         log_level=logging.DEBUG,
     )
     # --8<-- [end:make-broker]
+
+
+# --8<-- [start:push-back]
+def is_push_back(exc: BaseException) -> bool:
+    """A negative confirm (``basic.nack``): the broker took the message but a queue it goes to
+    refused it, being full (``overflow: reject-publish``). An unroutable message comes back as a
+    ``basic.return`` instead: that one is the message's fault."""
+    return isinstance(exc, DeliveryError) and isinstance(exc.frame, Basic.Nack)
+
+
+# --8<-- [end:push-back]
 
 
 # --8<-- [start:publish-event]

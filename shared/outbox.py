@@ -16,7 +16,14 @@ Two kinds of failure, treated differently:
 
 * **the broker is away** (connection lost, confirm timed out): nothing is wrong with the event.
   The relay publishes only through sweeps until one gets through, and counts nothing;
-* **the broker refused the event** (returned as unroutable, or nacked): the event itself is
+* **the broker pushes back** (a queue the event goes to is at its length limit, and the broker
+  nacks it): nothing is wrong with the event either; the consumers are behind. The relay pauses
+  (1 s, 2 s, 4 s, ... up to ``max_backoff``), then tries the oldest event alone until one gets
+  through, and counts nothing. While it pauses, :meth:`OutboxRelay.pushed_back` says for how
+  long (the order API answers 503 with that ``Retry-After``). Each nacked try still reached the
+  event's other queues -- a refusal by one queue does not undo the others -- so those get a
+  copy per try: the probe keeps that to one event per pause, and consumers are idempotent;
+* **the broker refused the event** (returned as unroutable): the event itself is
   the problem. Its attempts are counted, its next attempt backs off (2 s, 4 s, ... up to
   ``max_backoff``), and after ``max_attempts`` it is **parked**: left out of every sweep,
   shown by ``/readyz``, ``warren outbox list`` and the ledger, until an operator fixes the
@@ -44,7 +51,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.clock import utcnow_iso
 from shared.contracts import Envelope
-from shared.messaging import publish_event
+from shared.messaging import is_push_back, publish_event
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -53,8 +60,10 @@ PENDING = "pending"
 PUBLISHED = "published"
 PARKED = "parked"
 
-# The broker answered, and said no to this event: counted towards parking it.
+# The broker answered, and said no to this event: counted towards parking it (unless it is
+# push-back: shared.messaging.is_push_back).
 REFUSALS: tuple[type[Exception], ...] = (DeliveryError,)
+
 
 PublishFn = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -110,6 +119,14 @@ class OutboxRelay:
         self._held_back: set[str] = set()  # orders with an earlier event still to get through
         self._swept: set[str] = set()  # what the last sweep found
         self._wake = asyncio.Event()
+        # Push-back: the current pause (0: none), when it ends, and whether this round saw one.
+        self._pause = 0.0
+        self._resume_at = 0.0
+        self._nacked = False
+
+    def pushed_back(self) -> float:
+        """Seconds until the relay tries again after the broker pushed back (0: it is not)."""
+        return max(0.0, self._resume_at - time.monotonic())
 
     # --8<-- [start:relay]
     def wake(self, docs: Sequence[dict[str, Any]] = ()) -> None:
@@ -149,8 +166,10 @@ class OutboxRelay:
         """Hold the event's order back; if the broker refused the event, count it (and park it
         after ``max_attempts``), so that it is retried later, not first in every sweep."""
         self._held_back.add(_order_of(doc))
-        if not isinstance(exc, REFUSALS):
-            self._degraded = True  # the broker is away: nothing wrong with this event
+        if not isinstance(exc, REFUSALS) or is_push_back(exc):
+            # The broker is away, or pushes back: nothing wrong with this event. Sweeps only.
+            self._degraded = True
+            self._nacked = self._nacked or is_push_back(exc)
             return
         attempts = int(doc.get("outbox_attempts", 0)) + 1
         update: dict[str, Any] = {"outbox_attempts": attempts, "outbox_error": repr(exc)[:500]}
@@ -193,10 +212,26 @@ class OutboxRelay:
                     )
         failures = [result for result in results if isinstance(result, BaseException)]
         for failure in failures:
-            log.warning("outbox event not published", error=repr(failure))
+            if not is_push_back(failure):
+                log.warning("outbox event not published", error=repr(failure))
+        self._paced(pushed_back=self._nacked)
         if failures and not all(isinstance(f, REFUSALS) for f in failures):
             raise next(f for f in failures if not isinstance(f, REFUSALS))
         return len(done)
+
+    # --8<-- [start:pace]
+    def _paced(self, *, pushed_back: bool) -> None:
+        """After a round: pause longer while the broker pushes back, not at all once it takes."""
+        self._nacked = False
+        if not pushed_back:
+            if self._pause:
+                log.info("outbox relay: the broker takes events again")
+            self._pause = 0.0
+            return
+        self._pause = min(self.max_backoff, max(1.0, self._pause * 2))
+        self._resume_at = time.monotonic() + self._pause
+        log.warning("outbox relay: the broker pushes back (a queue is full)", pause=self._pause)
+        # --8<-- [end:pace]
 
     async def publish_fresh(self) -> int:
         """Publish the events handed over by :meth:`wake`, in the order written."""
@@ -216,6 +251,8 @@ class OutboxRelay:
         on. If the broker was away, the relay stays on sweeps until one gets through everything.
         """
         now = datetime.now(UTC)
+        # After push-back, one event probes whether the queues have room again.
+        limit = 1 if self._pause else self.batch_size
         with suppress_instrumentation():
             # Orders whose earlier event waits for its next attempt: their later events wait too.
             waiting = {
@@ -227,12 +264,12 @@ class OutboxRelay:
             cursor = (
                 self.collection.find({"outbox": PENDING, "outbox_next_at": {"$lte": now}})
                 .sort([("outbox_next_at", ASCENDING), ("_id", ASCENDING)])
-                .limit(self.batch_size)
+                .limit(limit)
             )
             batch = [doc async for doc in cursor]
         self._held_back = set(waiting)
-        # A backlog bigger than a batch: fresh events wait their turn behind it.
-        self._degraded = len(batch) == self.batch_size
+        # A backlog bigger than a batch (or a probe): fresh events wait their turn behind it.
+        self._degraded = len(batch) == limit
         try:
             return await self._publish([doc for doc in batch if _order_of(doc) not in waiting])
         finally:
@@ -244,6 +281,10 @@ class OutboxRelay:
     async def run(self) -> None:
         next_sweep = time.monotonic()
         while True:
+            if self.pushed_back():
+                # Wake-ups wait too: new events join the backlog, which the probe then leads.
+                await asyncio.sleep(self.pushed_back())
+                next_sweep = time.monotonic()  # then probe at once
             timeout = max(0.0, next_sweep - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)

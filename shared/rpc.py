@@ -35,7 +35,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from shared.contracts import Contract
-from shared.messaging import dead_letter, undecoded
+from shared.messaging import dead_letter, is_push_back, undecoded
 from shared.observability import current_trace_context
 from shared.topology import ConsumerQueue
 
@@ -147,6 +147,9 @@ class RpcClient:
                 span.set_status(StatusCode.ERROR, "timeout")
                 raise RpcUnavailableError(f"no reply from {queue} within {timeout:g}s") from exc
             except DeliveryError as exc:
+                if is_push_back(exc):  # the queue is at its length limit: answer now
+                    span.set_status(StatusCode.ERROR, "queue full")
+                    raise RpcUnavailableError(f"{queue} is full; too many waiting") from exc
                 span.set_status(StatusCode.ERROR, "unroutable")
                 raise RpcUnavailableError(f"no queue {queue} to take the request") from exc
             except (

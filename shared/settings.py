@@ -113,6 +113,10 @@ class WarrenSettings(SecretFilesFirst):
     # RETRY_DELAYS_SECONDS='[1, 5, 25]'); one more failure sends it to its DLQ. Their sum is the
     # retry budget: how long an outage the services wait out.
     retry_delays_seconds: tuple[int, ...] = RETRY_DELAYS_SECONDS
+    # Every consumer queue's length limit, when set (QUEUE_MAX_LENGTH=5: the tests see push-back
+    # at once); unset, each queue's own (shared/topology.py). Read by `warren topology
+    # provision`/`export`, which load the limits into the broker as policies.
+    queue_max_length: int | None = Field(default=None, ge=1)
     log_level: str = "INFO"
     # "console" for humans, "json" for machines (compose sets json).
     log_format: str = "console"

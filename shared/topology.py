@@ -65,6 +65,12 @@ def delay_steps(delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> list[int]:
 
 # --8<-- [end:exchanges]
 
+# --8<-- [start:queue-max-length]
+# The most messages a consumer queue holds (a stopped consumer's backlog): about a day's orders
+# at a busy shop's pace, a few hundred MB of RabbitMQ's memory and disk at most.
+QUEUE_MAX_LENGTH = 100_000
+# --8<-- [end:queue-max-length]
+
 # A quorum queue dead-letters a message redelivered this many times (a consumer that crashes
 # on it every time). Our own retry path acks and republishes, so it never counts here.
 DELIVERY_LIMIT = 10
@@ -123,6 +129,11 @@ class ConsumerQueue:
     # An audit queue: its consumer hands a forged event to the handler, with its verdict,
     # instead of dead-lettering it -- the audit records every arrival, and acts on none.
     records_forgeries: bool = False
+    # At most this many messages wait in the queue (None: no limit). Past it the broker refuses
+    # new ones with a negative confirm (reject-publish): the publisher is pushed back -- its
+    # outbox holds the event and backs off -- instead of the broker filling up. See
+    # :func:`backlog_policies` and docs/15-backlog.md.
+    max_length: int | None = QUEUE_MAX_LENGTH
 
     @property
     def routing_keys(self) -> tuple[str, ...]:
@@ -202,6 +213,9 @@ INVENTORY_QUOTES = ConsumerQueue(
     # request that cannot be read is answered with an error and copied to the DLQ.
     message_ttl_ms=QUOTE_TTL_MS,
     broker_dead_letters=False,
+    # More waiting quotes than this cannot all be answered within their TTL: refuse the next
+    # at once (the caller gets a negative confirm and answers 503) rather than let it expire.
+    max_length=1_000,
 )
 """Order asks inventory for a quote here; the answer goes to the caller's direct reply-to."""
 # --8<-- [end:quotes-queue]
@@ -490,6 +504,35 @@ def _queue_definition(queue: RabbitQueue, vhost: str) -> dict[str, Any]:
     }
 
 
+# --8<-- [start:backlog-policies]
+def backlog_policies(vhost: str, max_length: int | None = None) -> list[dict[str, Any]]:
+    """One policy per queue with a length limit: ``max-length`` and ``overflow:
+    reject-publish``. ``max_length`` replaces every queue's own (the tests make them small).
+
+    A policy, not a queue argument: a limit changes on a running broker (``warren topology
+    provision``) without deleting the queue, which a changed argument would require. Not
+    limited: the DLQs (a limit would drop dead letters, the evidence) and the delay queues
+    (what waits there is already accepted work, bounded by what the queues above let in).
+    """
+    return [
+        {
+            "vhost": vhost,
+            "name": f"warren-backlog-{queue.name}",
+            "pattern": "^" + queue.name.replace(".", r"\.") + "$",
+            "apply-to": "queues",
+            "priority": 0,
+            "definition": {
+                "max-length": max_length or queue.max_length,
+                # Refuse new messages (a negative confirm to the publisher), never drop old ones.
+                "overflow": "reject-publish",
+            },
+        }
+        for queue in ALL_QUEUES_WITH_DLQ
+        if queue.max_length is not None
+    ]
+    # --8<-- [end:backlog-policies]
+
+
 def password_hash(user: str, password: str) -> str:
     """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password)).
 
@@ -539,13 +582,15 @@ def definitions(
     user: str | None = None,
     password: str | None = None,
     service_passwords: Mapping[str, str] | None = None,
+    queue_max_length: int | None = None,
 ) -> dict[str, Any]:
     """RabbitMQ definitions equal to what :func:`declare_topology` does.
 
     With ``user``/``password`` they also hold that user (the operator: administrator), the vhost
     and its permissions: a broker that loads definitions at boot creates no default user of its
     own. ``service_passwords`` (service -> password) adds one user per service, with the least
-    privilege of :data:`SERVICES`.
+    privilege of :data:`SERVICES`. ``queue_max_length`` replaces every queue's length limit
+    (:func:`backlog_policies`).
     """
     steps = delay_steps(retry_delays)
     queues: list[RabbitQueue] = [retry_queue(delay) for delay in steps]
@@ -574,6 +619,7 @@ def definitions(
             for exchange in exchanges(retry_delays)
         ],
         "queues": [_queue_definition(queue, vhost) for queue in queues],
+        "policies": backlog_policies(vhost, queue_max_length),
         "bindings": [
             {
                 "source": source,

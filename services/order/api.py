@@ -206,8 +206,9 @@ def _unprocessable(loc: list[Any], msg: str, kind: str) -> HTTPException:
             "customer; retry after Retry-After seconds"
         },
         503: {
-            "description": "Inventory or the database did not answer in time; retry after "
-            "Retry-After with the same Idempotency-Key"
+            "description": "Inventory or the database did not answer in time, or the shop is "
+            "behind on its orders (its queues are full); retry after Retry-After with the same "
+            "Idempotency-Key"
         },
     },
 )
@@ -261,6 +262,12 @@ async def place_order(
             headers={"Retry-After": "2"},
         )
     # --8<-- [end:quote-unavailable]
+    except handlers.BackloggedError as exc:
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"detail": str(exc)},
+            headers={"Retry-After": retry_after(exc.retry_after)},
+        )
     href = f"/orders/{placed.order_id}"
     response.headers["Location"] = href
     return OrderAccepted(order_id=placed.order_id, href=href)

@@ -43,6 +43,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         ),
         # --8<-- [end:ask-inventory]
         wake_relay=relay.wake,
+        pushed_back=relay.pushed_back,
         payment_key=settings.payment_token_recipient(),
         saga_deadline_seconds=settings.saga_deadline_seconds,
     )

@@ -65,6 +65,8 @@ class OrderDeps:
     payment_key: RecipientKey
     # An order not final this long after it was placed is cancelled (and compensated).
     saga_deadline_seconds: float = 600.0
+    # Seconds until the outbox relay tries again after the broker pushed back (0: it does not).
+    pushed_back: Callable[[], float] = lambda: 0.0
 
     async def create_indexes(self) -> None:
         for repository in (self.store, self.views, self.keys):
@@ -93,6 +95,14 @@ class Placed:
 
 class QuoteUnavailableError(Exception):
     """Inventory did not answer the quote in time (or the broker is unreachable)."""
+
+
+class BackloggedError(Exception):
+    """The broker pushes back (a queue the order's events go to is full): no new order now."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"the shop is behind on its orders; retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
 
 
 class UnknownSkuError(Exception):
@@ -151,6 +161,12 @@ async def _accept(
     order_id: str, command: PlaceOrder, deps: OrderDeps, idempotency_key: str
 ) -> Placed:
     """Quote, then record ``order.placed`` (in the event store, which is also the outbox)."""
+    # --8<-- [start:backlogged]
+    if wait := deps.pushed_back():
+        # The outbox could hold the order, but the queues after it are full: taking more would
+        # only move the backlog into the database. The client retries with the same key.
+        raise BackloggedError(wait)
+    # --8<-- [end:backlogged]
     quote = await deps.quote(QuoteRequest(lines=command.lines))
     if quote.unknown_skus:
         await deps.keys.forget(idempotency_key, order_id)

@@ -33,14 +33,16 @@ def ctl(*args: str) -> None:
     subprocess.run([*command, *args], check=True, capture_output=True, timeout=60)
 
 
-def provision(operator: str) -> Broker:
+def provision(operator: str, queue_max_length: int | None = None) -> Broker:
     """`warren topology provision` on the operator's vhost, with `make run`'s passwords (the
-    users are broker-wide: a test must not change the password a running `make run` uses)."""
+    users are broker-wide: a test must not change the password a running `make run` uses).
+    ``queue_max_length``: every queue's length limit (QUEUE_MAX_LENGTH)."""
     passwords = BrokerPasswords().configured()
     env = {
         **os.environ,
         "RABBIT_URL": operator,
         "RETRY_DELAYS_SECONDS": "[1]",
+        **({"QUEUE_MAX_LENGTH": str(queue_max_length)} if queue_max_length else {}),
         **{f"BROKER_PASSWORD_{user.upper()}": password for user, password in passwords.items()},
     }
     subprocess.run(
@@ -55,7 +57,9 @@ def provision(operator: str) -> Broker:
 
 
 @contextmanager
-def provisioned_vhost(rabbit_url: str, name: str) -> Iterator[Broker]:
+def provisioned_vhost(
+    rabbit_url: str, name: str, *, queue_max_length: int | None = None
+) -> Iterator[Broker]:
     """A fresh vhost ``<name>-<random>`` with the operator's rights and every service's user
     provisioned on it; deleted afterwards (the users, broker-wide, stay)."""
     vhost = f"{name}-{uuid.uuid4().hex[:8]}"
@@ -63,6 +67,6 @@ def provisioned_vhost(rabbit_url: str, name: str) -> Iterator[Broker]:
     ctl("add_vhost", vhost)
     ctl("set_permissions", "-p", vhost, address.username or "guest", ".*", ".*", ".*")
     try:
-        yield provision(address._replace(path=f"/{vhost}").geturl())
+        yield provision(address._replace(path=f"/{vhost}").geturl(), queue_max_length)
     finally:
         ctl("delete_vhost", vhost)

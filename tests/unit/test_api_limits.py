@@ -295,6 +295,31 @@ async def test_the_default_limits_let_a_load_test_through(client: httpx.AsyncCli
     assert set(polls) == {404}
 
 
+# --- push-back from the broker: 503, not a growing backlog ----------------------------------------
+
+
+async def test_while_the_broker_pushes_back_a_new_order_is_a_503_and_a_retry_gets_its_order(
+    shop: InMemoryShop,
+) -> None:
+    """The relay says the queues after it are full (shared/outbox.py, push-back): a new order
+    is refused with Retry-After and nothing is recorded; an order accepted before is still
+    answered (202, same id) when its request is retried with the same key."""
+    accepted_key = key()
+    async with client_of(order_api(shop)) as client:
+        accepted = await client.post("/orders", json=body(), headers=accepted_key)
+        assert accepted.status_code == 202
+        shop.order.pushed_back = lambda: 2.4
+        refused = await client.post("/orders", json=body(), headers=key())
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "3"
+        assert "behind on its orders" in refused.json()["detail"]
+        again = await client.post("/orders", json=body(), headers=accepted_key)
+        assert (again.status_code, again.json()) == (202, accepted.json())
+        shop.order.pushed_back = lambda: 0.0
+        assert (await client.post("/orders", json=body(), headers=key())).status_code == 202
+    assert await orders_of(shop, "bugs-bunny") == 2
+
+
 def test_the_openapi_document_names_every_refusal(shop: InMemoryShop) -> None:
     paths = order_api(shop).openapi()["paths"]
     assert {"400", "401", "403", "413", "422", "429", "503"} <= set(

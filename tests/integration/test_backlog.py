@@ -1,0 +1,188 @@
+"""Queue length limits and push-back, on the real broker: a consumer that stops must not let its
+queue grow without bound, and the publisher must hold what the broker refuses -- not lose it.
+
+Each test provisions a vhost of its own with tiny limits (QUEUE_MAX_LENGTH=3), plays the order
+service's outbox relay against it with nobody consuming, and counts what arrives where."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import aio_pika
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.order.repository import EventStore
+from shared import messaging, topology
+from shared.contracts import OrderPlaced, PricedLine
+from shared.outbox import OutboxRelay, broker_publisher, outbox_stats
+from shared.rpc import RpcClient, RpcUnavailableError
+from shared.settings import WarrenSettings
+from shared.testing.system import rabbitmqctl_command
+from tests.support.broker_users import Broker, provisioned_vhost
+from tests.support.polling import eventually
+from tests.support.sealing import sealed_token
+
+pytestmark = pytest.mark.skipif(
+    rabbitmqctl_command() is None, reason="provisioning limits needs rabbitmqctl (as root)"
+)
+
+LIMIT = 3
+WAVE = 2
+# order.placed goes to these three queues: one full queue is enough to refuse it.
+PLACED_QUEUES = ("inventory.order-placed", "notification.order-events", "audit.events")
+
+
+@pytest.fixture(scope="module")
+def broker(rabbit_url: str) -> Iterator[Broker]:
+    with provisioned_vhost(rabbit_url, "backlog", queue_max_length=LIMIT) as provisioned:
+        yield provisioned
+
+
+@pytest.fixture
+async def store(mongo_client: AsyncMongoClient, run_id: str) -> AsyncIterator[EventStore]:
+    name = f"t{run_id}_backlog_{uuid.uuid4().hex[:8]}"
+    store = EventStore(mongo_client[name])
+    await store.create_indexes()
+    yield store
+    await mongo_client.drop_database(name)
+
+
+@contextlib.asynccontextmanager
+async def relay_as_order(broker: Broker, store: EventStore) -> AsyncIterator[OutboxRelay]:
+    """The order service's relay, connected as the order user, running in the background."""
+    settings = WarrenSettings(rabbit_url=broker.url("order"), service_name="order")
+    amqp = messaging.make_broker(settings)
+    await amqp.connect()
+    relay = OutboxRelay(store.events, broker_publisher(amqp), sweep_interval=0.2, max_backoff=1.0)
+    running = asyncio.create_task(relay.run())
+    try:
+        yield relay
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await amqp.stop()
+
+
+def settled(relay: OutboxRelay, store: EventStore) -> Callable[[], Awaitable[bool]]:
+    """Whether the relay has published all it holds, or is pushed back."""
+
+    async def probe() -> bool:
+        return bool(relay.pushed_back()) or (await outbox_stats(store.events))["pending"] == 0
+
+    return probe
+
+
+async def queue_depth(broker: Broker, name: str) -> int:
+    connection = await aio_pika.connect(broker.operator)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.message_count or 0
+
+
+async def drain(broker: Broker, queue: str) -> list[str]:
+    """Take every message waiting in ``queue``; their message ids."""
+    taken = []
+    connection = await aio_pika.connect(broker.operator)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        while (message := await declared.get(fail=False)) is not None:
+            taken.append(str(message.message_id))
+            await message.ack()
+    return taken
+
+
+async def place(store: EventStore, count: int) -> list[str]:
+    """``count`` orders' order.placed, saved pending as the order service saves them; their
+    event ids."""
+    ids = []
+    for _ in range(count):
+        order_id = str(uuid.uuid4())
+        placed = OrderPlaced(
+            order_id=order_id,
+            customer_id="bugs-bunny",
+            lines=(PricedLine(sku="CARROT-MUG", quantity=1, unit_price_cents=1250),),
+            total_cents=1250,
+            sealed_payment_token=sealed_token(order_id),
+        )
+        [doc] = await store.append(order_id, 0, [placed])
+        ids.append(doc["envelope"]["id"])
+    return ids
+
+
+async def test_a_full_queue_pushes_the_relay_back_and_every_event_gets_through_later(
+    broker: Broker, store: EventStore
+) -> None:
+    async with relay_as_order(broker, store) as relay:
+        # Nobody consumes. Orders come in twos until the queues are full and the broker nacks
+        # (a quorum queue checks its limit as messages arrive: a wave in flight may overshoot).
+        events: list[str] = []
+        while not relay.pushed_back():
+            assert len(events) < 10 * LIMIT, "never pushed back: are the limits provisioned?"
+            events += await place(store, WAVE)
+            relay.wake()
+            await eventually(settled(relay, store), what="the wave published or pushed back")
+        held = await place(store, WAVE)  # what comes in meanwhile is held too
+        events += held
+        stats = await outbox_stats(store.events)
+        assert stats["pending"] >= WAVE  # held in the outbox, not dropped
+        assert stats["parked"] == 0  # push-back is not the event's fault: nothing parked
+        unpublished = [d async for d in store.events.find({"outbox": "pending"})]
+        assert all(d.get("outbox_attempts", 0) == 0 for d in unpublished)  # nor counted
+        for name in PLACED_QUEUES:
+            assert await queue_depth(broker, name) <= LIMIT + WAVE
+
+        # The consumers catch up (here: the test takes what waits); the relay's probe gets
+        # through and the rest follows, until the outbox is empty.
+        arrived: dict[str, list[str]] = {name: [] for name in PLACED_QUEUES}
+
+        async def catch_up() -> int:
+            for name in PLACED_QUEUES:
+                arrived[name] += await drain(broker, name)
+            return (await outbox_stats(store.events))["pending"]
+
+        await eventually(catch_up, until=lambda pending: pending == 0, timeout=60)
+        for name in PLACED_QUEUES:
+            arrived[name] += await drain(broker, name)
+        assert relay.pushed_back() == 0
+
+    # Nothing lost: every event reached every queue it is bound to.
+    for name in PLACED_QUEUES:
+        assert set(arrived[name]) == set(events), name
+    # A nacked publish still reached the queues that had room: those hold a copy per try.
+    # That is what the consumers' idempotency is for; the probe keeps it to a few.
+    extra = {name: len(arrived[name]) - len(events) for name in PLACED_QUEUES}
+    assert all(0 <= copies <= len(events) for copies in extra.values()), extra
+
+
+async def test_a_request_to_a_full_queue_is_refused_at_once_not_left_to_time_out(
+    broker: Broker,
+) -> None:
+    """inventory.quotes holds at most its limit of waiting requests: the next caller hears
+    "full" from the broker's negative confirm at once (the API answers 503), while the ones
+    already waiting are still waiting."""
+    rpc = RpcClient(broker.url("order"), app_id="order")
+    ask = functools.partial(rpc.request, topology.INVENTORY_QUOTES.name, {}, timeout=10.0)
+    waiting = [asyncio.create_task(ask()) for _ in range(LIMIT)]
+    try:
+        await eventually(
+            lambda: queue_depth(broker, topology.INVENTORY_QUOTES.name),
+            until=lambda depth: depth == LIMIT,
+            what="the quotes queue at its limit",
+        )
+        with pytest.raises(RpcUnavailableError, match="is full"):
+            await ask()
+        assert not any(task.done() for task in waiting)
+    finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await rpc.close()
+        await drain(broker, topology.INVENTORY_QUOTES.name)
