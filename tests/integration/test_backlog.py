@@ -186,3 +186,24 @@ async def test_a_request_to_a_full_queue_is_refused_at_once_not_left_to_time_out
         await asyncio.gather(*waiting, return_exceptions=True)
         await rpc.close()
         await drain(broker, topology.INVENTORY_QUOTES.name)
+
+
+async def test_a_retry_coming_back_to_a_full_queue_is_not_lost(broker: Broker) -> None:
+    """A failed message waits in a delay queue, then the broker dead-letters it back to its
+    queue. Into a full queue that would drop it (a dead letter has no publisher to push back);
+    a quorum queue takes it past its limit instead -- measured here, on 3.10 and 4.x alike."""
+    queue = topology.PAYMENT_ORDER_CANCELLED.name
+    connection = await aio_pika.connect(broker.operator)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        with contextlib.suppress(aio_pika.exceptions.DeliveryError):
+            for n in range(2 * LIMIT):  # until the queue refuses
+                await channel.default_exchange.publish(
+                    aio_pika.Message(b"{}", message_id=f"filler-{n}"), routing_key=queue
+                )
+        full = await queue_depth(broker, queue)
+        assert full >= LIMIT
+        retry = await channel.get_exchange(topology.retry_exchange(1).name, ensure=False)
+        await retry.publish(aio_pika.Message(b"{}", message_id="the-retry"), routing_key=queue)
+        await eventually(lambda: queue_depth(broker, queue), until=lambda depth: depth == full + 1)
+    assert "the-retry" in await drain(broker, queue)
