@@ -28,9 +28,15 @@ test: $(STAMP) ## Run every test (starts RabbitMQ if down; the tests start the M
 
 RABBITMQ4_URL := amqp://guest:guest@127.0.0.1:5673/
 
+# The 4.x node also listens for AMQPS, with a CA of the tests' own (tests/integration/test_tls.py).
+TEST_TLS_DIR := $(CURDIR)/.run/test-tls
+RABBITMQ4_AMQPS_URL := amqps://guest:guest@localhost:5674/?cafile=$(TEST_TLS_DIR)/ca.pem
+
 test-rabbitmq4: $(STAMP) ## The broker tests against RabbitMQ 4.x with 4.3's defaults (builds it once, ~6 min)
-	@scripts/rabbitmq4.sh start
+	@$(BIN)/warren certs generate --output $(TEST_TLS_DIR)
+	@RABBITMQ4_TLS_DIR=$(TEST_TLS_DIR) scripts/rabbitmq4.sh start
 	RABBIT_URL=$(RABBITMQ4_URL) WARREN_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
+		WARREN_TEST_AMQPS_URL="$(RABBITMQ4_AMQPS_URL)" \
 		$(BIN)/pytest tests/integration tests/e2e tests/faults tests/chaos $(PYTEST_ARGS)
 	@scripts/rabbitmq4.sh version
 
@@ -51,6 +57,9 @@ run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it al
 	@# One broker user per service (rabbitmqctl, as root); else every service is the operator.
 	eval "$$($(BIN)/warren topology provision --env)"; \
 	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=500 $(BIN)/honcho start
+
+certs: $(STAMP) ## TLS: a development CA and the broker's and MongoDB's certificates in secrets/tls (for docker-compose.tls.yml)
+	$(BIN)/warren certs generate --readable --output secrets/tls
 
 demo: $(STAMP) ## Place a sample order and follow it to its final state (needs `make run` or compose)
 	$(BIN)/warren demo

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from cli import (
     audit,
+    certs,
     demo,
     dlq,
     keys,
@@ -52,22 +53,26 @@ app.add_typer(outbox.app, name="outbox")
 app.add_typer(traces.app, name="traces")
 app.add_typer(keys.app, name="keys")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(certs.app, name="certs")
 
 console = Console()
 
 
 # The addresses compose publishes on this machine, from .env (docker-compose.yml's `ports:`).
+# MongoDB as the operator (infra/mongo/init-users.js): its password goes in MONGO_PASSWORD, which
+# the settings put into MONGO_URL, URL-quoted, as a container's secret file mongo_password.
 COMPOSE_ADDRESSES = {
     "RABBIT_URL": "amqp://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@127.0.0.1:{HOST_PORT_RABBITMQ}/",
-    "MONGO_URL": "mongodb://127.0.0.1:{HOST_PORT_MONGO}",
+    "MONGO_URL": "mongodb://operator@127.0.0.1:{HOST_PORT_MONGO}/?authSource=admin",
+    "MONGO_PASSWORD": "{MONGO_PASSWORD_OPERATOR}",
     "MAIL_API_URL": "http://127.0.0.1:{HOST_PORT_MAILPIT}",
     "WARREN_API": "http://127.0.0.1:{HOST_PORT_API}",
 }
 
 
 def use_compose() -> None:
-    """Point this command at the compose stack from the host: the broker user and the host
-    ports come from .env, as docker-compose.yml uses them."""
+    """Point this command at the compose stack from the host: the broker user, the database's
+    operator and the host ports come from .env, as docker-compose.yml uses them."""
     values = {**dotenv_values(".env"), **os.environ}
     try:
         os.environ.update({k: v.format(**values) for k, v in COMPOSE_ADDRESSES.items()})
@@ -84,8 +89,9 @@ def _observe(
         False,
         "--compose",
         envvar="WARREN_COMPOSE",
-        help="Talk to the compose stack from this machine (user and ports from .env). "
-        "Inside a container, use `docker compose exec order warren ...` instead.",
+        help="Talk to the compose stack from this machine, as the operator (users and ports "
+        "from .env). Inside a container, `docker compose exec order warren ...` runs as that "
+        "service: its own database only.",
     ),
 ) -> None:
     """Trace the CLI's own work (e.g. DLQ replays) when OTEL_* variables say where to send it."""

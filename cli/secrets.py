@@ -21,9 +21,11 @@ from dotenv import dotenv_values
 from rich.console import Console
 
 # The variables of .env that are secrets: the operator's and each service's broker password,
-# the private keys that open payment tokens, the key that signs the API's bearer tokens.
+# MongoDB's root password and each of its users' (every service's, the operator's), the private
+# keys that open payment tokens, the key that signs the API's bearer tokens.
 SECRET_VARIABLES = re.compile(
-    r"RABBITMQ_PASSWORD|BROKER_PASSWORD_[A-Z0-9_]+|PAYMENT_TOKEN_KEYS|API_TOKEN_SECRET"
+    r"RABBITMQ_PASSWORD|BROKER_PASSWORD_[A-Z0-9_]+|MONGO_ROOT_PASSWORD|MONGO_PASSWORD_[A-Z0-9_]+"
+    r"|PAYMENT_TOKEN_KEYS|API_TOKEN_SECRET"
 )
 
 app = typer.Typer(help="The secret files compose gives the containers.", no_args_is_help=True)

@@ -9,6 +9,9 @@ against its schema. This script executes it instead, as far as a single machine 
 * its ``secrets:``: the files compose would mount in /run/secrets, copied into a folder of the
   container's own, which its ``WARREN_SECRETS_DIR`` names instead; and no secret in its
   environment (env_file hands every container all of .env: a secret not blanked fails here);
+* its MongoDB login, checked, then dropped: a container whose MONGO_URL names a user must get
+  its secret ``mongo_password``; the MongoDB stand-in has no authentication (it cannot take a
+  login at all), so the process connects without user and password, and says so;
 * what ``cap_drop: [ALL]`` and ``no-new-privileges`` take away, taken away (``setpriv``: the
   processes run with no capability and cannot gain one); ``read_only``, checked after the run:
   a container that wrote into its working folder or HOME (the image's read-only /app and
@@ -30,7 +33,8 @@ It fails, naming the service, when compose and the code disagree: a variable mis
 misspelled, a wrong port, a command that does not exist, a secret missing or leaked. What it
 cannot rehearse: the images themselves (the Dockerfile's build, Python 3.12 instead of this
 machine's, its user: the processes run as root without capabilities, not as uid 10001), the
-infrastructure containers' own commands, healthchecks and hardening, one namespace per
+infrastructure containers' own commands, healthchecks and hardening (MongoDB's users and its
+authentication among them: infra/mongo/init-users.js never runs here), one namespace per
 container and the two networks (the app processes share one namespace, which has no route out
 at all), a read-only root filesystem beyond the working folder and HOME (a write to /tmp goes
 to this machine's), and replicas (one payment process, not two: both would listen on the same
@@ -59,6 +63,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -256,6 +261,8 @@ class Rehearsal:
     forwarder: Forwarder
     compose: dict[str, Any] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # The containers whose MongoDB login was checked, then dropped (see without_mongo_login).
+    mongo_logins: dict[str, str] = field(default_factory=dict)
 
     # --- processes ---
 
@@ -310,10 +317,43 @@ class Rehearsal:
                 f"{name}: its environment carries {', '.join(leaks)}; compose must give a "
                 "secret as a file (`secrets:`), and blank it where env_file hands .env over"
             )
-        secrets = str(self.secrets_folder(name, service))
+        folder = self.secrets_folder(name, service)
+        env = self.without_mongo_login(name, env, folder)
+        secrets = str(folder)
         env = {k: re.sub(r"^/run/secrets(?=/|$)", secrets, v) for k, v in env.items()}
         path = f"{BIN}{os.pathsep}/usr/bin:/bin"
         return {**env, "PATH": path, "HOME": str(self.root(name) / "home")}
+
+    def without_mongo_login(self, name: str, env: dict[str, str], folder: Path) -> dict[str, str]:
+        """The container's environment without its MongoDB login, which the stand-in cannot take.
+
+        Under compose each service logs in to MongoDB as its own user: MONGO_URL names it, the
+        secret file mongo_password holds its password. nx-27017 has no authentication at all:
+        it answers a client's SASL login without a payload, and PyMongo gives up on every
+        operation (KeyError 'payload'). So the rehearsal checks what it can -- MONGO_URL names a
+        user and the container gets its mongo_password, as it would need to log in -- then
+        connects without: the user leaves MONGO_URL, the file leaves the secrets folder. Which
+        user may read what is MongoDB's to enforce (tests/unit/test_mongo_users.py checks the
+        users against the services; no MongoDB runs here)."""
+        url = env.get("MONGO_URL", "")
+        parts = urlsplit(url)
+        if not parts.username:
+            return env  # nothing to log in with; a stray mongo_password stays and fails
+        password = folder / "mongo_password"
+        if name not in self.mongo_logins:
+            if not password.is_file() or not password.read_text().strip():
+                raise RehearsalError(
+                    f"{name}: MONGO_URL names the user {parts.username} but the container gets "
+                    "no secret mongo_password: it could not log in to MongoDB under compose"
+                )
+            password.unlink()
+            self.mongo_logins[name] = parts.username
+            log(
+                f"{name}: logs in to MongoDB as {parts.username} (password: its secret file); "
+                "the stand-in has no authentication, so it connects without"
+            )
+        host = parts.netloc.rpartition("@")[2]
+        return {**env, "MONGO_URL": parts._replace(netloc=host).geturl()}
 
     def in_container(self, service: dict[str, Any], argv: list[str]) -> list[str]:
         """``argv`` as compose runs it in the service's container: in the namespace (with

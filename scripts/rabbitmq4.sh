@@ -15,7 +15,8 @@
 # (about 5 minutes on 2 cores) and the server package is unpacked beside it. apt reads a private
 # sources list and lists directory under the cache: the machine's own apt state is left alone.
 #
-# The node: rabbit4@localhost, AMQP on 5673, management on 15673, distribution on 25673. Its
+# The node: rabbit4@localhost, AMQP on 5673, management on 15673, distribution on 25673, and
+# with RABBITMQ4_TLS_DIR=<folder of `warren certs generate`> AMQPS on 5674. Its
 # configuration (infra/rabbitmq/rabbitmq4-test.conf) applies RabbitMQ 4.3's defaults where they
 # differ from 4.0's; docs/13-rabbitmq-versions.md says which 4.3 behaviours that covers.
 set -euo pipefail
@@ -28,6 +29,10 @@ state="$cache/state"              # the node's data, logs, config: recreated by 
 port="${RABBITMQ4_PORT:-5673}"
 mgmt_port="${RABBITMQ4_MANAGEMENT_PORT:-15673}"
 dist_port="${RABBITMQ4_DIST_PORT:-25673}"
+tls_port="${RABBITMQ4_TLS_PORT:-5674}"
+# A folder from `warren certs generate` (ca.pem, rabbitmq.pem, rabbitmq-key.pem): with it, the
+# node also listens for AMQPS on $tls_port (tests/integration/test_tls.py).
+tls_dir="${RABBITMQ4_TLS_DIR:-}"
 node="rabbit4@localhost"
 
 log() { echo "[rabbitmq4] $*" >&2; }
@@ -98,14 +103,34 @@ node_env() {
   export HOME="${HOME:-/root}"
 }
 
-answers() { python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), timeout=1).close()" 2>/dev/null; }
+answers() { python3 -c "import socket; socket.create_connection(('127.0.0.1', ${1:-$port}), timeout=1).close()" 2>/dev/null; }
+
+tls_config() {
+  cat <<EOF
+# AMQPS with Warren's development CA (warren certs generate). No client certificates: the
+# clients authenticate with their user and password, inside the encrypted connection.
+listeners.ssl.default = $tls_port
+ssl_options.cacertfile = $tls_dir/ca.pem
+ssl_options.certfile = $tls_dir/rabbitmq.pem
+ssl_options.keyfile = $tls_dir/rabbitmq-key.pem
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+EOF
+}
 
 start() {
   build
   node_env
-  if answers; then log "already running on 127.0.0.1:$port"; version; return; fi
+  if answers; then
+    if [ -z "$tls_dir" ] || answers "$tls_port"; then
+      log "already running on 127.0.0.1:$port"; version; return
+    fi
+    log "running without AMQPS: restarting it with $tls_dir"
+    rabbitmqctl -q -n "$node" stop "$RABBITMQ_PID_FILE"
+  fi
   rm -rf "$state" && mkdir -p "$state/log" "$state/mnesia"
   sed -e "s/@PORT@/$port/" -e "s/@MGMT_PORT@/$mgmt_port/" "$here/infra/rabbitmq/rabbitmq4-test.conf" >"$state/rabbitmq.conf"
+  if [ -n "$tls_dir" ]; then tls_config >>"$state/rabbitmq.conf"; fi
   # The event exchange (amq.rabbitmq.event): the audit service records the broker's security
   # events from it (docs/14-security.md). A node already running gets it with
   # `scripts/rabbitmq4.sh plugins enable rabbitmq_event_exchange`, no restart needed.
@@ -113,7 +138,8 @@ start() {
   log "starting $node on 127.0.0.1:$port (management :$mgmt_port)"
   rabbitmq-server -detached
   for _ in $(seq 1 120); do
-    if answers && rabbitmqctl -q -n "$node" await_startup --timeout 5 >/dev/null 2>&1; then
+    if answers && rabbitmqctl -q -n "$node" await_startup --timeout 5 >/dev/null 2>&1 \
+        && { [ -z "$tls_dir" ] || answers "$tls_port"; }; then
       version
       return
     fi
@@ -135,7 +161,9 @@ version() {
   local v otp
   v=$(rabbitmqctl -q -n "$node" version)
   otp=$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().')
-  echo "RabbitMQ $v on Erlang/OTP $otp at amqp://127.0.0.1:$port/ (node $node)"
+  local tls=""
+  if answers "$tls_port"; then tls=" and amqps://localhost:$tls_port/"; fi
+  echo "RabbitMQ $v on Erlang/OTP $otp at amqp://127.0.0.1:$port/$tls (node $node)"
 }
 
 case "${1:-}" in

@@ -17,6 +17,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from shared.tls import checked_broker_url
+
 # Delay before the 1st, 2nd, 3rd... retry of a failed message. A retry beyond the last goes to
 # the queue's DLQ. Quick at first (a blip), then a capped exponential tail: together they outlast
 # a realistic outage -- a database failover, a broker restart, a minute of maintenance -- so that
@@ -96,7 +98,11 @@ def with_password(url: str, password: str) -> str:
 class WarrenSettings(SecretFilesFirst):
     """Values every service needs. Read from the environment (and `.env` when present)."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # A settings error never shows what was read: under compose that includes the passwords of
+    # the secret files (a model-level error would print every input).
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     service_name: str = "warren"
     rabbit_url: str = "amqp://guest:guest@127.0.0.1:5672/"
@@ -104,6 +110,11 @@ class WarrenSettings(SecretFilesFirst):
     # as a secret file (rabbit_password) and RABBIT_URL names the user alone.
     rabbit_password: SecretStr | None = None
     mongo_url: str = "mongodb://127.0.0.1:27017"
+    # The database password, when it is not in MONGO_URL: under compose each service's own comes
+    # as a secret file (mongo_password) and MONGO_URL names the user alone
+    # (mongodb://order@mongo:27017/?authSource=admin). Locally, no password: the stand-in has no
+    # authentication.
+    mongo_password: SecretStr | None = None
     # Each service owns a database of its own: `<mongo_db_prefix>_<service>`.
     mongo_db_prefix: str = "warren"
     # Unacknowledged messages a consumer may hold at once: small, so that competing
@@ -148,11 +159,32 @@ class WarrenSettings(SecretFilesFirst):
         # --8<-- [end:settings]
 
     @model_validator(mode="after")
+    def _rabbit_url_verifies_the_broker(self) -> Self:
+        checked_broker_url(self.rabbit_url)  # no TLS that accepts any certificate
+        return self
+
+    @model_validator(mode="after")
     def _rabbit_password_into_url(self) -> Self:
         if self.rabbit_password is not None:
             password = self.rabbit_password.get_secret_value()
             self.rabbit_url = with_password(self.rabbit_url, password)
         return self
+
+    # --8<-- [start:mongo-password]
+    @model_validator(mode="after")
+    def _mongo_password_into_url(self) -> Self:
+        if self.mongo_password is not None:
+            if not urlsplit(self.mongo_url).username:
+                # No default user, as RabbitMQ's guest: a password for nobody is a mistake.
+                # (Without a user, the URL holds no password either: safe to show.)
+                raise ValueError(
+                    f"MONGO_URL ({self.mongo_url}) names no user for the MongoDB password "
+                    "(mongo_password): mongodb://<user>@<host>:27017/?authSource=admin"
+                )
+            password = self.mongo_password.get_secret_value()
+            self.mongo_url = with_password(self.mongo_url, password)
+        return self
+        # --8<-- [end:mongo-password]
 
 
 class BrokerPasswords(SecretFilesFirst):

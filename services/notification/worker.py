@@ -59,6 +59,7 @@ from shared import topology
 from shared.clock import DatabaseClock, utcnow_iso
 from shared.mongo import CLIENT_OPTIONS
 from shared.observability import setup_observability
+from shared.tls import celery_broker
 
 TASK_NAME = "notification.send_email"
 # Stale claims of one notification (its worker died or froze mid-send) before it is failed.
@@ -308,9 +309,12 @@ class EmailConsumer(Consumer):
 
 # --8<-- [start:make-celery]
 def make_celery(settings: NotificationSettings) -> Celery:
-    app = Celery("warren-notification", broker=settings.rabbit_url)
+    # Over amqps, the broker's certificate and name verified as aio-pika verifies them.
+    broker_url, broker_tls = celery_broker(settings.rabbit_url)
+    app = Celery("warren-notification", broker=broker_url)
     queue = email_queue()
     app.conf.update(
+        broker_use_ssl=broker_tls,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         # A task that failed for good is rejected, not acked: it goes to notification.emails.dlq.

@@ -4,7 +4,9 @@ disagree.
 
 With one variable taken out of docker-compose.yml, the app containers fall back to the code's
 defaults (127.0.0.1), which in a container -- and in the rehearsal's network namespace -- is
-nobody. With one secret no longer blanked, env_file would hand it to every container.
+nobody. With one secret no longer blanked, env_file would hand it to every container. A service
+that names its MongoDB user but gets no password could not log in (the stand-in has no
+authentication: the rehearsal checks the login is there, then connects without).
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def test_a_password_changed_for_compose_reaches_the_broker_and_every_service(
     assert result.returncode == 0, result.stdout[-3000:]
     assert "CONFIRMED, traced by" in result.stdout, result.stdout[-3000:]
     assert "wrote nothing into their working folder or HOME" in result.stdout
+    # Each its own MongoDB user, its password present (the stand-in then takes no login).
+    for container, user in (("seed", "inventory"), ("order", "order"), ("audit", "audit")):
+        assert f"{container}: logs in to MongoDB as {user} (password: its secret file)" in (
+            result.stdout
+        )
 
 
 def test_the_rehearsal_fails_when_a_secret_reaches_an_environment(
@@ -81,11 +88,35 @@ def test_the_rehearsal_fails_when_a_secret_reaches_an_environment(
     assert "its environment carries BROKER_PASSWORD_ORDER" in result.stdout, result.stdout[-2000:]
 
 
+def _without_in_service(compose: str, service: str, text: str) -> str:
+    """``compose`` with ``text`` taken out of one service's section (and nowhere else)."""
+    start = compose.index(f"\n  {service}:\n")
+    end = compose.index("\n  # ---", start)
+    section = compose[start:end]
+    assert section.count(text) == 1, (service, text)
+    return compose[:start] + section.replace(text, "") + compose[end:]
+
+
 def test_the_rehearsal_fails_when_compose_loses_a_variable(rabbit_url: str, tmp_path: Path) -> None:
     compose = (REPO / "docker-compose.yml").read_text()
-    line = "  MONGO_URL: mongodb://mongo:27017\n"
-    assert compose.count(line) == 1
-    result = _rehearse(_project(tmp_path, compose.replace(line, "")), rabbit_url)
+    line = "      MONGO_URL: mongodb://inventory@mongo:27017/?authSource=admin\n"
+    result = _rehearse(_project(tmp_path, _without_in_service(compose, "seed", line)), rabbit_url)
     assert result.returncode == 1, result.stdout[-2000:]
     assert "FAILED: seed exited with 1" in result.stdout, result.stdout[-2000:]
-    assert "127.0.0.1:27017" in result.stdout  # the default it fell back to, refused
+    # The default it fell back to, with the password of its secret file for nobody: refused.
+    assert "MONGO_URL (mongodb://127.0.0.1:27017) names no user" in result.stdout
+
+
+def test_the_rehearsal_fails_when_a_service_names_its_mongodb_user_without_its_password(
+    rabbit_url: str, tmp_path: Path
+) -> None:
+    compose = (REPO / "docker-compose.yml").read_text()
+    secret = "      - source: mongo_password_audit\n        target: mongo_password\n"
+    result = _rehearse(
+        _project(tmp_path, _without_in_service(compose, "audit", secret)), rabbit_url
+    )
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert (
+        "FAILED: audit: MONGO_URL names the user audit but the container gets no secret "
+        "mongo_password"
+    ) in result.stdout, result.stdout[-2000:]

@@ -9,6 +9,7 @@ import pytest
 from dotenv import dotenv_values
 
 from cli import main
+from shared.settings import SECRETS_DIR_VARIABLE, WarrenSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,11 @@ def test_compose_addresses_come_from_env_as_compose_publishes_them(
     assert os.environ["RABBIT_URL"] == (
         f"amqp://{env['RABBITMQ_USER']}:changed@127.0.0.1:{env['HOST_PORT_RABBITMQ']}/"
     )
-    assert os.environ["MONGO_URL"] == f"mongodb://127.0.0.1:{env['HOST_PORT_MONGO']}"
+    # MongoDB as the operator (infra/mongo/init-users.js), its password from .env.
+    assert os.environ["MONGO_URL"] == (
+        f"mongodb://operator@127.0.0.1:{env['HOST_PORT_MONGO']}/?authSource=admin"
+    )
+    assert os.environ["MONGO_PASSWORD"] == env["MONGO_PASSWORD_OPERATOR"]
     assert os.environ["MAIL_API_URL"] == f"http://127.0.0.1:{env['HOST_PORT_MAILPIT']}"
     assert os.environ["WARREN_API"] == f"http://127.0.0.1:{env['HOST_PORT_API']}"
 
@@ -39,3 +44,20 @@ def test_compose_without_the_values_says_which_is_missing(
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(main.typer.Exit):
         main.use_compose()
+
+
+def test_compose_commands_log_in_to_mongodb_as_the_operator_with_a_quoted_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv(SECRETS_DIR_VARIABLE, raising=False)
+    for name in (*main.COMPOSE_ADDRESSES, "WARREN_COMPOSE"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MONGO_PASSWORD_OPERATOR", "op/er@tor")
+    main.use_compose()
+    settings = WarrenSettings()
+    port = dotenv_values(REPO / ".env")["HOST_PORT_MONGO"]
+    assert (
+        settings.mongo_url == f"mongodb://operator:op%2Fer%40tor@127.0.0.1:{port}/?authSource=admin"
+    )

@@ -4,7 +4,9 @@ This covers the Compose JSON schema, a healthcheck on every long-running contain
 `depends_on` with explicit conditions, every variable the file interpolates being defined in
 .env.example, the commands the app image runs pointing at modules that exist, and the
 containers' hardening: read-only root filesystems, no capabilities, `no-new-privileges`, two
-networks, and secrets as files that only their containers get, never in an environment.
+networks, and secrets as files that only their containers get, never in an environment; and
+MongoDB with authentication, each service logging in as its own user with its own password
+(the users themselves: tests/unit/test_mongo_users.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ APP_MODULES = [
     "services.notification.worker",
     "services.audit",
 ]
+
+# A service's MONGO_URL: its own user, no password (that is its secret file mongo_password),
+# users in `admin` (infra/mongo/init-users.js creates them there).
+_MONGO_URL = re.compile(r"mongodb://([a-z]+)@mongo:27017/\?authSource=admin")
+
+# The MongoDB user of each app container whose user is not named after it: the seed job loads
+# inventory's catalogue, the Celery worker is notification's.
+MONGO_USER_OF = {"seed": "inventory", "celery-worker": "notification"}
 
 # ${VAR}, ${VAR:?msg}, ${VAR:-default}, ${VAR-default}, ... but not the escaped $${VAR}.
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[?\-+][^}]*)?\}")
@@ -127,7 +137,7 @@ def test_yaml_anchors_resolve_into_every_app_service() -> None:
         env = svc["environment"]
         assert "<<" not in env, f"{name}: environment merge key left unresolved"
         assert env["RABBIT_URL"].endswith("@rabbitmq:5672/"), name
-        assert env["MONGO_URL"] == "mongodb://mongo:27017", name
+        assert _MONGO_URL.fullmatch(env["MONGO_URL"]), (name, env["MONGO_URL"])
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name
         assert env["LOG_FORMAT"] == "json", name
         # The Celery worker's traces say whose work it does, as in the local run.
@@ -511,6 +521,90 @@ def test_each_service_gets_its_own_broker_password_and_no_other_secret() -> None
         env, secrets = svc["environment"], _secrets_of(svc)
         user = env["RABBIT_URL"].removeprefix("amqp://").partition("@")[0]
         assert secrets.pop("rabbit_password") == f"broker_password_{user}", name
+        # The same user on both: its MongoDB password (test below) and nothing else of another.
+        assert secrets.pop("mongo_password") == f"mongo_password_{user}", name
         assert set(secrets) == set(secrets.values()) == others.get(name, set()), name
         assert env["WARREN_SECRETS_DIR"] == "/run/secrets", name
-    assert not _secrets_of(_services()["seed"]), "seed uses no secret"
+    # seed uses no broker: inventory's MongoDB password alone.
+    assert _secrets_of(_services()["seed"]) == {"mongo_password": "mongo_password_inventory"}
+
+
+# --- (g) MongoDB: authentication, one user per service (docs/14-security.md) -------------------
+
+
+def test_mongodb_starts_with_authentication_and_creates_the_users_at_first_start() -> None:
+    """The image's entrypoint adds --auth when it has a root user and password, creates root
+    at the first start of an empty volume, then runs /docker-entrypoint-initdb.d/*.js."""
+    mongo = _services()["mongo"]
+    env, secrets = mongo["environment"], _secrets_of(mongo)
+    assert env["MONGO_INITDB_ROOT_USERNAME"] == "root"
+    # Root's password as a file (the entrypoint reads *_FILE), never as a value.
+    assert "MONGO_INITDB_ROOT_PASSWORD" not in env
+    password_file = env["MONGO_INITDB_ROOT_PASSWORD_FILE"]
+    assert password_file == "/run/secrets/mongo_root_password"
+    assert secrets["mongo_root_password"] == "mongo_root_password"
+    # The image's own command (mongod): nothing that turns authentication off.
+    assert "command" not in mongo and "entrypoint" not in mongo
+    assert env["MONGO_DB_PREFIX"] == "${MONGO_DB_PREFIX:?set it in .env}"
+    assert (
+        "./infra/mongo/init-users.js:/docker-entrypoint-initdb.d/init-users.js:ro"
+        in (mongo["volumes"])
+    )
+    # The script reads every user's password: the container gets each one, and no other secret.
+    users = {name.lower() for name in _secret_variables() if name.startswith("MONGO_PASSWORD_")}
+    assert set(secrets) == set(secrets.values()) == users | {"mongo_root_password"}
+
+
+def test_the_mongodb_healthcheck_logs_in_as_nobody() -> None:
+    # `ping` requires no authentication (mongod: PingCommand::requiresAuth() is false), so the
+    # check works with authentication on and holds no password.
+    test = _services()["mongo"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "mongosh"]
+    assert "db.adminCommand('ping').ok" in test
+    assert not {"-u", "-p", "--username", "--password"} & set(test)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(set(_app_services()) - {"broker-definitions"}), ids=lambda name: name
+)
+def test_each_service_logs_in_to_mongodb_as_its_own_user_with_its_own_password(
+    name: str,
+) -> None:
+    svc = _services()[name]
+    match = _MONGO_URL.fullmatch(svc["environment"]["MONGO_URL"])
+    assert match, f"{name}: MONGO_URL {svc['environment']['MONGO_URL']!r}"
+    user = match.group(1)
+    assert user == MONGO_USER_OF.get(name, name), name
+    if "RABBIT_URL" in svc["environment"] and name != "seed":
+        assert svc["environment"]["RABBIT_URL"].startswith(f"amqp://{user}@"), name
+    secrets = _secrets_of(svc)
+    assert secrets["mongo_password"] == f"mongo_password_{user}", name
+    assert not {s for s in secrets.values() if s.startswith("mongo_")} - {
+        f"mongo_password_{user}"
+    }, f"{name} gets another MongoDB password"
+
+
+def test_each_mongodb_password_reaches_its_own_service_and_the_database_alone() -> None:
+    holders: dict[str, set[str]] = {}
+    for name in set(_app_services()) - {"broker-definitions"}:
+        holders.setdefault(MONGO_USER_OF.get(name, name), set()).add(name)
+    for user, services in holders.items():
+        assert _holders(f"mongo_password_{user}") == services | {"mongo"}, user
+    # The operator's is for `warren --compose` on this machine, root's for an administrator.
+    assert _holders("mongo_password_operator") == {"mongo"}
+    assert _holders("mongo_root_password") == {"mongo"}
+    assert not _secrets_of(_services()["broker-definitions"]).keys() & {"mongo_password"}
+    assert "MONGO_URL" not in _services()["broker-definitions"]["environment"]
+
+
+def test_no_mongo_url_carries_a_password() -> None:
+    passwords = {
+        value
+        for name, value in dotenv_values(ENV_FILE).items()
+        if name.startswith(("MONGO_PASSWORD_", "MONGO_ROOT_PASSWORD")) and value
+    }
+    assert passwords
+    for name, svc in _services().items():
+        url = str((svc.get("environment") or {}).get("MONGO_URL", ""))
+        assert not re.search(r"://[^/@]*:[^/@]*@", url), f"{name}: a password in {url}"
+        assert not any(password in url for password in passwords), name

@@ -56,6 +56,30 @@ def test_a_service_connects_with_the_password_of_its_secret_file(
     assert "dev-password" not in repr(settings.rabbit_password)
 
 
+def test_a_service_logs_in_to_mongodb_with_the_password_of_its_secret_file(
+    container: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MONGO_URL", "mongodb://audit@mongo:27017/?authSource=admin")
+    (container / "mongo_password").write_text("au/dit@dev-password\n")
+    settings = WarrenSettings()
+    assert (
+        settings.mongo_url
+        == "mongodb://audit:au%2Fdit%40dev-password@mongo:27017/?authSource=admin"
+    )
+    assert "dev-password" not in repr(settings.mongo_password)
+
+
+def test_a_mongodb_password_for_nobody_is_refused_without_showing_it(
+    container: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MONGO_URL lost its user (or the default, 127.0.0.1): the password would log in as nobody.
+    monkeypatch.delenv("MONGO_URL", raising=False)
+    (container / "mongo_password").write_text("never-shown-password\n")
+    with pytest.raises(ValueError, match="names no user") as refused:
+        WarrenSettings()
+    assert "never-shown-password" not in str(refused.value)
+
+
 def test_the_payment_keys_file_wins_over_the_blank_that_env_file_would_fill(
     container: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,11 +138,14 @@ def test_without_a_secrets_folder_the_local_run_reads_env_as_before(
 ) -> None:
     monkeypatch.chdir(REPO)
     monkeypatch.delenv(SECRETS_DIR_VARIABLE, raising=False)
-    monkeypatch.delenv("RABBIT_URL", raising=False)
-    monkeypatch.delenv("RABBIT_PASSWORD", raising=False)
+    for name in ("RABBIT_URL", "RABBIT_PASSWORD", "MONGO_URL", "MONGO_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
     settings = WarrenSettings()
     assert settings.rabbit_url == "amqp://guest:guest@127.0.0.1:5672/"
     assert settings.rabbit_password is None
+    # No MongoDB login: .env's MONGO_PASSWORD_* are compose's, the stand-in has no users.
+    assert settings.mongo_url == "mongodb://127.0.0.1:27017"
+    assert settings.mongo_password is None
 
 
 def test_warren_secrets_write_makes_one_readable_file_per_secret_the_shell_winning(
