@@ -68,14 +68,26 @@ COMPOSE_ADDRESSES = {
     "MAIL_API_URL": "http://127.0.0.1:{HOST_PORT_MAILPIT}",
     "WARREN_API": "http://127.0.0.1:{HOST_PORT_API}",
 }
+# With the TLS profile (docker-compose.tls.yml), WARREN_TLS_CA names the CA's certificate
+# (secrets/tls/ca.pem): the broker over AMQPS, MongoDB over TLS, each verified against it. The
+# certificates name localhost, which is what the tools dial.
+COMPOSE_TLS_ADDRESSES = {
+    "RABBIT_URL": "amqps://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@localhost:{HOST_PORT_RABBITMQ_TLS}"
+    "/?cafile={WARREN_TLS_CA}",
+    "MONGO_URL": "mongodb://operator@localhost:{HOST_PORT_MONGO}/?authSource=admin"
+    "&tls=true&tlsCAFile={WARREN_TLS_CA}",
+}
 
 
 def use_compose() -> None:
     """Point this command at the compose stack from the host: the broker user, the database's
     operator and the host ports come from .env, as docker-compose.yml uses them."""
     values = {**dotenv_values(".env"), **os.environ}
+    addresses = COMPOSE_ADDRESSES
+    if values.get("WARREN_TLS_CA"):
+        addresses = {**COMPOSE_ADDRESSES, **COMPOSE_TLS_ADDRESSES}
     try:
-        os.environ.update({k: v.format(**values) for k, v in COMPOSE_ADDRESSES.items()})
+        os.environ.update({k: v.format(**values) for k, v in addresses.items()})
     except KeyError as missing:
         console.print(f"[red]--compose needs {missing} in .env[/] (see .env.example)")
         raise typer.Exit(2) from None

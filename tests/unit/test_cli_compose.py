@@ -9,6 +9,7 @@ import pytest
 from dotenv import dotenv_values
 
 from cli import main
+from cli.certs import SERVERS
 from shared.settings import SECRETS_DIR_VARIABLE, WarrenSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,3 +62,25 @@ def test_compose_commands_log_in_to_mongodb_as_the_operator_with_a_quoted_passwo
     assert (
         settings.mongo_url == f"mongodb://operator:op%2Fer%40tor@127.0.0.1:{port}/?authSource=admin"
     )
+
+
+def test_with_the_tls_profile_the_tools_verify_the_broker_and_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """WARREN_TLS_CA (docker-compose.tls.yml): AMQPS on its own port and MongoDB over TLS, both
+    verified against the CA, dialled as localhost -- a name the certificates carry."""
+    monkeypatch.chdir(REPO)
+    for name in (*main.COMPOSE_ADDRESSES, "WARREN_COMPOSE"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WARREN_TLS_CA", "/home/me/warren/secrets/tls/ca.pem")
+    env = dotenv_values(REPO / ".env")
+    main.use_compose()
+    assert os.environ["RABBIT_URL"] == (
+        f"amqps://{env['RABBITMQ_USER']}:{env['RABBITMQ_PASSWORD']}@localhost:"
+        f"{env['HOST_PORT_RABBITMQ_TLS']}/?cafile=/home/me/warren/secrets/tls/ca.pem"
+    )
+    assert os.environ["MONGO_URL"].endswith(
+        "&tls=true&tlsCAFile=/home/me/warren/secrets/tls/ca.pem"
+    )
+    assert "localhost" in SERVERS["rabbitmq"] and "localhost" in SERVERS["mongo"]

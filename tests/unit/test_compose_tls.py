@@ -1,0 +1,107 @@
+"""The TLS profile (docker-compose.tls.yml) read against docker-compose.yml: every client of the
+broker and the database goes over TLS, as the same user, verifying Warren's CA -- and nothing
+is left in the clear. (No Docker engine here: the handshakes themselves are tested against the
+real broker in tests/integration/test_tls.py.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+from cli.certs import SERVERS
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "docker-compose.yml"
+TLS = REPO / "docker-compose.tls.yml"
+CA = "/run/secrets/tls_ca"
+
+
+def load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+base, tls = load(BASE), load(TLS)
+CLIENTS = sorted(
+    name
+    for name, service in base["services"].items()
+    if {"RABBIT_URL", "MONGO_URL"} & set(service.get("environment") or {})
+)
+
+
+def test_the_profile_matches_the_compose_schema() -> None:
+    schema = REPO / "infra" / "compose-spec.schema.json"
+    checked = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--schemafile", str(schema), str(TLS)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+def test_each_client_reaches_the_broker_over_amqps_as_the_same_user(name: str) -> None:
+    plain = base["services"][name]["environment"]
+    secured = tls["services"][name]["environment"]
+    if "${RABBITMQ_USER" in plain["RABBIT_URL"]:
+        # The shared default (x-app-env), left to a job that never uses the broker.
+        assert name == "seed" and "RABBIT_URL" not in secured
+        return
+    if "RABBIT_URL" in plain:
+        before, after = urlsplit(plain["RABBIT_URL"]), urlsplit(secured["RABBIT_URL"])
+        assert (after.scheme, after.hostname, after.port) == ("amqps", "rabbitmq", 5671)
+        assert after.username == before.username and after.password is None
+        assert parse_qs(after.query) == {"cafile": [CA]}
+    assert "RABBIT_URL" in plain or "RABBIT_URL" not in secured
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+def test_each_client_reaches_mongodb_over_tls_as_the_same_user(name: str) -> None:
+    plain = base["services"][name]["environment"]["MONGO_URL"]
+    secured = tls["services"][name]["environment"]["MONGO_URL"]
+    assert secured == f"{plain}&tls=true&tlsCAFile={CA}"
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+def test_each_client_gets_the_ca_certificate_and_no_key(name: str) -> None:
+    assert tls["services"][name]["secrets"] == [{"source": "tls_ca", "target": "tls_ca"}]
+
+
+def test_the_servers_get_their_own_key_and_only_their_own() -> None:
+    files = {name: spec["file"] for name, spec in tls["secrets"].items()}
+    assert not any("ca-key" in file for file in files.values())  # the CA's key: nowhere
+    assert set(tls["services"]["rabbitmq"]["secrets"]) == {
+        "tls_ca",
+        "rabbitmq_tls_cert",
+        "rabbitmq_tls_key",
+    }
+    assert set(tls["services"]["mongo"]["secrets"]) == {"tls_ca", "mongo_tls"}
+    # What `make certs` writes is what the profile mounts.
+    written = {"ca.pem", "mongo-bundle.pem"} | {f"{s}.pem" for s in SERVERS}
+    written |= {f"{s}-key.pem" for s in SERVERS}
+    assert {Path(file).name for file in files.values()} <= written
+
+
+def test_nothing_listens_in_the_clear() -> None:
+    conf = (REPO / "infra" / "rabbitmq" / "tls.conf").read_text()
+    assert "listeners.tcp = none" in conf.splitlines()
+    assert "listeners.ssl.default = 5671" in conf.splitlines()
+    mongod = tls["services"]["mongo"]["command"]
+    assert mongod[mongod.index("--tlsMode") + 1] == "requireTLS"
+    # The health check speaks TLS too, or it would fail against requireTLS.
+    assert "--tls" in tls["services"]["mongo"]["healthcheck"]["test"]
+
+
+def test_the_certificates_name_the_hosts_the_clients_dial() -> None:
+    for name in CLIENTS:
+        secured = tls["services"][name]["environment"]
+        for url in (secured.get("RABBIT_URL"), secured["MONGO_URL"]):
+            if url:
+                host = urlsplit(url).hostname
+                assert host in SERVERS and host in SERVERS[host], url
