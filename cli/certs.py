@@ -26,6 +26,7 @@ from rich.console import Console
 app = typer.Typer(help="Certificates for TLS between the services and their servers.")
 console = Console(stderr=True)
 
+# --8<-- [start:servers]
 # The servers and the names they answer to: compose's service names, and this machine's for
 # the local run and the tests.
 SERVERS: dict[str, tuple[str, ...]] = {
@@ -34,6 +35,7 @@ SERVERS: dict[str, tuple[str, ...]] = {
 }
 CA_DAYS = 3650
 SERVER_DAYS = 397  # what browsers accept; the services accept more, but rotate anyway
+# --8<-- [end:servers]
 
 
 def _name(common_name: str) -> x509.Name:
