@@ -27,8 +27,9 @@ log = structlog.get_logger(__name__)
 MAX_ERRORS = 20
 MAX_LOC_PART = 100
 MAX_MESSAGE = 200
-# Health probes are never rate limited: an orchestrator must always get its answer.
-UNLIMITED_PATHS = frozenset({"/healthz", "/readyz"})
+# Health probes and metrics are never rate limited: an orchestrator, or Prometheus, must always
+# get its answer.
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 # --8<-- [start:trace-id-middleware]

@@ -18,6 +18,7 @@ default), as on every other hop.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from faststream import AckPolicy, BaseMiddleware
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
-from opentelemetry import baggage, propagate, trace
+from opentelemetry import baggage, metrics, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
@@ -43,6 +44,7 @@ from shared import topology
 from shared.clock import utcnow_iso
 from shared.contracts import Envelope, EventData, PoisonMessageError, decode_event
 from shared.faults import crash_point
+from shared.metrics import HANDLER_DURATION, MESSAGES
 from shared.observability import TAGGED_BAGGAGE, order_context
 from shared.settings import WarrenSettings
 
@@ -151,7 +153,11 @@ def broker_middlewares(tracer_provider: TracerProvider | None = None) -> tuple[A
     its way to the handler, and so does a publish on its way to the broker."""
     return (
         IncomingTraceMiddleware,  # the message's trace context, as FastStream reads it
-        RabbitTelemetryMiddleware(tracer_provider=tracer_provider or trace.get_tracer_provider()),
+        # Spans, and the messaging metrics (messaging_process_duration_seconds, ...).
+        RabbitTelemetryMiddleware(
+            tracer_provider=tracer_provider or trace.get_tracer_provider(),
+            meter_provider=metrics.get_meter_provider(),
+        ),
         PropagationMiddleware,  # inside the telemetry middleware's spans
     )
     # --8<-- [end:broker-middlewares]
@@ -537,13 +543,16 @@ class EventConsumer:
 
     async def handle(self, message: RabbitMessage) -> None:
         attempts = attempts_so_far(message) + 1
+        started = time.perf_counter()
         try:
             envelope, payload, handler = route(self.routes, self.queue, message.body)
             provenance = self.provenance(message, envelope)
         except PoisonMessageError as exc:  # it cannot be read, nobody handles it, or forged
             bound = log.bind(queue=self.queue.name)
-            await self.failed(message, attempts, exc, bound, message.raw_message.user_id)
+            ended = await self.failed(message, attempts, exc, bound, message.raw_message.user_id)
             await message.ack()
+            # Its type is unverified (a forgery's, or none): not a label.
+            self.measured(ended, "unknown", started)
             return
         bound = log.bind(
             queue=self.queue.name,
@@ -560,10 +569,21 @@ class EventConsumer:
                 for event in outcome:
                     await publish_event(self.broker, event)
         except Exception as exc:
-            await self.failed(message, attempts, exc, bound, publisher)
+            ended = await self.failed(message, attempts, exc, bound, publisher)
         else:
+            ended = "handled"
             bound.info("handled", emitted=[event.type for event in outcome])
         await message.ack()  # only now: the events, or the retry or DLQ copy, are confirmed
+        self.measured(ended, envelope.type, started)
+
+    # --8<-- [start:measured]
+    def measured(self, outcome: str, event_type: str, started: float) -> None:
+        """Count how the message ended, and how long it took (warren_messages_total,
+        warren_handler_duration_seconds)."""
+        labels = {"queue": self.queue.name, "event_type": event_type}
+        MESSAGES.add(1, {**labels, "outcome": outcome})
+        HANDLER_DURATION.record(time.perf_counter() - started, labels)
+        # --8<-- [end:measured]
 
     def provenance(self, message: RabbitMessage, envelope: Envelope) -> Provenance:
         """Who published the event, verified when this consumer has an identity. A forgery
@@ -584,9 +604,10 @@ class EventConsumer:
         exc: Exception,
         bound: Any,
         publisher: str | None,
-    ) -> None:
+    ) -> str:
         """Park the message for its next attempt, or dead-letter it when none is left. Either
-        copy says who published the original (``x-warren-publisher``)."""
+        copy says who published the original (``x-warren-publisher``). Returns which it was:
+        ``poison``, ``dead_lettered``, ``retried`` or ``pushed_back``."""
         if isinstance(exc, PoisonMessageError):
             # No retry can help: a message that cannot be read, or that no handler here takes,
             # or forged -- or one its handler found unusable (a customer id that makes no email
@@ -601,7 +622,25 @@ class EventConsumer:
                 attempts=attempts,
                 publisher=publisher,
             )
-            return
+            return "poison"
+        if is_push_back(exc) and self.retry_delays:
+            # --8<-- [start:consumer-push-back]
+            # An event this handler emitted was refused: a queue it goes to is full. Not this
+            # message's fault, and no number of attempts is too many: it waits and comes back,
+            # without using one up, for as long as the queues after it are full.
+            delay = push_back_delay(self.retry_delays)
+            await retry_later(
+                self.broker,
+                message,
+                self.queue.name,
+                delay,
+                attempts=attempts - 1,
+                exception=exc,
+                publisher=publisher,
+            )
+            bound.warning("pushed back by a full queue, will retry", delay_s=delay)
+            return "pushed_back"
+            # --8<-- [end:consumer-push-back]
         if attempts > len(self.retry_delays):
             bound.error("retries exhausted, dead-lettering", attempts=attempts, error=repr(exc))
             await dead_letter(
@@ -613,7 +652,7 @@ class EventConsumer:
                 attempts=attempts,
                 publisher=publisher,
             )
-            return
+            return "dead_lettered"
         delay = self.retry_delays[attempts - 1]
         await retry_later(
             self.broker,
@@ -627,7 +666,14 @@ class EventConsumer:
         bound.warning(
             "handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc)
         )
+        return "retried"
         # --8<-- [end:event-consumer]
+
+
+def push_back_delay(retry_delays: tuple[int, ...]) -> int:
+    """How long a pushed-back message waits: the longest retry delay up to a minute (a queue
+    drains in minutes, not seconds), or the shortest if all are longer."""
+    return max((d for d in retry_delays if d <= 60), default=min(retry_delays))
 
 
 def _routing_key(message: RabbitMessage, *, copy: bool) -> str:

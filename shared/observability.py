@@ -42,6 +42,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from shared.metrics import configure_metrics
+
 _configured_for: str | None = None
 
 
@@ -241,12 +243,13 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
 
 
 def setup_observability(service_name: str, *, level: str = "INFO", fmt: str = "console") -> None:
-    """Logging and tracing for this process. Idempotent: the second call does nothing."""
+    """Logging, tracing and metrics for this process. Idempotent: the second call does nothing."""
     global _configured_for
     if _configured_for is not None:
         return
     configure_logging(service_name, level, fmt)
     configure_tracing(service_name)
+    configure_metrics(service_name)
     _configured_for = service_name
 
 

@@ -33,12 +33,13 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared import mongo, topology
 from shared.handlers import HandlerTable, bind
 from shared.messaging import Identity, make_broker, subscribe_events
+from shared.metrics import metrics_text
 from shared.observability import setup_observability
 from shared.settings import WarrenSettings
 from shared.startup import wait_for_dependencies
@@ -186,7 +187,8 @@ async def readiness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
 
 
 def service_app(runtime: Runtime, lifecycle: Lifecycle | None = None) -> Starlette:
-    """The app of a service without a public API: its lifespan, and the two health checks."""
+    """The app of a service without a public API: its lifespan, the two health checks and its
+    metrics (``/metrics``, for Prometheus)."""
 
     async def healthz(_: Request) -> JSONResponse:
         status, body = await liveness(runtime)
@@ -196,7 +198,11 @@ def service_app(runtime: Runtime, lifecycle: Lifecycle | None = None) -> Starlet
         status, body = await readiness(runtime)
         return JSONResponse(body, status_code=status)
 
+    async def metrics(_: Request) -> Response:
+        body, content_type = metrics_text()
+        return Response(body, media_type=content_type)
+
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)],
         lifespan=lifespan(runtime, lifecycle),
     )

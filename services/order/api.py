@@ -30,6 +30,7 @@ from shared import auth
 from shared.auth import Principal
 from shared.contracts import CUSTOMER_ID_MAX_LENGTH, CUSTOMER_ID_PATTERN, OrderLine
 from shared.http import serve_http
+from shared.metrics import metrics_text
 from shared.observability import ORDER_ID
 from shared.outbox import outbox_stats
 from shared.ratelimit import TokenBuckets, retry_after
@@ -361,6 +362,13 @@ async def readyz(request: Request, deps: Deps) -> JSONResponse:
     if body["database"]:
         body["outbox"] = await outbox_stats(deps.store.events)
     return JSONResponse(body, status_code=code)
+
+
+@router.get("/metrics", tags=["health"], include_in_schema=False)
+async def metrics() -> Response:
+    """The service's metrics, in Prometheus' text format (shared/metrics.py)."""
+    body, content_type = metrics_text()
+    return Response(body, media_type=content_type)
 
 
 def create_api(

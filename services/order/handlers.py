@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from services.order.domain import Order, OrderEvent, expire, react
+from services.order.domain import SAGA_DEADLINE_REASON, Order, OrderEvent, expire, react
 from services.order.repository import (
     ConcurrencyError,
     EventStore,
@@ -44,6 +44,7 @@ from shared.contracts import (
 )
 from shared.faults import crash_point
 from shared.handlers import HandlerTable
+from shared.metrics import ORDERS_FINISHED, SAGA_DURATION
 from shared.observability import current_trace_context, order_context
 from shared.sealing import RecipientKey
 
@@ -236,6 +237,8 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
         deps.wake_relay(appended)
         for event in to_events(appended):
             order.apply(event)
+        if order.is_final:
+            measure_finished(order)  # this event ended it (a duplicate would append nothing)
         break
     else:
         raise ConcurrencyError(f"order {order_id}: too much contention")
@@ -287,12 +290,38 @@ async def _expire(order_id: str, deps: OrderDeps) -> int:
         for event in to_events(appended):
             order.apply(event)
         expired = 1
+        measure_finished(order)
         log.warning("saga deadline passed: order cancelled", order_id=order_id)
         break
     await deps.views.save(order)
     if order.is_final:
         await deps.store.close_saga(order_id)
     return expired
+
+
+# --8<-- [start:saga-metrics]
+def measure_finished(order: Order) -> None:
+    """Count an order that has just reached its final state, by why, and time its saga
+    (warren_orders_finished_total, warren_saga_duration_seconds)."""
+    state = order.status.value
+    ORDERS_FINISHED.add(1, {"state": state, "reason": reason_kind(order)})
+    if order.placed_at is not None:
+        took = (datetime.now(UTC) - order.placed_at).total_seconds()
+        SAGA_DURATION.record(max(0.0, took), {"state": state})
+
+
+def reason_kind(order: Order) -> str:
+    """Why the order ended, as one of a few label values (the reason's text varies)."""
+    if order.cancel_reason is None:
+        return "none"
+    if order.cancel_reason == SAGA_DEADLINE_REASON:
+        return "deadline"
+    if order.payment_failure:
+        return "payment_failed"
+    if order.cancel_reason.startswith("stock rejected"):
+        return "out_of_stock"
+    return "other"
+    # --8<-- [end:saga-metrics]
 
 
 # --8<-- [start:deadline-watch]

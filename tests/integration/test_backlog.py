@@ -18,7 +18,7 @@ from pymongo import AsyncMongoClient
 
 from services.order.repository import EventStore
 from shared import messaging, topology
-from shared.contracts import OrderPlaced, PricedLine
+from shared.contracts import Envelope, OrderPlaced, PricedLine, StockReserved
 from shared.outbox import OutboxRelay, broker_publisher, outbox_stats
 from shared.rpc import RpcClient, RpcUnavailableError
 from shared.settings import WarrenSettings
@@ -207,3 +207,78 @@ async def test_a_retry_coming_back_to_a_full_queue_is_not_lost(broker: Broker) -
         await retry.publish(aio_pika.Message(b"{}", message_id="the-retry"), routing_key=queue)
         await eventually(lambda: queue_depth(broker, queue), until=lambda depth: depth == full + 1)
     assert "the-retry" in await drain(broker, queue)
+
+
+async def fill(broker: Broker, queue: str) -> int:
+    """Publish into ``queue`` (as the operator, through the default exchange) until it refuses;
+    how many it holds."""
+    connection = await aio_pika.connect(broker.operator)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        with contextlib.suppress(aio_pika.exceptions.DeliveryError):
+            for n in range(4 * LIMIT):
+                await channel.default_exchange.publish(
+                    aio_pika.Message(b"{}", message_id=f"filler-{n}"), routing_key=queue
+                )
+    return await queue_depth(broker, queue)
+
+
+async def test_a_consumer_whose_event_is_refused_waits_without_using_up_its_retries(
+    broker: Broker, store: EventStore
+) -> None:
+    """Inventory handles order.placed and emits stock.reserved, whose queue (payment's) is full.
+    The broker nacks; the incoming message goes to a delay queue and comes back -- again and
+    again, as long as the queue is full, and never to the DLQ, though one retry is all it has.
+    Once payment's queue has room, it is handled: its event published once it got through."""
+    [event_id] = await place(store, 1)
+    placed = await store.events.find_one({"envelope.id": event_id})
+    envelope = Envelope.model_validate(placed["envelope"])
+    reserved = Envelope.wrap(
+        StockReserved(
+            order_id=envelope.correlation_id,
+            lines=envelope.data["lines"],
+            amount_cents=envelope.data["total_cents"],
+            sealed_payment_token=envelope.data["sealed_payment_token"],
+        ),
+        source="inventory",
+    )
+    calls: list[str] = []
+
+    async def reserve(incoming: Envelope, _: object) -> list[Envelope]:
+        calls.append(incoming.id)
+        return [reserved]  # the same event (same id) on every attempt, as inventory does
+
+    full = topology.PAYMENT_STOCK_RESERVED.name
+    await fill(broker, full)
+    settings = WarrenSettings(rabbit_url=broker.url("inventory"), service_name="inventory")
+    inventory = messaging.make_broker(settings)
+    messaging.subscribe_events(
+        inventory,
+        topology.INVENTORY_ORDER_PLACED,
+        {OrderPlaced: reserve},
+        retry_delays=(1,),  # one retry: a failure that counted would be dead-lettered at once
+        identity=messaging.Identity(user="inventory", operators=settings.broker_operators),
+    )
+    await inventory.start()
+    try:
+        order = await aio_pika.connect(broker.url("order"))  # as the order service publishes it
+        async with order:
+            channel = await order.channel(publisher_confirms=True)
+            events = await channel.get_exchange(topology.EVENTS.name, ensure=False)
+            message = aio_pika.Message(
+                envelope.model_dump_json().encode(), message_id=envelope.id, user_id="order"
+            )
+            await events.publish(message, routing_key="order.placed")
+        # Pushed back three times (a second apart), and still not dead-lettered.
+        await eventually(lambda: len(calls) >= 3, timeout=30, what="three attempts")
+        assert await queue_depth(broker, topology.INVENTORY_ORDER_PLACED.dlq_name) == 0
+        fillers = await drain(broker, full)  # payment catches up
+        await eventually(
+            lambda: queue_depth(broker, full), until=lambda depth: depth >= 1, timeout=30
+        )
+        assert reserved.id in await drain(broker, full)
+        assert all(f.startswith("filler-") for f in fillers)
+        assert await queue_depth(broker, topology.INVENTORY_ORDER_PLACED.name) == 0
+        assert await queue_depth(broker, topology.INVENTORY_ORDER_PLACED.dlq_name) == 0
+    finally:
+        await inventory.stop()

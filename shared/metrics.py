@@ -1,0 +1,136 @@
+"""Metrics: what Warren counts and measures, as OpenTelemetry instruments, scraped by Prometheus.
+
+The libraries measure what they can see: FastStream's telemetry middleware the messages each
+consumer processed and published (``messaging_process_duration_seconds``...), the FastAPI
+instrumentation the HTTP requests. This module adds what only Warren knows -- how each message
+*ended* (handled, retried, dead-lettered, poison), how long a saga took and how it ended, the
+outbox's backlog, the duplicates the idempotent consumers skipped, the quote's latency, the
+emails sent.
+
+Labels are few and bounded: a queue, an event type, an outcome, a reason from a fixed list.
+Never an order id: each value of a label is a series of its own, kept for weeks.
+
+The exporter follows the OpenTelemetry variable ``OTEL_METRICS_EXPORTER``: ``prometheus`` (the
+default) serves them on the service's own HTTP port at ``/metrics``; ``otlp`` pushes them to
+the collector (OTEL_EXPORTER_OTLP_ENDPOINT); ``none`` turns them off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+# Instruments made before the provider is installed forward to it once it is (OpenTelemetry's
+# proxy meter): modules create theirs at import, as they create their loggers.
+meter = metrics.get_meter("warren")
+
+# --8<-- [start:instruments]
+MESSAGES = meter.create_counter(
+    "warren.messages",
+    unit="{message}",
+    description="Messages a consumer is done with, by queue, event type and outcome: "
+    "handled, retried, dead_lettered (retries exhausted), poison (unreadable, forged, no handler)",
+)
+HANDLER_DURATION = meter.create_histogram(
+    "warren.handler.duration",
+    unit="s",
+    description="Time from a message's arrival to its outcome, by queue and event type",
+)
+SAGA_DURATION = meter.create_histogram(
+    "warren.saga.duration",
+    unit="s",
+    description="Time from order.placed to the order's final state, by final state",
+    explicit_bucket_boundaries_advisory=[0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800],
+)
+ORDERS_FINISHED = meter.create_counter(
+    "warren.orders.finished",
+    unit="{order}",
+    description="Orders that reached their final state, by state and reason "
+    "(confirmed; cancelled: out_of_stock, payment_declined, deadline)",
+)
+DUPLICATES = meter.create_counter(
+    "warren.duplicates.skipped",
+    unit="{message}",
+    description="Messages an idempotent consumer had already handled: no effect, by consumer",
+)
+RPC_DURATION = meter.create_histogram(
+    "warren.rpc.duration",
+    unit="s",
+    description="Request-reply calls (the quote), by queue and outcome: ok, timeout, full, "
+    "unavailable",
+)
+EMAILS = meter.create_counter(
+    "warren.emails",
+    unit="{email}",
+    description="Emails the worker handed to SMTP (sent), or gave up on (failed), by kind",
+)
+# --8<-- [end:instruments]
+
+
+def outbox_gauges(service: str, stats: Callable[[], dict[str, float]]) -> None:
+    """The outbox's backlog as gauges, read from ``stats`` (the relay's last count) at each
+    scrape: pending events, parked events, the age of the oldest pending one."""
+
+    def observe(key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_: CallbackOptions) -> Iterable[Observation]:
+            value = stats().get(key)
+            return [] if value is None else [Observation(value, {"service": service})]
+
+        return callback
+
+    meter.create_observable_gauge(
+        "warren.outbox.pending",
+        [observe("pending")],
+        unit="{event}",
+        description="Events saved but not yet confirmed by the broker",
+    )
+    meter.create_observable_gauge(
+        "warren.outbox.parked",
+        [observe("parked")],
+        unit="{event}",
+        description="Events the broker refused too often: waiting for an operator",
+    )
+    meter.create_observable_gauge(
+        "warren.outbox.oldest_pending_age",
+        [observe("oldest_pending_seconds")],
+        unit="s",
+        description="How long the oldest pending event has waited",
+    )
+
+
+# --8<-- [start:configure-metrics]
+def configure_metrics(service_name: str) -> MeterProvider | None:
+    """Install the global meter provider with the exporter ``OTEL_METRICS_EXPORTER`` names."""
+    choice = os.environ.get("OTEL_METRICS_EXPORTER", "prometheus").strip().lower()
+    if choice == "none" or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    reader: MetricReader
+    if choice == "prometheus":
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        # Registers with prometheus_client's default registry: served by metrics_response().
+        reader = PrometheusMetricReader()
+    elif choice == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+    else:
+        raise ValueError(f"OTEL_METRICS_EXPORTER={choice!r}: use prometheus, otlp or none")
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    metrics.set_meter_provider(provider)
+    return provider
+    # --8<-- [end:configure-metrics]
+
+
+def metrics_text() -> tuple[bytes, str]:
+    """What ``GET /metrics`` answers: the Prometheus text format, and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
