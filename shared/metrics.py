@@ -4,8 +4,7 @@ The libraries measure what they can see: FastStream's telemetry middleware the m
 consumer processed and published (``messaging_process_duration_seconds``...), the FastAPI
 instrumentation the HTTP requests. This module adds what only Warren knows -- how each message
 *ended* (handled, retried, dead-lettered, poison), how long a saga took and how it ended, the
-outbox's backlog, the duplicates the idempotent consumers skipped, the quote's latency, the
-emails sent.
+outbox's backlog, the quote's latency, the emails sent.
 
 Labels are few and bounded: a queue, an event type, an outcome, a reason from a fixed list.
 Never an order id: each value of a label is a series of its own, kept for weeks.
@@ -17,14 +16,17 @@ the collector (OTEL_EXPORTER_OTLP_ENDPOINT); ``none`` turns them off.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+
+ObservableCallback = Callable[[CallbackOptions], Iterable[Observation]]
 
 # Instruments made before the provider is installed forward to it once it is (OpenTelemetry's
 # proxy meter): modules create theirs at import, as they create their loggers.
@@ -54,53 +56,81 @@ ORDERS_FINISHED = meter.create_counter(
     description="Orders that reached their final state, by state and reason "
     "(confirmed; cancelled: out_of_stock, payment_declined, deadline)",
 )
-DUPLICATES = meter.create_counter(
-    "warren.duplicates.skipped",
-    unit="{message}",
-    description="Messages an idempotent consumer had already handled: no effect, by consumer",
-)
 RPC_DURATION = meter.create_histogram(
     "warren.rpc.duration",
     unit="s",
     description="Request-reply calls (the quote), by queue and outcome: ok, timeout, full, "
-    "unavailable",
-)
-EMAILS = meter.create_counter(
-    "warren.emails",
-    unit="{email}",
-    description="Emails the worker handed to SMTP (sent), or gave up on (failed), by kind",
+    "unroutable, unavailable",
 )
 # --8<-- [end:instruments]
 
 
-def outbox_gauges(service: str, stats: Callable[[], dict[str, float]]) -> None:
-    """The outbox's backlog as gauges, read from ``stats`` (the relay's last count) at each
-    scrape: pending events, parked events, the age of the oldest pending one."""
+# --8<-- [start:sampled]
+class Sampled:
+    """Numbers read from the database every few seconds in the background (a scrape never
+    waits for a query), and served to Prometheus as gauges or counters."""
 
-    def observe(key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def __init__(self, read: Callable[[], Awaitable[dict[str, float]]], every: float = 5.0):
+        self.read, self.every = read, every
+        self.values: dict[str, float] = {}
+
+    async def run(self) -> None:
+        """The sampling loop (a service's background loop)."""
+        while True:
+            try:
+                self.values = await self.read()
+            except Exception:  # the database is away: keep the last values, try again
+                self.values = {}
+            await asyncio.sleep(self.every)
+
+    def observe(self, key: str, labels: dict[str, str]) -> ObservableCallback:
         def callback(_: CallbackOptions) -> Iterable[Observation]:
-            value = stats().get(key)
-            return [] if value is None else [Observation(value, {"service": service})]
+            value = self.values.get(key)
+            return [] if value is None else [Observation(value, labels)]
 
         return callback
+        # --8<-- [end:sampled]
 
+
+def outbox_gauges(service: str, sampled: Sampled) -> None:
+    """The outbox's backlog: pending events, parked events, the age of the oldest pending one
+    (sampled from :func:`shared.outbox.outbox_stats`)."""
+    labels = {"service": service}
     meter.create_observable_gauge(
         "warren.outbox.pending",
-        [observe("pending")],
+        [sampled.observe("pending", labels)],
         unit="{event}",
         description="Events saved but not yet confirmed by the broker",
     )
     meter.create_observable_gauge(
         "warren.outbox.parked",
-        [observe("parked")],
+        [sampled.observe("parked", labels)],
         unit="{event}",
         description="Events the broker refused too often: waiting for an operator",
     )
     meter.create_observable_gauge(
         "warren.outbox.oldest_pending_age",
-        [observe("oldest_pending_seconds")],
+        [sampled.observe("oldest_pending_seconds", labels)],
         unit="s",
         description="How long the oldest pending event has waited",
+    )
+
+
+def email_counters(sampled: Sampled) -> None:
+    """Emails sent and failed for good, and queued (waiting for a worker), from the
+    notifications' states. Counted where they are recorded: the Celery workers are processes
+    of their own (a fork each), which no scrape reaches."""
+    meter.create_observable_counter(
+        "warren.emails",
+        [sampled.observe(state, {"outcome": state}) for state in ("sent", "failed")],
+        unit="{email}",
+        description="Emails handed to SMTP (sent) or given up on (failed)",
+    )
+    meter.create_observable_gauge(
+        "warren.emails.queued",
+        [sampled.observe("queued", {})],
+        unit="{email}",
+        description="Emails recorded and not yet sent",
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -36,6 +37,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from shared.contracts import Contract
 from shared.messaging import dead_letter, is_push_back, undecoded
+from shared.metrics import RPC_DURATION
 from shared.observability import current_trace_context
 from shared.topology import ConsumerQueue
 
@@ -124,6 +126,7 @@ class RpcClient:
             headers = current_trace_context()  # trace context and baggage, as every message
             reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             connection: AbstractConnection | None = None
+            started, outcome = time.perf_counter(), "ok"
             try:
                 async with asyncio.timeout(timeout):
                     connection, channel = await self._ready()
@@ -144,9 +147,11 @@ class RpcClient:
                     )
                     return await reply
             except TimeoutError as exc:
+                outcome = "timeout"
                 span.set_status(StatusCode.ERROR, "timeout")
                 raise RpcUnavailableError(f"no reply from {queue} within {timeout:g}s") from exc
             except DeliveryError as exc:
+                outcome = "full" if is_push_back(exc) else "unroutable"
                 if is_push_back(exc):  # the queue is at its length limit: answer now
                     span.set_status(StatusCode.ERROR, "queue full")
                     raise RpcUnavailableError(f"{queue} is full; too many waiting") from exc
@@ -161,11 +166,15 @@ class RpcClient:
             ) as exc:
                 # The connection is broken (aio-pika raises RuntimeError for one it found
                 # closed): its other requests are lost too, and the next one reconnects.
+                outcome = "unavailable"
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
                 if connection is not None:
                     self._lost(connection)
                 raise RpcUnavailableError(f"broker unavailable ({type(exc).__name__})") from exc
             finally:
+                RPC_DURATION.record(
+                    time.perf_counter() - started, {"queue": queue, "outcome": outcome}
+                )
                 self._pending.pop(correlation_id, None)
                 if reply.done() and not reply.cancelled():
                     reply.exception()  # failed by _lost while we published: mark it seen

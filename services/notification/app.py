@@ -16,6 +16,7 @@ from services.notification.repository import NotificationRepository
 from services.notification.settings import NotificationSettings
 from services.notification.worker import make_celery
 from shared.clock import DatabaseClock
+from shared.metrics import Sampled, email_counters
 from shared.service import Lifecycle, bootstrap, service_app
 
 
@@ -36,11 +37,14 @@ def create_app(settings: NotificationSettings | None = None) -> Starlette:
         stale_claim_seconds=settings.stale_claim_seconds,
         every=settings.sweep_seconds,
     )
+    # Emails sent, failed and queued, from the notifications' states (warren_emails_total...).
+    emails = Sampled(repo.counts)
+    email_counters(emails)
     return service_app(
         runtime,
         Lifecycle(
             on_startup=[functools.partial(clock.sync, runtime.client)],
-            background=[sweeper],
+            background=[sweeper, emails.run],
             on_shutdown=[tasks.close],
         ),
     )

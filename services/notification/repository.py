@@ -24,6 +24,14 @@ class NotificationRepository:
         self.notifications = db["notifications"]
         self.clock = clock or DatabaseClock()
 
+    async def counts(self) -> dict[str, float]:
+        """How many notifications are in each state (for the metrics: emails sent, failed,
+        queued)."""
+        return {
+            state: float(await self.notifications.count_documents({"state": state}))
+            for state in ("queued", "sent", "failed")
+        }
+
     # --8<-- [start:record]
     async def record(self, notification: dict[str, Any]) -> dict[str, Any]:
         """Insert once; returns the stored notification (the existing one on a duplicate)."""

@@ -13,7 +13,8 @@ from services.order.repository import EventStore, IdempotencyKeys, OrderViews
 from services.order.settings import OrderSettings
 from shared import topology
 from shared.contracts import Quote, QuoteRequest
-from shared.outbox import OutboxRelay, broker_publisher
+from shared.metrics import Sampled, outbox_gauges
+from shared.outbox import OutboxRelay, broker_publisher, outbox_stats
 from shared.rpc import RequestClient, RpcClient
 from shared.service import Lifecycle, bootstrap, lifespan
 
@@ -48,10 +49,17 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         saga_deadline_seconds=settings.saga_deadline_seconds,
     )
     runtime.serve(HANDLERS, deps)
+    # The outbox's backlog for Prometheus (warren_outbox_pending, ...), sampled every 5 s.
+    backlog = Sampled(functools.partial(outbox_stats, store.events))
+    outbox_gauges(settings.service_name, backlog)
     deadlines = functools.partial(handlers.watch_deadlines, deps, every=settings.saga_sweep_seconds)
     lifecycle = Lifecycle(
         on_startup=[deps.create_indexes],
-        background=[relay.run, deadlines],  # the relay sweeps at once: what a last run left
+        background=[
+            relay.run,
+            deadlines,
+            backlog.run,
+        ],  # the relay sweeps at once: what a last run left
         on_shutdown=[rpc.close],
     )
     return api.create_api(runtime, deps, lifespan(runtime, lifecycle), settings)

@@ -100,6 +100,8 @@ class System:
     maildir: Path
     log_dir: Path
     processes: dict[str, Executor] = field(default_factory=dict)
+    # Each process's HTTP port (health checks and /metrics; the order API's is `api`'s).
+    ports: dict[str, int] = field(default_factory=dict)
     _log_files: list[IO[Any]] = field(default_factory=list)
 
     def database(self, service: str) -> str:
@@ -336,6 +338,7 @@ def build_system(
         env=env,
         maildir=run_dir / "mail",
         log_dir=log_dir,
+        ports=ports,
     )
     _plumbing(system, ports)
     python = str(BIN / "python")

@@ -1,0 +1,78 @@
+"""Every service serves its metrics on its HTTP port (/metrics), and after a few orders each
+metric of docs/13-monitoring.md has a sample: the business ones Warren records (how messages
+ended, sagas, the outbox, the quote, emails) and the ones FastStream records for it."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.testing.system import System
+from tests.support.orders import final_order, order_body
+
+# metric family -> the processes that serve it
+EXPECTED = {
+    "warren_messages": ("inventory", "payment_1", "order", "notification", "audit"),
+    "warren_handler_duration_seconds": ("inventory", "order", "audit"),
+    "warren_saga_duration_seconds": ("order",),
+    "warren_orders_finished": ("order",),
+    "warren_outbox_pending": ("order",),
+    "warren_outbox_oldest_pending_age_seconds": ("order",),
+    "warren_rpc_duration_seconds": ("order",),
+    "warren_emails": ("notification",),
+    # FastStream's own, given the meter provider: per destination, consume and publish.
+    "messaging_process_duration_seconds": ("inventory", "order"),
+    "messaging_publish_duration_seconds": ("inventory", "order"),
+}
+
+
+def families(system: System, process: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    answer = httpx.get(f"http://127.0.0.1:{system.ports[process]}/metrics", timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {
+        family.name: [(s.name, s.labels, s.value) for s in family.samples]
+        for family in text_string_to_metric_families(answer.text)
+    }
+
+
+async def test_every_metric_has_a_sample_after_two_orders(
+    system: System, api: httpx.AsyncClient
+) -> None:
+    for token in ("tok_visa", "tok_chargeDeclined"):
+        placed = await api.post("/orders", json=order_body(token=token))
+        assert placed.status_code == 202
+        await final_order(api, placed.json()["order_id"])
+    served = {
+        process: families(system, process)
+        for process in system.ports
+        if process in {"order", "inventory", "payment_1", "notification", "audit"}
+    }
+    missing = [
+        f"{family} on {process}"
+        for family, processes in EXPECTED.items()
+        for process in processes
+        if not served[process].get(family)
+    ]
+    assert not missing, missing
+    finished = {
+        (labels["state"], labels["reason"])
+        for name, labels, value in served["order"]["warren_orders_finished"]
+        if name.endswith("_total") and value >= 1
+    }
+    assert {("CONFIRMED", "none"), ("CANCELLED", "payment_failed")} <= finished
+    outcomes = {labels["outcome"] for _, labels, _ in served["inventory"]["warren_messages"]}
+    assert "handled" in outcomes
+
+
+async def test_no_metric_label_names_an_order(system: System, api: httpx.AsyncClient) -> None:
+    """Low cardinality: an order id in a label would be a series per order."""
+    for process in ("order", "inventory", "notification"):
+        for family, samples in families(system, process).items():
+            if family == "target_info":  # the process itself (its instance id): one series
+                continue
+            for _, labels, _ in samples:
+                assert not any("order" in key and "id" in key for key in labels), labels
+                assert not any(
+                    len(value) == 36 and value.count("-") == 4 for value in labels.values()
+                ), labels
