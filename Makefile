@@ -53,6 +53,7 @@ run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it al
 	@echo "  MongoDB stand-in   mongodb://127.0.0.1:27017"
 	@echo "  RabbitMQ           amqp://127.0.0.1:5672 (management UI, if enabled: http://127.0.0.1:15672)"
 	@echo "  Traces             .run/spans.jsonl   -- try: warren traces show <order id>"
+	@echo "  Metrics, alerts    http://127.0.0.1:9090 (Prometheus; each service's own: :8000/metrics ...)"
 	@echo ""
 	@# One broker user per service (rabbitmqctl, as root); else every service is the operator.
 	eval "$$($(BIN)/warren topology provision --env)"; \

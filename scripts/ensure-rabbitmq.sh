@@ -14,8 +14,23 @@ read -r host port <<<"$hostport"
 
 answers() { python3 -c "import socket,sys; socket.create_connection(('$host', $port), timeout=1).close()" 2>/dev/null; }
 
+# Its Prometheus endpoint (queue depths, consumers, alarms: docs/13-monitoring.md), on the local
+# broker: the plugin ships with RabbitMQ; enabling it needs no restart (root runs rabbitmq-plugins).
+metrics() {
+  case "$host" in 127.0.0.1|localhost) ;; *) return 0 ;; esac
+  if python3 -c "import socket; socket.create_connection(('127.0.0.1', 15692), timeout=1).close()" 2>/dev/null; then
+    return 0
+  fi
+  if command -v rabbitmq-plugins >/dev/null && [ "$(id -u)" = 0 ]; then
+    rabbitmq-plugins -q enable rabbitmq_prometheus >/dev/null && echo "RabbitMQ's metrics on :15692 (rabbitmq_prometheus enabled)"
+  else
+    echo "RabbitMQ's metrics are off: rabbitmq-plugins enable rabbitmq_prometheus (as root)" >&2
+  fi
+}
+
 if answers; then
   echo "RabbitMQ answers on $host:$port"
+  metrics
   exit 0
 fi
 case "$host" in
@@ -35,7 +50,7 @@ if [ -n "$pidfile" ]; then
   timeout 120 rabbitmqctl wait "$pidfile" --timeout 120 >/dev/null || true
 fi
 for _ in $(seq 1 120); do
-  if answers; then echo "RabbitMQ is up on $host:$port"; exit 0; fi
+  if answers; then echo "RabbitMQ is up on $host:$port"; metrics; exit 0; fi
   sleep 1
 done
 echo "RabbitMQ did not come up on $host:$port within two minutes" >&2

@@ -134,7 +134,7 @@ start() {
   # The event exchange (amq.rabbitmq.event): the audit service records the broker's security
   # events from it (docs/14-security.md). A node already running gets it with
   # `scripts/rabbitmq4.sh plugins enable rabbitmq_event_exchange`, no restart needed.
-  echo "[rabbitmq_management,rabbitmq_event_exchange]." >"$state/enabled_plugins"
+  echo "[rabbitmq_management,rabbitmq_event_exchange,rabbitmq_prometheus]." >"$state/enabled_plugins"
   log "starting $node on 127.0.0.1:$port (management :$mgmt_port)"
   rabbitmq-server -detached
   for _ in $(seq 1 120); do

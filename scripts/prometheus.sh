@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Prometheus for the local run (the Procfile's `prometheus` line): infra/prometheus/
+# prometheus.local.yml, with the alert rules, its data in .run/prometheus, on 127.0.0.1:9090.
+# Without Prometheus installed the run goes on without it (honcho would stop everything if a
+# process ended): it says how to install it, and waits.
+set -euo pipefail
+port="${PROMETHEUS_PORT:-9090}"
+if ! command -v prometheus >/dev/null; then
+  echo "Prometheus is not installed: no metrics or alerts in this run." >&2
+  echo "Install it (Debian: apt-get install prometheus) and start make run again." >&2
+  exec sleep infinity
+fi
+mkdir -p .run/prometheus
+exec prometheus \
+  --config.file=infra/prometheus/prometheus.local.yml \
+  --storage.tsdb.path=.run/prometheus \
+  --storage.tsdb.retention.time=2d \
+  --web.listen-address="127.0.0.1:$port" \
+  --log.level=warn

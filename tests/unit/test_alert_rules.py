@@ -1,0 +1,101 @@
+"""The alert rules (infra/prometheus/alerts.yml) tested as Prometheus would run them: promtool
+feeds each rule series that must make it fire and series that must not (alerts.test.yml). Plus
+what promtool cannot know: the rules name Warren's real queues, and each has its runbook."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared import topology
+
+REPO = Path(__file__).resolve().parents[2]
+PROMETHEUS = REPO / "infra" / "prometheus"
+RULES = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+ALERTS = {rule["alert"]: rule for group in RULES["groups"] for rule in group["rules"]}
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is missing: apt-get install prometheus (.ci/run installs it)")
+    return found
+
+
+def run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_every_rule_fires_and_stays_quiet_as_its_tests_say(promtool: str) -> None:
+    result = run(promtool, "test", "rules", "alerts.test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_rule_has_a_test_that_fires_it(promtool: str) -> None:
+    tests = yaml.safe_load((PROMETHEUS / "alerts.test.yml").read_text())["tests"]
+    fired = {
+        case["alertname"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    quiet = {
+        case["alertname"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if not case.get("exp_alerts")
+    }
+    assert fired == set(ALERTS), set(ALERTS) - fired
+    assert quiet == set(ALERTS), set(ALERTS) - quiet
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.local.yml"])
+def test_the_prometheus_configurations_are_valid_and_load_the_rules(
+    promtool: str, config: str
+) -> None:
+    result = run(promtool, "check", "config", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert yaml.safe_load((PROMETHEUS / config).read_text())["rule_files"] == ["alerts.yml"]
+
+
+def test_the_no_consumer_rule_watches_exactly_the_queues_warren_consumes() -> None:
+    expr = ALERTS["WarrenQueueWithoutConsumers"]["expr"]
+    [pattern] = re.findall(r'queue=~"([^"]+)"', expr)
+    watched = {name.replace("\\\\.", ".") for name in pattern.split("|")}
+    assert watched == {queue.name for queue in topology.ALL_QUEUES_WITH_DLQ}
+
+
+def test_every_service_is_scraped_locally_on_its_procfile_port() -> None:
+    procfile = (REPO / "Procfile").read_text()
+    ports = set(re.findall(r"services\.\w+ --port (\d+)", procfile))
+    local = yaml.safe_load((PROMETHEUS / "prometheus.local.yml").read_text())
+    targets = {
+        target.rsplit(":", 1)[1]
+        for job in local["scrape_configs"]
+        if job["job_name"].startswith("warren-")
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert targets == ports
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    chapter = (REPO / "docs" / "13-monitoring.md").read_text()
+    headings = {
+        re.sub(r"[^a-z0-9]+", "", line.lstrip("#").strip().lower())
+        for line in chapter.splitlines()
+        if line.startswith("### ")
+    }
+    for name, rule in ALERTS.items():
+        anchor = rule["annotations"]["runbook"].split("#", 1)[1]
+        assert anchor == name.lower()
+        assert anchor in headings, f"docs/13-monitoring.md has no '### {name}' runbook"
