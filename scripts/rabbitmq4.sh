@@ -122,15 +122,17 @@ start() {
   build
   node_env
   if answers; then
-    if [ -z "$tls_dir" ] || answers "$tls_port"; then
+    # Running with the certificates asked for (or none asked for): reuse it. Else restart: a
+    # node with another CA's certificate would fail the clients that trust this one.
+    if [ -z "$tls_dir" ] || { answers "$tls_port" && [ "$(cat "$state/tls-dir" 2>/dev/null)" = "$tls_dir" ]; }; then
       log "already running on 127.0.0.1:$port"; version; return
     fi
-    log "running without AMQPS: restarting it with $tls_dir"
+    log "running without AMQPS from $tls_dir: restarting it"
     rabbitmqctl -q -n "$node" stop "$RABBITMQ_PID_FILE"
   fi
   rm -rf "$state" && mkdir -p "$state/log" "$state/mnesia"
   sed -e "s/@PORT@/$port/" -e "s/@MGMT_PORT@/$mgmt_port/" "$here/infra/rabbitmq/rabbitmq4-test.conf" >"$state/rabbitmq.conf"
-  if [ -n "$tls_dir" ]; then tls_config >>"$state/rabbitmq.conf"; fi
+  if [ -n "$tls_dir" ]; then tls_config >>"$state/rabbitmq.conf"; echo "$tls_dir" >"$state/tls-dir"; fi
   # The event exchange (amq.rabbitmq.event): the audit service records the broker's security
   # events from it (docs/14-security.md). A node already running gets it with
   # `scripts/rabbitmq4.sh plugins enable rabbitmq_event_exchange`, no restart needed.
