@@ -36,7 +36,7 @@ test-rabbitmq4: $(STAMP) ## The broker tests against RabbitMQ 4.x with 4.3's def
 	@$(BIN)/warren certs generate --output $(TEST_TLS_DIR)
 	@RABBITMQ4_TLS_DIR=$(TEST_TLS_DIR) scripts/rabbitmq4.sh start
 	RABBIT_URL=$(RABBITMQ4_URL) WARREN_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
-		WARREN_TEST_AMQPS_URL="$(RABBITMQ4_AMQPS_URL)" \
+		WARREN_TEST_AMQPS_URL="$(RABBITMQ4_AMQPS_URL)" WARREN_TEST_RABBITMQ_METRICS=127.0.0.1:15693 \
 		$(BIN)/pytest tests/integration tests/e2e tests/faults tests/chaos $(PYTEST_ARGS)
 	@scripts/rabbitmq4.sh version
 
