@@ -28,6 +28,7 @@ from cli import (
     seed,
     supervise,
     tokens,
+    top,
     topology,
     traces,
 )
@@ -44,6 +45,7 @@ app.command("supervise", context_settings=supervise.CONTEXT_SETTINGS)(supervise.
 app.command("seed")(seed.seed)
 app.command("demo")(demo.demo)
 app.command("audit")(audit.audit)
+app.command("top")(top.top)
 app.command("token")(tokens.token)
 app.command("mail-sink")(mail_sink.mail_sink)
 app.add_typer(orders.app, name="orders")

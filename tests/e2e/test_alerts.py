@@ -9,7 +9,6 @@ durations, cut to a few seconds (promtool's tests cover the durations: tests/uni
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import socket
@@ -24,14 +23,12 @@ import pytest
 import yaml
 
 from shared.testing.system import System, free_port
+from tests.support.metrics import BROKER_METRICS
 from tests.support.orders import final_order, order_body
 from tests.support.polling import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "infra" / "prometheus" / "alerts.yml"
-# The broker's Prometheus endpoint: the machine's RabbitMQ 3.x on 15692, the 4.x test node on
-# 15693 (make test-rabbitmq4 says so).
-BROKER_METRICS = os.environ.get("WARREN_TEST_RABBITMQ_METRICS", "127.0.0.1:15692")
 
 
 def answers(address: str) -> bool:

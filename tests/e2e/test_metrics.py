@@ -4,10 +4,16 @@ ended, sagas, the outbox, the quote, emails) and the ones FastStream records for
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+from urllib.parse import unquote, urlsplit
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.testing.system import System
+from shared.testing.system import BIN, System
+from tests.support.metrics import BROKER_METRICS
 from tests.support.orders import final_order, order_body
 
 # metric family -> the processes that serve it
@@ -76,3 +82,30 @@ async def test_no_metric_label_names_an_order(system: System, api: httpx.AsyncCl
                 assert not any(
                     len(value) == 36 and value.count("-") == 4 for value in labels.values()
                 ), labels
+
+
+def test_warren_top_shows_the_queues_and_the_orders_of_the_running_system(system: System) -> None:
+    """`warren top --once` against this system: every queue, its consumers, the orders."""
+    ports = system.ports
+    services = ("order", "inventory", "payment_1", "notification", "audit")
+    env = {
+        **os.environ,
+        **system.env,
+        "WARREN_TOP_TARGETS": ",".join(f"{n}=http://127.0.0.1:{ports[n]}" for n in services),
+        "WARREN_VHOST": unquote(urlsplit(system.env["RABBIT_URL"]).path[1:]) or "/",
+        "RABBITMQ_METRICS_URL": f"http://{BROKER_METRICS}",
+        "COLUMNS": "160",
+    }
+    shown = subprocess.run(
+        [str(BIN / "warren"), "top", "--once", "--interval", "0.5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "not answering" not in shown, shown
+    # payment.stock-reserved: two consumers (the two payment replicas).
+    assert re.search(r"payment\.stock-reserved\s+│\s+\d+\s+│\s+\d+\s+│\s+2\s+│", shown), shown
+    assert re.search(r"CONFIRMED [1-9]", shown), shown
+    assert re.search(r"outbox: \d+ pending", shown), shown
