@@ -9,6 +9,7 @@ durations, cut to a few seconds (promtool's tests cover the durations: tests/uni
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import socket
@@ -157,3 +158,36 @@ async def test_stopped_payment_consumers_fire_the_alert_and_it_resolves_when_the
     # Nothing was lost while nobody consumed: every order placed meanwhile ends.
     for order_id in placed:
         assert (await final_order(api, order_id, timeout=60))["status"] == "CONFIRMED"
+
+
+DASHBOARD = REPO / "infra" / "grafana" / "dashboards" / "warren.json"
+
+
+async def test_every_dashboard_query_parses_and_returns_data(
+    system: System, api: httpx.AsyncClient, prometheus: str
+) -> None:
+    """The Grafana dashboard's queries, run by this Prometheus after a few orders (Grafana's
+    $__rate_interval as 30 s): each parses, and each has data -- a panel that stays empty
+    would be a query for a metric nobody serves."""
+    for token in ("tok_visa", "tok_visa", "tok_chargeDeclined"):
+        answer = await api.post("/orders", json=order_body(token=token))
+        await final_order(api, answer.json()["order_id"])
+    queries = [
+        (panel["title"], target["expr"].replace("$__rate_interval", "30s"))
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+
+    async def empty() -> list[str]:
+        missing = []
+        async with httpx.AsyncClient() as client:
+            for title, expr in queries:
+                answer = (
+                    await client.get(f"{prometheus}/api/v1/query", params={"query": expr})
+                ).json()
+                assert answer["status"] == "success", (title, expr, answer)
+                if not answer["data"]["result"]:
+                    missing.append(f"{title}: {expr}")
+        return missing
+
+    assert not await eventually(empty, until=lambda missing: not missing, timeout=60)
