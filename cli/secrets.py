@@ -25,7 +25,7 @@ from rich.console import Console
 # keys that open payment tokens, the key that signs the API's bearer tokens.
 SECRET_VARIABLES = re.compile(
     r"RABBITMQ_PASSWORD|BROKER_PASSWORD_[A-Z0-9_]+|MONGO_ROOT_PASSWORD|MONGO_PASSWORD_[A-Z0-9_]+"
-    r"|PAYMENT_TOKEN_KEYS|API_TOKEN_SECRET"
+    r"|PAYMENT_TOKEN_KEYS|API_TOKEN_SECRET|GRAFANA_ADMIN_PASSWORD"
 )
 
 app = typer.Typer(help="The secret files compose gives the containers.", no_args_is_help=True)

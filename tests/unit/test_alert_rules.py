@@ -4,6 +4,7 @@ what promtool cannot know: the rules name Warren's real queues, and each has its
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -99,3 +100,64 @@ def test_every_alert_has_a_runbook_section() -> None:
         anchor = rule["annotations"]["runbook"].split("#", 1)[1]
         assert anchor == name.lower()
         assert anchor in headings, f"docs/13-monitoring.md has no '### {name}' runbook"
+
+
+# --- under compose: Prometheus, Alertmanager, Grafana wired to each other --------------------
+
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+
+
+def mounts(service: str) -> dict[str, str]:
+    """container path -> host path of a service's bind mounts."""
+    found = {}
+    for volume in COMPOSE[service].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            found[target] = source
+    return found
+
+
+def test_compose_prometheus_loads_the_tested_configuration_and_rules() -> None:
+    assert mounts("prometheus") == {
+        "/etc/prometheus/prometheus.yml": "./infra/prometheus/prometheus.yml",
+        "/etc/prometheus/alerts.yml": "./infra/prometheus/alerts.yml",
+    }
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    [manager] = config["alerting"]["alertmanagers"]
+    assert manager["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    # Every scraped host is a service of the compose file.
+    for job in config["scrape_configs"]:
+        hosts = [t.split(":")[0] for s in job.get("static_configs", []) for t in s["targets"]]
+        hosts += [n for d in job.get("dns_sd_configs", []) for n in d["names"]]
+        assert set(hosts) <= set(COMPOSE), job["job_name"]
+
+
+def test_compose_alertmanager_configuration_is_valid_and_mails_through_mailpit() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.fail("amtool is missing: apt-get install prometheus-alertmanager")
+    config = REPO / "infra" / "alertmanager" / "alertmanager.yml"
+    checked = subprocess.run([amtool, "check-config", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert yaml.safe_load(config.read_text())["global"]["smtp_smarthost"] == "mailpit:1025"
+    assert mounts("alertmanager") == {
+        "/etc/alertmanager/alertmanager.yml": "./infra/alertmanager/alertmanager.yml"
+    }
+
+
+def test_compose_grafana_gets_its_data_sources_and_the_dashboard() -> None:
+    grafana = REPO / "infra" / "grafana"
+    assert mounts("grafana") == {
+        "/etc/grafana/provisioning": "./infra/grafana/provisioning",
+        "/var/lib/grafana/dashboards": "./infra/grafana/dashboards",
+    }
+    sources = yaml.safe_load((grafana / "provisioning/datasources/warren.yml").read_text())
+    urls = {s["uid"]: s["url"] for s in sources["datasources"]}
+    assert urls == {"prometheus": "http://prometheus:9090", "jaeger": "http://jaeger:16686"}
+    provider = yaml.safe_load((grafana / "provisioning/dashboards/warren.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboard = json.loads((grafana / "dashboards/warren.json").read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {"prometheus"}
+    assert COMPOSE["grafana"]["secrets"] == ["grafana_admin_password"]

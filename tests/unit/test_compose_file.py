@@ -447,7 +447,17 @@ def test_only_services_on_the_frontend_publish_ports_and_each_of_them_is_on_it()
         on_frontend = "frontend" in _networks_of(svc)
         assert on_frontend == bool(svc.get("ports")), f"{name}: ports {svc.get('ports')}"
     published = {name for name, svc in _services().items() if svc.get("ports")}
-    assert published == {"order", "rabbitmq", "mongo", "jaeger", "mailpit", "locust"}
+    assert published == {
+        "order",
+        "rabbitmq",
+        "mongo",
+        "jaeger",
+        "mailpit",
+        "locust",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    }
 
 
 def test_the_services_talk_over_the_backend_and_the_job_with_every_password_has_no_network() -> (
