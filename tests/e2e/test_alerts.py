@@ -4,16 +4,14 @@ series grow); start them again, and it resolves -- and every order placed meanwh
 
 Prometheus (Debian's) scrapes this test system's services and the broker's metrics endpoint
 every second, with infra/prometheus/alerts.yml's rules as they are, except their `for:`
-durations, cut to a few seconds (promtool's tests cover the durations: tests/unit)."""
+durations, cut to a few seconds (promtool's tests cover the durations: tests/unit; the
+Prometheus: shared/testing/prometheus.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,36 +19,14 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
-import yaml
 
-from shared.testing.system import System, free_port
+from shared.testing.prometheus import answers, running_prometheus
+from shared.testing.system import System
 from tests.support.metrics import BROKER_METRICS
 from tests.support.orders import final_order, order_body
 from tests.support.polling import eventually
 
 REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "infra" / "prometheus" / "alerts.yml"
-
-
-def answers(address: str) -> bool:
-    host, port = address.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-def quick_rules(folder: Path) -> Path:
-    """alerts.yml with every `for:` cut to 3 s (the expressions and labels untouched)."""
-    rules = yaml.safe_load(RULES.read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            if "for" in rule:
-                rule["for"] = "3s"
-    path = folder / "alerts.yml"
-    path.write_text(yaml.safe_dump(rules))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -59,48 +35,8 @@ def prometheus(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iter
         pytest.fail("prometheus is missing: apt-get install prometheus (.ci/run installs it)")
     if not answers(BROKER_METRICS):
         pytest.fail(f"no RabbitMQ metrics on {BROKER_METRICS}: rabbitmq_prometheus is off")
-    folder = tmp_path_factory.mktemp("prometheus")
-    services = {name: port for name, port in system.ports.items() if name in system.processes}
-    services = {n: p for n, p in services.items() if n not in {"smtp", "traces", "mail_api"}}
-    config: dict[str, Any] = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(quick_rules(folder))],
-        "scrape_configs": [
-            {
-                "job_name": "rabbitmq-queues",
-                "metrics_path": "/metrics/detailed",
-                "params": {"family": ["queue_coarse_metrics", "queue_consumer_count"]},
-                "static_configs": [{"targets": [BROKER_METRICS]}],
-            },
-            *(
-                {
-                    "job_name": f"warren-{name}",
-                    "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
-                }
-                for name, port in services.items()
-            ),
-        ],
-    }
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    with (folder / "prometheus.log").open("w") as log:
-        process = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        asyncio.run(eventually(lambda: answers(f"127.0.0.1:{port}"), timeout=30))
+    with running_prometheus(system, BROKER_METRICS, tmp_path_factory.mktemp("prometheus")) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def vhost_of(system: System) -> str:
@@ -125,7 +61,6 @@ async def test_stopped_payment_consumers_fire_the_alert_and_it_resolves_when_the
 ) -> None:
     labels = {"vhost": vhost_of(system), "queue": "payment.stock-reserved"}
     # Before: every consumer present, no alert.
-    await eventually(lambda: answers(prometheus.removeprefix("http://")))
     assert not await firing(prometheus, "WarrenQueueWithoutConsumers", **labels)
 
     payments = ("payment_1", "payment_2")
