@@ -104,8 +104,8 @@ def _observe(
         "--compose",
         envvar="WARREN_COMPOSE",
         help="Talk to the compose stack from this machine, as the operator (users and ports "
-        "from .env). Inside a container, `docker compose exec order warren ...` runs as that "
-        "service: its own database only.",
+        "from .env). In the stack, `docker compose run --rm warren ...` runs as the operator "
+        "too; `docker compose exec order warren ...` runs as that service: its own database only.",
     ),
 ) -> None:
     """Trace the CLI's own work (e.g. DLQ replays) when OTEL_* variables say where to send it."""

@@ -27,7 +27,12 @@ against its schema. This script executes it instead, as far as a single machine 
   the service is on internal networks only (Docker publishes no port there: it fails);
 * each app's ``healthcheck`` command is run as written, within compose's own time budget;
 * then an order is placed through the published API port and must reach CONFIRMED, with its
-  trace at the OTLP receiver and its email at the sink.
+  trace at the OTLP receiver and its email at the sink;
+* and the operator's tools, ``docker compose run --rm warren ledger --wait 30``: the ``warren``
+  service (in a profile: ``up`` does not start it) with its entrypoint, environment and secrets,
+  logged in as the operator; the ledger must hold. The broker is this machine's: a DLQ that
+  already held dead letters before the rehearsal (an earlier test's) is not held against it,
+  one that holds more now is. Other services in a profile (Locust) are not run.
 
 It fails, naming the service, when compose and the code disagree: a variable missing or
 misspelled, a wrong port, a command that does not exist, a secret missing or leaked. What it
@@ -87,6 +92,10 @@ APP_ORDER = [
     "celery-worker",
     "audit",
 ]
+# The operator's tools (profile tools), and what the rehearsal runs with them, as
+# `docker compose run --rm warren ledger --wait 30` would.
+TOOLS = "warren"
+TOOLS_COMMAND = ["ledger", "--wait", "30"]
 # What the Dockerfile's ENV lines give every container.
 IMAGE_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -490,6 +499,20 @@ class Rehearsal:
             raise RehearsalError(f"{name} exited with {process.returncode}:\n{self.tail(name)}")
         log(f"{name}: completed")
 
+    def run_tool(self, name: str, service: dict[str, Any], args: list[str]) -> tuple[int, str]:
+        """``docker compose run --rm <name> <args>``: the service's ``entrypoint`` with ``args``
+        in place of its ``command``, once, as its container; its exit status and output."""
+        entrypoint = list(service.get("entrypoint") or [])
+        if not entrypoint:
+            raise RehearsalError(f"{name}: no entrypoint for `docker compose run {name} ...`")
+        argv = self.in_container(service, [*entrypoint, *args])
+        process = self.start(name, argv, self.process_env(name, service), self.root(name) / "app")
+        try:
+            returncode = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise RehearsalError(f"{name} {' '.join(args)} still running after 120 s") from None
+        return returncode, self.tail(name, 200)
+
     def load_definitions(self, compose: dict[str, Any]) -> list[str]:
         """What the broker does at boot: import the definitions the job wrote."""
         job = compose["services"]["broker-definitions"]
@@ -620,6 +643,23 @@ def environment_leaks(env: dict[str, str], secrets: dict[str, str]) -> list[str]
     return leaks
 
 
+_DEAD_LETTERS = re.compile(r"✗ (\S+\.dlq) holds (\d+) message")
+
+
+def ledger_failures(output: str, dead_letters_before: dict[str, int]) -> list[str]:
+    """The ledger's failure lines (``✗ ...``) that are the rehearsal's: all but a DLQ that held
+    at least as many dead letters before the rehearsal began (the broker is this machine's)."""
+    failures = []
+    for line in output.splitlines():
+        if "✗" not in line:
+            continue
+        dead = _DEAD_LETTERS.search(line)
+        if dead and int(dead.group(2)) <= dead_letters_before.get(dead.group(1), 0):
+            continue
+        failures.append(line.strip())
+    return failures
+
+
 def _seconds(duration: str | int | float) -> float:
     if isinstance(duration, int | float):
         return float(duration)
@@ -720,6 +760,7 @@ def main(
     broker_port = broker_port or port
     rabbitmqctl = rabbitmqctl or ctl
     check_broker(broker_port)
+    dead_letters_before = dead_letters_on(broker_port)
     workdir = make_workdir()
     imported_users: list[str] = []  # filled as the rehearsal goes: it may fail after the import
     started = time.monotonic()
@@ -733,6 +774,7 @@ def main(
             workdir,
             forwarder,
             imported_users,
+            dead_letters_before,
         )
     except (RehearsalError, subprocess.CalledProcessError) as error:
         log(f"FAILED: {error}")
@@ -774,6 +816,17 @@ def check_broker(broker_port: int) -> None:
         raise typer.Exit(1)
 
 
+def dead_letters_on(broker_port: int) -> dict[str, int]:
+    """DLQ -> its dead letters on the broker now, before the rehearsal (none where Warren's
+    queues do not exist yet)."""
+    from cli.ledger import dead_letter_counts
+
+    try:
+        return asyncio.run(dead_letter_counts(f"amqp://guest:guest@127.0.0.1:{broker_port}/"))
+    except Exception:  # a queue missing: nothing was dead-lettered into it
+        return {}
+
+
 def make_workdir() -> Path:
     """A fresh work folder: the processes' logs, MongoDB's data (and, as they start, each
     container's own folders and secrets)."""
@@ -791,12 +844,17 @@ def rehearse(
     workdir: Path,
     forwarder: Forwarder,
     imported_users: list[str],
+    dead_letters_before: dict[str, int],
 ) -> dict[str, Any]:
     """Read the compose file and run its app services in a network namespace of their own, up to
-    an order placed through the published API port; every process is stopped at the end."""
+    an order placed through the published API port and the operator's ledger; every process is
+    stopped at the end."""
     compose = load_compose(compose_file, values)
     services = compose["services"]
-    log(f"{compose_file.name}: {len(services)} services; rehearsing {', '.join(APP_ORDER)}")
+    log(
+        f"{compose_file.name}: {len(services)} services; rehearsing {', '.join(APP_ORDER)}, "
+        f"then `docker compose run --rm {TOOLS} {' '.join(TOOLS_COMMAND)}`"
+    )
     hosts = sorted(set(services) - set(APP_ORDER))  # rabbitmq, mongo, jaeger, mailpit, ...
     for tool in ("unshare", "setpriv"):
         if shutil.which(tool) is None:
@@ -806,17 +864,21 @@ def rehearse(
             compose_file.parent, broker_port, rabbitmqctl, workdir, namespace, forwarder, compose
         )
         try:
-            return run_in_compose_order(rehearsal, compose, imported_users)
+            return run_in_compose_order(rehearsal, compose, imported_users, dead_letters_before)
         finally:
             rehearsal.stop_all()
 
 
 def run_in_compose_order(
-    rehearsal: Rehearsal, compose: dict[str, Any], imported_users: list[str]
+    rehearsal: Rehearsal,
+    compose: dict[str, Any],
+    imported_users: list[str],
+    dead_letters_before: dict[str, int],
 ) -> dict[str, Any]:
     """What `docker compose up` does, in its order: the stand-ins, the one-shot jobs (the broker
-    imports the definitions between the two), the services, their healthchecks; then the order.
-    The broker users the definitions bring are added to ``imported_users``."""
+    imports the definitions between the two), the services, their healthchecks; then the order,
+    and the operator's ledger in the tools container. The broker users the definitions bring
+    are added to ``imported_users``."""
     services = compose["services"]
     rehearsal.start_stand_ins()
     rehearsal.run_one_shot("broker-definitions", services["broker-definitions"])
@@ -829,7 +891,21 @@ def run_in_compose_order(
         rehearsal.healthy(name, services[name])
     api_port = int(str(services["order"]["ports"][0]).split(":")[-2])
     result = place_an_order(f"http://127.0.0.1:{api_port}", rehearsal)
-    rehearsal.nothing_written(APP_ORDER)
+    if TOOLS not in services:
+        raise RehearsalError(f"no service {TOOLS}: the operator's tools (profile tools)")
+    returncode, output = rehearsal.run_tool(TOOLS, services[TOOLS], TOOLS_COMMAND)
+    failures = ledger_failures(output, dead_letters_before)
+    if returncode not in (0, 1) or (returncode == 1 and (failures or "✗" not in output)):
+        raise RehearsalError(
+            f"`docker compose run --rm {TOOLS} {' '.join(TOOLS_COMMAND)}` exited with "
+            f"{returncode}:\n{output[-3000:]}"
+        )
+    log(
+        f"{TOOLS}: `docker compose run --rm {TOOLS} {' '.join(TOOLS_COMMAND)}`, as the operator: "
+        "the ledger holds"
+        + ("" if returncode == 0 else " (but for dead letters the broker held before)")
+    )
+    rehearsal.nothing_written([*APP_ORDER, TOOLS])
     return result
 
 

@@ -6,7 +6,9 @@ With one variable taken out of docker-compose.yml, the app containers fall back 
 defaults (127.0.0.1), which in a container -- and in the rehearsal's network namespace -- is
 nobody. With one secret no longer blanked, env_file would hand it to every container. A service
 that names its MongoDB user but gets no password could not log in (the stand-in has no
-authentication: the rehearsal checks the login is there, then connects without).
+authentication: the rehearsal checks the login is there, then connects without). The operator's
+tools (`docker compose run --rm warren ledger`) run last, as the operator: without the
+operator's broker password they cannot read the dead-letter queues, and the rehearsal fails.
 """
 
 from __future__ import annotations
@@ -71,10 +73,20 @@ def test_a_password_changed_for_compose_reaches_the_broker_and_every_service(
     assert "CONFIRMED, traced by" in result.stdout, result.stdout[-3000:]
     assert "wrote nothing into their working folder or HOME" in result.stdout
     # Each its own MongoDB user, its password present (the stand-in then takes no login).
-    for container, user in (("seed", "inventory"), ("order", "order"), ("audit", "audit")):
+    for container, user in (
+        ("seed", "inventory"),
+        ("order", "order"),
+        ("audit", "audit"),
+        ("warren", "operator"),
+    ):
         assert f"{container}: logs in to MongoDB as {user} (password: its secret file)" in (
             result.stdout
         )
+    # The operator's tools: `docker compose run --rm warren ledger`, with the operator's
+    # changed broker password, and the one order balanced in every service's database.
+    assert "warren: `docker compose run --rm warren ledger --wait 30`, as the operator" in (
+        result.stdout
+    )
 
 
 def test_the_rehearsal_fails_when_a_secret_reaches_an_environment(
@@ -120,3 +132,17 @@ def test_the_rehearsal_fails_when_a_service_names_its_mongodb_user_without_its_p
         "FAILED: audit: MONGO_URL names the user audit but the container gets no secret "
         "mongo_password"
     ) in result.stdout, result.stdout[-2000:]
+
+
+def test_the_rehearsal_fails_when_the_tools_lose_the_operators_broker_password(
+    rabbit_url: str, tmp_path: Path
+) -> None:
+    compose = (REPO / "docker-compose.yml").read_text()
+    secret = "      - source: rabbitmq_password\n        target: rabbit_password\n"
+    result = _rehearse(
+        _project(tmp_path, _without_in_service(compose, "warren", secret)), rabbit_url
+    )
+    assert result.returncode == 1, result.stdout[-2000:]
+    # No password: the ledger cannot read the dead-letter queues, as the operator or anyone.
+    assert "`docker compose run --rm warren ledger --wait 30` exited with 1" in result.stdout
+    assert "cannot read the queues" in result.stdout, result.stdout[-2000:]

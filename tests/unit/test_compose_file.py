@@ -6,7 +6,8 @@ This covers the Compose JSON schema, a healthcheck on every long-running contain
 containers' hardening: read-only root filesystems, no capabilities, `no-new-privileges`, two
 networks, and secrets as files that only their containers get, never in an environment; and
 MongoDB with authentication, each service logging in as its own user with its own password
-(the users themselves: tests/unit/test_mongo_users.py).
+(the users themselves: tests/unit/test_mongo_users.py); and the operator's tools, a `warren`
+container in a profile that logs in as the operator.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ RABBITMQ_CONF = REPO / "infra" / "rabbitmq" / "rabbitmq.conf"
 SECRETS = REPO / "secrets"
 JAEGER_CONFIG = REPO / "infra" / "jaeger" / "config.yaml"
 
+# The operator's tools: `docker compose run --rm warren <command>`, in the profile tools.
+TOOLS = "warren"
+
 # Containers that run once and exit. A healthcheck means nothing for them. Their dependents wait
-# for `service_completed_successfully`, and they must never be restarted.
-ONE_SHOT = {"seed", "broker-definitions"}
+# for `service_completed_successfully`, and they must never be restarted. (The tools run one
+# command each time `docker compose run` starts them.)
+ONE_SHOT = {"seed", "broker-definitions", TOOLS}
 
 # Modules the app image runs with `python -m`, relative to the repository root.
 APP_MODULES = [
@@ -52,8 +57,8 @@ APP_MODULES = [
 _MONGO_URL = re.compile(r"mongodb://([a-z]+)@mongo:27017/\?authSource=admin")
 
 # The MongoDB user of each app container whose user is not named after it: the seed job loads
-# inventory's catalogue, the Celery worker is notification's.
-MONGO_USER_OF = {"seed": "inventory", "celery-worker": "notification"}
+# inventory's catalogue, the Celery worker is notification's, the tools are the operator's.
+MONGO_USER_OF = {"seed": "inventory", "celery-worker": "notification", TOOLS: "operator"}
 
 # ${VAR}, ${VAR:?msg}, ${VAR:-default}, ${VAR-default}, ... but not the escaped $${VAR}.
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[?\-+][^}]*)?\}")
@@ -129,7 +134,7 @@ def test_compose_file_has_no_obsolete_version_key() -> None:
 def test_yaml_anchors_resolve_into_every_app_service() -> None:
     services = _app_services()
     expected = {"seed", "order", "inventory", "payment", "notification", "celery-worker", "audit"}
-    assert set(services) == expected | {"broker-definitions"}
+    assert set(services) == expected | {"broker-definitions", TOOLS}
     for name in expected:
         svc = services[name]
         assert "<<" not in svc, f"{name}: merge key left unresolved"
@@ -472,7 +477,7 @@ def test_the_services_talk_over_the_backend_and_the_job_with_every_password_has_
             assert _networks_of(svc) == {"frontend"}
         else:
             assert "backend" in _networks_of(svc), name
-    for name in ("inventory", "payment", "notification", "celery-worker", "seed"):
+    for name in ("inventory", "payment", "notification", "celery-worker", "seed", TOOLS):
         assert _networks_of(_services()[name]) == {"backend"}, name
 
 
@@ -526,8 +531,8 @@ def test_no_secret_reaches_a_container_through_its_environment() -> None:
 def test_each_service_gets_its_own_broker_password_and_no_other_secret() -> None:
     others = {"payment": {"payment_token_keys"}, "order": {"api_token_secret"}}
     for name, svc in _app_services().items():
-        if name in ("broker-definitions", "seed"):
-            continue
+        if name in ("broker-definitions", "seed", TOOLS):
+            continue  # the tools: the operator's passwords (test below)
         env, secrets = svc["environment"], _secrets_of(svc)
         user = env["RABBIT_URL"].removeprefix("amqp://").partition("@")[0]
         assert secrets.pop("rabbit_password") == f"broker_password_{user}", name
@@ -585,7 +590,7 @@ def test_each_service_logs_in_to_mongodb_as_its_own_user_with_its_own_password(
     assert match, f"{name}: MONGO_URL {svc['environment']['MONGO_URL']!r}"
     user = match.group(1)
     assert user == MONGO_USER_OF.get(name, name), name
-    if "RABBIT_URL" in svc["environment"] and name != "seed":
+    if "RABBIT_URL" in svc["environment"] and name not in ("seed", TOOLS):
         assert svc["environment"]["RABBIT_URL"].startswith(f"amqp://{user}@"), name
     secrets = _secrets_of(svc)
     assert secrets["mongo_password"] == f"mongo_password_{user}", name
@@ -600,8 +605,9 @@ def test_each_mongodb_password_reaches_its_own_service_and_the_database_alone() 
         holders.setdefault(MONGO_USER_OF.get(name, name), set()).add(name)
     for user, services in holders.items():
         assert _holders(f"mongo_password_{user}") == services | {"mongo"}, user
-    # The operator's is for `warren --compose` on this machine, root's for an administrator.
-    assert _holders("mongo_password_operator") == {"mongo"}
+    # The operator's is for the tools container and `warren --compose` on this machine, root's
+    # for an administrator.
+    assert _holders("mongo_password_operator") == {"mongo", TOOLS}
     assert _holders("mongo_root_password") == {"mongo"}
     assert not _secrets_of(_services()["broker-definitions"]).keys() & {"mongo_password"}
     assert "MONGO_URL" not in _services()["broker-definitions"]["environment"]
@@ -618,3 +624,43 @@ def test_no_mongo_url_carries_a_password() -> None:
         url = str((svc.get("environment") or {}).get("MONGO_URL", ""))
         assert not re.search(r"://[^/@]*:[^/@]*@", url), f"{name}: a password in {url}"
         assert not any(password in url for password in passwords), name
+
+
+# --- (h) the operator's tools: `docker compose run --rm warren <command>` ----------------------
+
+
+def test_the_tools_run_warren_as_the_operator_and_only_when_asked() -> None:
+    """A command run in a service's container runs as that service (its own database and queues
+    only); the operator's commands (ledger, dlq, outbox, seed --reset) run in this container,
+    as the operator, like `warren --compose` from the host."""
+    tools = _services()[TOOLS]
+    # In a profile: `docker compose up` does not start it, `docker compose run warren` does.
+    assert tools["profiles"] == ["tools"]
+    assert tools["entrypoint"] == ["warren"] and tools["command"] == ["--help"]
+    assert tools["restart"] == "no"
+    assert "depends_on" not in tools  # for a running stack; `--help` needs nothing
+    env = tools["environment"]
+    # The operator's broker user, the one broker-definitions makes from RABBITMQ_USER ...
+    assert env["RABBIT_URL"] == "amqp://${RABBITMQ_USER:?set it in .env}@rabbitmq:5672/"
+    definitions_user = _services()["broker-definitions"]["environment"]["RABBITMQ_USER"]
+    assert definitions_user == "${RABBITMQ_USER:?set it in .env}"
+    # ... and MongoDB's operator (infra/mongo/init-users.js), with their passwords as the files
+    # the settings read, and no other secret (not the API's token key: demo and token stay in
+    # the order container).
+    assert env["MONGO_URL"] == "mongodb://operator@mongo:27017/?authSource=admin"
+    assert _secrets_of(tools) == {
+        "rabbit_password": "rabbitmq_password",
+        "mongo_password": "mongo_password_operator",
+    }
+    assert env["WARREN_SECRETS_DIR"] == "/run/secrets"
+    # What the commands read: ledger counts the emails in Mailpit, a DLQ replay is traced.
+    assert env["MAIL_API_URL"] == "http://mailpit:8025"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    # Not `--compose`: that would point the command at this machine's published ports.
+    assert "WARREN_COMPOSE" not in env
+    # The operator's broker password reaches the job that hashes it and the tools, no service.
+    assert _holders("rabbitmq_password") == {"broker-definitions", TOOLS}
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "scripts"
+    ]
+    assert "warren" in scripts

@@ -5,6 +5,7 @@ real broker in tests/integration/test_tls.py.)"""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "docker-compose.yml"
 TLS = REPO / "docker-compose.tls.yml"
 CA = "/run/secrets/tls_ca"
+# The operator's tools (`docker compose run --rm warren ...`): a client like the services.
+TOOLS = "warren"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -32,6 +35,11 @@ CLIENTS = sorted(
     for name, service in base["services"].items()
     if {"RABBIT_URL", "MONGO_URL"} & set(service.get("environment") or {})
 )
+
+
+def _url(text: str) -> str:
+    """A URL as urlsplit can read it: ``${RABBITMQ_USER:?set it in .env}`` -> RABBITMQ_USER."""
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}", r"\1", text)
 
 
 def test_the_profile_matches_the_compose_schema() -> None:
@@ -49,12 +57,13 @@ def test_the_profile_matches_the_compose_schema() -> None:
 def test_each_client_reaches_the_broker_over_amqps_as_the_same_user(name: str) -> None:
     plain = base["services"][name]["environment"]
     secured = tls["services"][name]["environment"]
-    if "${RABBITMQ_USER" in plain["RABBIT_URL"]:
+    if name == "seed":
         # The shared default (x-app-env), left to a job that never uses the broker.
-        assert name == "seed" and "RABBIT_URL" not in secured
+        assert "RABBIT_URL" not in secured
         return
     if "RABBIT_URL" in plain:
-        before, after = urlsplit(plain["RABBIT_URL"]), urlsplit(secured["RABBIT_URL"])
+        before = urlsplit(_url(plain["RABBIT_URL"]))
+        after = urlsplit(_url(secured["RABBIT_URL"]))
         assert (after.scheme, after.hostname, after.port) == ("amqps", "rabbitmq", 5671)
         assert after.username == before.username and after.password is None
         assert parse_qs(after.query) == {"cafile": [CA]}
@@ -103,5 +112,12 @@ def test_the_certificates_name_the_hosts_the_clients_dial() -> None:
         secured = tls["services"][name]["environment"]
         for url in (secured.get("RABBIT_URL"), secured["MONGO_URL"]):
             if url:
-                host = urlsplit(url).hostname
+                host = urlsplit(_url(url)).hostname
                 assert host in SERVERS and host in SERVERS[host], url
+
+
+def test_the_operators_tools_go_over_tls_as_the_operator() -> None:
+    assert TOOLS in CLIENTS  # and so through every test above
+    secured = tls["services"][TOOLS]["environment"]
+    assert urlsplit(_url(secured["RABBIT_URL"])).username == "RABBITMQ_USER"
+    assert secured["MONGO_URL"].startswith("mongodb://operator@mongo:27017/")
