@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -46,6 +47,9 @@ def quick_rules(folder: Path, for_: str = "3s") -> Path:
 
 
 def config_for(system: System, broker_metrics: str, rules: Path) -> dict[str, Any]:
+    # The broker's per-queue series for this system's vhost only: other vhosts of the machine
+    # (other test runs) have queues nobody consumes.
+    vhost = unquote(urlsplit(system.env["RABBIT_URL"]).path[1:]) or "/"
     services = {
         name: port
         for name, port in system.ports.items()
@@ -58,7 +62,10 @@ def config_for(system: System, broker_metrics: str, rules: Path) -> dict[str, An
             {
                 "job_name": "rabbitmq-queues",
                 "metrics_path": "/metrics/detailed",
-                "params": {"family": ["queue_coarse_metrics", "queue_consumer_count"]},
+                "params": {
+                    "family": ["queue_coarse_metrics", "queue_consumer_count"],
+                    "vhost": [vhost],
+                },
                 "static_configs": [{"targets": [broker_metrics]}],
             },
             *(
