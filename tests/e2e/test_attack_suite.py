@@ -172,23 +172,9 @@ async def dead_letter(shop: Shop, queue: topology.ConsumerQueue, message_id: str
 async def remove_dead_letters(
     rabbit_url: str, queue: topology.ConsumerQueue, ids: set[str]
 ) -> set[str]:
-    """Take the messages with these ids out of ``queue``'s DLQ, hand every other one back;
-    returns the ids removed."""
-    removed = set()
-    connection = await aio_pika.connect(rabbit_url)
-    async with connection:
-        channel = await connection.channel()
-        dlq = await channel.get_queue(queue.dlq_name, ensure=False)
-        taken = []
-        while (message := await dlq.get(no_ack=False, fail=False)) is not None:
-            taken.append(message)
-        for message in taken:
-            if message.message_id in ids:
-                await message.ack()
-                removed.add(message.message_id)
-            else:
-                await message.nack(requeue=True)
-    return removed
+    """Take the messages with these ids out of ``queue``'s DLQ; returns the ids removed."""
+    taken = await dead_letters(rabbit_url, queue, remove=frozenset(ids))
+    return {str(m.message_id) for m in taken if m.message_id in ids}
 
 
 async def dlq_contents(rabbit_url: str) -> dict[str, list[str]]:

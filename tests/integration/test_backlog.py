@@ -18,14 +18,14 @@ from pymongo import AsyncMongoClient
 
 from services.order.repository import EventStore
 from shared import messaging, topology
-from shared.contracts import Envelope, OrderPlaced, PricedLine, StockReserved
+from shared.contracts import Envelope, OrderPlaced, StockReserved
 from shared.outbox import OutboxRelay, broker_publisher, outbox_stats
 from shared.rpc import RpcClient, RpcUnavailableError
 from shared.settings import WarrenSettings
 from shared.testing.system import rabbitmqctl_command
 from tests.support.broker_users import Broker, provisioned_vhost
+from tests.support.events import order_placed
 from tests.support.polling import eventually
-from tests.support.sealing import sealed_token
 
 pytestmark = pytest.mark.skipif(
     rabbitmqctl_command() is None, reason="provisioning limits needs rabbitmqctl (as root)"
@@ -105,14 +105,7 @@ async def place(store: EventStore, count: int) -> list[str]:
     ids = []
     for _ in range(count):
         order_id = str(uuid.uuid4())
-        placed = OrderPlaced(
-            order_id=order_id,
-            customer_id="bugs-bunny",
-            lines=(PricedLine(sku="CARROT-MUG", quantity=1, unit_price_cents=1250),),
-            total_cents=1250,
-            sealed_payment_token=sealed_token(order_id),
-        )
-        [doc] = await store.append(order_id, 0, [placed])
+        [doc] = await store.append(order_id, 0, [order_placed(order_id)])
         ids.append(doc["envelope"]["id"])
     return ids
 

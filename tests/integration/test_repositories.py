@@ -51,6 +51,7 @@ from shared.contracts import (
 )
 from shared.outbox import OutboxRelay, outbox_stats, retry_parked
 from shared.sealing import UnknownKeyError, generate_key, seal
+from tests.support.events import order_placed
 from tests.support.sealing import PAYMENT_KEYS, PAYMENT_RECIPIENT, sealed_token
 
 MUGS = CatalogItem("CARROT-MUG", "Carrot-shaped mug", 1250, 10)
@@ -389,16 +390,6 @@ async def test_a_token_sealed_for_a_key_payment_does_not_hold_is_retried_not_dec
 
 
 # --- order: event store, read model, idempotency keys, outbox -------------------------------------
-
-
-def order_placed(order_id: str, customer: str = "bugs-bunny") -> OrderPlaced:
-    return OrderPlaced(
-        order_id=order_id,
-        customer_id=customer,
-        lines=(PricedLine(sku="CARROT-MUG", quantity=1, unit_price_cents=1250),),
-        total_cents=1250,
-        sealed_payment_token=sealed_token(order_id),
-    )
 
 
 def order_confirmed(order_id: str) -> OrderConfirmed:

@@ -21,12 +21,12 @@ from aiormq.exceptions import AMQPConnectionError
 from kombu import Connection
 
 from shared import messaging, topology
-from shared.contracts import Envelope, OrderPlaced, PricedLine
+from shared.contracts import Envelope
 from shared.settings import WarrenSettings
 from shared.testing.system import BIN, rabbitmqctl_command
 from shared.tls import celery_broker
 from tests.support.broker_users import Broker, provisioned_vhost
-from tests.support.sealing import sealed_token
+from tests.support.events import order_placed
 
 AMQPS_URL = os.environ.get("WARREN_TEST_AMQPS_URL", "")
 pytestmark = pytest.mark.skipif(
@@ -63,14 +63,7 @@ def stranger_ca(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def placed(order_id: str) -> Envelope:
-    event = OrderPlaced(
-        order_id=order_id,
-        customer_id="bugs-bunny",
-        lines=(PricedLine(sku="CARROT-MUG", quantity=1, unit_price_cents=1250),),
-        total_cents=1250,
-        sealed_payment_token=sealed_token(order_id),
-    )
-    return Envelope.wrap(event, source="order")
+    return Envelope.wrap(order_placed(order_id), source="order")
 
 
 def tls_connections(vhost: str) -> dict[str, str]:

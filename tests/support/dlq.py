@@ -8,8 +8,11 @@ from aio_pika.abc import AbstractIncomingMessage
 from shared.topology import ConsumerQueue
 
 
-async def dead_letters(rabbit_url: str, queue: ConsumerQueue) -> list[AbstractIncomingMessage]:
-    """The messages in ``queue``'s DLQ, left in it: each is taken, then handed back."""
+async def dead_letters(
+    rabbit_url: str, queue: ConsumerQueue, *, remove: frozenset[str] = frozenset()
+) -> list[AbstractIncomingMessage]:
+    """The messages in ``queue``'s DLQ, left in it: each is taken, then handed back -- except
+    those whose message id is in ``remove``, which are taken out for good."""
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
         channel = await connection.channel()
@@ -18,5 +21,8 @@ async def dead_letters(rabbit_url: str, queue: ConsumerQueue) -> list[AbstractIn
         while (message := await dlq.get(no_ack=False, fail=False)) is not None:
             taken.append(message)
         for message in taken:
-            await message.nack(requeue=True)
+            if message.message_id in remove:
+                await message.ack()
+            else:
+                await message.nack(requeue=True)
         return taken

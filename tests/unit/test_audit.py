@@ -21,12 +21,12 @@ from services.audit.repository import AuditTrail
 from services.in_memory import open_shop
 from services.inventory.catalog import CatalogItem
 from shared import topology
-from shared.contracts import EVENT_TYPES, Envelope, OrderPlaced, PaymentSucceeded, PricedLine
+from shared.contracts import EVENT_TYPES, Envelope, PaymentSucceeded
 from shared.messaging import UNVERIFIED, VERIFIED, Provenance
 from shared.testing.memory_mongo import AsyncMongomockDatabase
 from shared.testing.system import PROCESSES_WITH_PORTS
 from shared.testing.system import SERVICES as SYSTEM_SERVICES
-from tests.support.sealing import sealed_token
+from tests.support.events import order_placed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,14 +35,7 @@ NOON = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def placed(order_id: str = ORDER) -> Envelope:
-    data = OrderPlaced(
-        order_id=order_id,
-        customer_id="bugs-bunny",
-        lines=(PricedLine(sku="CARROT-MUG", quantity=1, unit_price_cents=1250),),
-        total_cents=1250,
-        sealed_payment_token=sealed_token(order_id),
-    )
-    return Envelope.wrap(data, source="order", occurred_at=NOON)
+    return Envelope.wrap(order_placed(order_id), source="order", occurred_at=NOON)
 
 
 def paid(order_id: str = ORDER, **fields: Any) -> Envelope:
