@@ -521,6 +521,18 @@ def _handling(provenance: Provenance) -> Iterator[None]:
         # --8<-- [end:provenance]
 
 
+# --8<-- [start:handled-before]
+_handled_before: ContextVar[bool] = ContextVar("warren_handled_before", default=False)
+
+
+def handled_before() -> None:
+    """Say, from a handler, that this message's effect was already done (a redelivery or a
+    duplicate: the handler re-announces, and changes nothing). Its outcome is then counted as
+    ``duplicate`` (warren_messages_total), not ``handled``: the duplicates each consumer skips."""
+    _handled_before.set(True)
+    # --8<-- [end:handled-before]
+
+
 # --8<-- [start:event-consumer]
 class EventConsumer:
     """One queue's delivery rules: decode, handle, publish what the handler returns, then ack.
@@ -562,6 +574,7 @@ class EventConsumer:
         )
         # The publisher a retry or dead-letter copy carries (none: nothing was verified).
         publisher = provenance.publisher if self.identity else None
+        _handled_before.set(False)
         try:
             with order_context(envelope.correlation_id), _handling(provenance):
                 outcome = await handler(envelope, payload)
@@ -571,8 +584,8 @@ class EventConsumer:
         except Exception as exc:
             ended = await self.failed(message, attempts, exc, bound, publisher)
         else:
-            ended = "handled"
-            bound.info("handled", emitted=[event.type for event in outcome])
+            ended = "duplicate" if _handled_before.get() else "handled"
+            bound.info(ended, emitted=[event.type for event in outcome])
         await message.ack()  # only now: the events, or the retry or DLQ copy, are confirmed
         self.measured(ended, envelope.type, started)
 

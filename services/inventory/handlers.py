@@ -39,6 +39,7 @@ from shared.contracts import (
     StockReserved,
 )
 from shared.handlers import HandlerTable
+from shared.messaging import handled_before
 
 SOURCE = "inventory"
 log = structlog.get_logger(__name__)
@@ -90,6 +91,7 @@ async def reserve_stock(
     reservation = await repo.claim(order_id, me, wanted)
     match on_order_placed(reservation, me, repo.now()):
         case Placement.ANNOUNCE:  # decided before: re-announce the same event, never decide again
+            handled_before()
             return [Envelope.model_validate(reservation.outcome_event)]
         case Placement.WAIT:
             raise DecisionInProgressError(f"order {order_id} is being decided by another delivery")

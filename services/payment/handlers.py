@@ -19,6 +19,7 @@ from services.payment.repository import PaymentRepository
 from shared import topology
 from shared.contracts import Envelope, OrderCancelled, StockReserved
 from shared.handlers import HandlerTable
+from shared.messaging import handled_before
 from shared.sealing import SealingError, UnknownKeyError, unseal
 
 SOURCE = "payment"
@@ -43,6 +44,7 @@ async def charge_reserved_order(
     """Charge once per order. A redelivery re-announces the recorded outcome (same event id)."""
     recorded = await deps.payments.get(reserved.order_id)
     if recorded is not None:
+        handled_before()  # charged (or declined) before: counted as a duplicate skipped
         return _announce(recorded)
 
     token = open_payment_token(reserved, deps)

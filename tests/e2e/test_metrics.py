@@ -4,6 +4,7 @@ ended, sagas, the outbox, the quote, emails) and the ones FastStream records for
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,10 +12,13 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from pymongo import AsyncMongoClient
 
-from shared.testing.system import BIN, System
+from shared import topology
+from shared.testing.system import BIN, System, publish_raw
 from tests.support.metrics import BROKER_METRICS
 from tests.support.orders import final_order, order_body
+from tests.support.polling import eventually
 
 # metric family -> the processes that serve it
 EXPECTED = {
@@ -109,3 +113,37 @@ def test_warren_top_shows_the_queues_and_the_orders_of_the_running_system(system
     assert re.search(r"payment\.stock-reserved\s+│\s+\d+\s+│\s+\d+\s+│\s+2\s+│", shown), shown
     assert re.search(r"CONFIRMED [1-9]", shown), shown
     assert re.search(r"outbox: \d+ pending", shown), shown
+
+
+async def test_a_duplicate_is_counted_as_skipped_by_the_consumer_that_skips_it(
+    system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
+) -> None:
+    """order.placed of a finished order, delivered again (the operator's copy): inventory
+    re-announces its decision and changes nothing -- counted as outcome "duplicate"."""
+    answer = await api.post("/orders", json=order_body())
+    order_id = answer.json()["order_id"]
+    await final_order(api, order_id)
+    stored = await mongo[system.database("order")]["order_events"].find_one(
+        {"order_id": order_id, "type": "order.placed"}
+    )
+    envelope = stored["envelope"]
+
+    def duplicates() -> float:
+        return sum(
+            value
+            for name, labels, value in families(system, "inventory")["warren_messages"]
+            if name.endswith("_total")
+            and labels.get("queue") == "inventory.order-placed"
+            and labels.get("outcome") == "duplicate"
+        )
+
+    before = duplicates()
+    await publish_raw(
+        system.env["RABBIT_URL"],
+        topology.EVENTS.name,
+        "order.placed",
+        json.dumps(envelope, default=str).encode(),
+        message_id=envelope["id"],
+        publisher="order",
+    )
+    await eventually(duplicates, until=lambda count: count == before + 1, what="a duplicate")
