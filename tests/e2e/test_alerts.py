@@ -22,7 +22,7 @@ import pytest
 
 from shared.testing.prometheus import answers, running_prometheus
 from shared.testing.system import System
-from tests.support.metrics import BROKER_METRICS
+from tests.support.metrics import BROKER_METRICS, EXPECTED
 from tests.support.orders import final_order, order_body
 from tests.support.polling import eventually
 
@@ -126,3 +126,25 @@ async def test_every_dashboard_query_parses_and_returns_data(
         return missing
 
     assert not await eventually(empty, until=lambda missing: not missing, timeout=60)
+
+
+async def test_prometheus_has_every_metric_after_a_few_orders(
+    system: System, api: httpx.AsyncClient, prometheus: str
+) -> None:
+    """Every metric family tests/e2e/test_metrics.py finds on the services, found again in
+    Prometheus (its HTTP API), from the processes that serve it."""
+    for token in ("tok_visa", "tok_chargeDeclined"):
+        answer = await api.post("/orders", json=order_body(token=token))
+        await final_order(api, answer.json()["order_id"])
+
+    async def missing() -> list[str]:
+        absent = []
+        async with httpx.AsyncClient() as client:
+            for family, processes in EXPECTED.items():
+                query = f'count by (job) ({{__name__=~"{family}(_total|_bucket)?"}})'
+                answer = await client.get(f"{prometheus}/api/v1/query", params={"query": query})
+                jobs = {r["metric"]["job"] for r in answer.json()["data"]["result"]}
+                absent += [f"{family} from {p}" for p in processes if f"warren-{p}" not in jobs]
+        return absent
+
+    assert not await eventually(missing, until=lambda absent: not absent, timeout=60)

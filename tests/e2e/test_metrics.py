@@ -16,24 +16,9 @@ from pymongo import AsyncMongoClient
 
 from shared import topology
 from shared.testing.system import BIN, System, publish_raw
-from tests.support.metrics import BROKER_METRICS
+from tests.support.metrics import BROKER_METRICS, EXPECTED
 from tests.support.orders import final_order, order_body
 from tests.support.polling import eventually
-
-# metric family -> the processes that serve it
-EXPECTED = {
-    "warren_messages": ("inventory", "payment_1", "order", "notification", "audit"),
-    "warren_handler_duration_seconds": ("inventory", "order", "audit"),
-    "warren_saga_duration_seconds": ("order",),
-    "warren_orders_finished": ("order",),
-    "warren_outbox_pending": ("order",),
-    "warren_outbox_oldest_pending_age_seconds": ("order",),
-    "warren_rpc_duration_seconds": ("order",),
-    "warren_emails": ("notification",),
-    # FastStream's own, given the meter provider: per destination, consume and publish.
-    "messaging_process_duration_seconds": ("inventory", "order"),
-    "messaging_publish_duration_seconds": ("inventory", "order"),
-}
 
 
 def families(system: System, process: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
