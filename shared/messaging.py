@@ -637,23 +637,7 @@ class EventConsumer:
             )
             return "poison"
         if is_push_back(exc) and self.retry_delays:
-            # --8<-- [start:consumer-push-back]
-            # An event this handler emitted was refused: a queue it goes to is full. Not this
-            # message's fault, and no number of attempts is too many: it waits and comes back,
-            # without using one up, for as long as the queues after it are full.
-            delay = push_back_delay(self.retry_delays)
-            await retry_later(
-                self.broker,
-                message,
-                self.queue.name,
-                delay,
-                attempts=attempts - 1,
-                exception=exc,
-                publisher=publisher,
-            )
-            bound.warning("pushed back by a full queue, will retry", delay_s=delay)
-            return "pushed_back"
-            # --8<-- [end:consumer-push-back]
+            return await self.pushed_back(message, attempts, exc, bound, publisher)
         if attempts > len(self.retry_delays):
             bound.error("retries exhausted, dead-lettering", attempts=attempts, error=repr(exc))
             await dead_letter(
@@ -681,6 +665,32 @@ class EventConsumer:
         )
         return "retried"
         # --8<-- [end:event-consumer]
+
+    # --8<-- [start:consumer-push-back]
+    async def pushed_back(
+        self,
+        message: RabbitMessage,
+        attempts: int,
+        exc: Exception,
+        bound: Any,
+        publisher: str | None,
+    ) -> str:
+        """An event the handler emitted was refused: a queue it goes to is full. Not this
+        message's fault, and no number of attempts is too many: it waits in a delay queue and
+        comes back, without using one up, for as long as the queues after it are full."""
+        delay = push_back_delay(self.retry_delays)
+        await retry_later(
+            self.broker,
+            message,
+            self.queue.name,
+            delay,
+            attempts=attempts - 1,
+            exception=exc,
+            publisher=publisher,
+        )
+        bound.warning("pushed back by a full queue, will retry", delay_s=delay)
+        return "pushed_back"
+        # --8<-- [end:consumer-push-back]
 
 
 def push_back_delay(retry_delays: tuple[int, ...]) -> int:

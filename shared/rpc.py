@@ -50,7 +50,12 @@ Rep = TypeVar("Rep", bound=Contract)
 
 
 class RpcUnavailableError(Exception):
-    """No reply in time, or the broker connection is gone."""
+    """No reply in time, or the broker connection is gone. ``outcome`` says which, in a word
+    (timeout, full, unroutable, unavailable): the label of warren_rpc_duration_seconds."""
+
+    def __init__(self, reason: str, *, outcome: str = "unavailable") -> None:
+        super().__init__(reason)
+        self.outcome = outcome
 
 
 # --8<-- [start:rpc-client]
@@ -111,7 +116,31 @@ class RpcClient:
                 await connection.close()
 
     async def request(self, queue: str, body: dict[str, Any], *, timeout: float) -> bytes:
-        """Send ``body`` to ``queue`` and return the reply's body; raises RpcUnavailableError."""
+        """Send ``body`` to ``queue`` and return the reply's body; raises RpcUnavailableError.
+        Each call is timed, by outcome (warren_rpc_duration_seconds)."""
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            return await self._call(queue, body, timeout)
+        except RpcUnavailableError as exc:
+            outcome = exc.outcome
+            raise
+        finally:
+            RPC_DURATION.record(time.perf_counter() - started, {"queue": queue, "outcome": outcome})
+
+    def _message(
+        self, body: dict[str, Any], correlation_id: str, timeout: float, headers: dict[str, Any]
+    ) -> aio_pika.Message:
+        return aio_pika.Message(
+            json.dumps(body).encode(),
+            content_type="application/json",
+            correlation_id=correlation_id,
+            reply_to=DIRECT_REPLY_TO,
+            expiration=timeout,  # nobody took it in time: the broker drops it
+            app_id=self.app_id,
+            headers=headers,
+        )
+
+    async def _call(self, queue: str, body: dict[str, Any], timeout: float) -> bytes:
         correlation_id = str(uuid.uuid4())
         with self._tracer.start_as_current_span(
             f"default.{queue} request",
@@ -126,37 +155,28 @@ class RpcClient:
             headers = current_trace_context()  # trace context and baggage, as every message
             reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             connection: AbstractConnection | None = None
-            started, outcome = time.perf_counter(), "ok"
             try:
                 async with asyncio.timeout(timeout):
                     connection, channel = await self._ready()
                     self._pending[correlation_id] = (connection, reply)
+                    request = self._message(body, correlation_id, timeout, headers)
                     await channel.default_exchange.publish(
-                        aio_pika.Message(
-                            json.dumps(body).encode(),
-                            content_type="application/json",
-                            correlation_id=correlation_id,
-                            reply_to=DIRECT_REPLY_TO,
-                            # Nobody took it in time: the broker drops it.
-                            expiration=timeout,
-                            app_id=self.app_id,
-                            headers=headers,
-                        ),
-                        routing_key=queue,
-                        mandatory=True,
+                        request, routing_key=queue, mandatory=True
                     )
                     return await reply
             except TimeoutError as exc:
-                outcome = "timeout"
                 span.set_status(StatusCode.ERROR, "timeout")
-                raise RpcUnavailableError(f"no reply from {queue} within {timeout:g}s") from exc
+                reason = f"no reply from {queue} within {timeout:g}s"
+                raise RpcUnavailableError(reason, outcome="timeout") from exc
             except DeliveryError as exc:
+                # Refused at once: the queue is at its length limit, or there is no queue.
                 outcome = "full" if is_push_back(exc) else "unroutable"
-                if is_push_back(exc):  # the queue is at its length limit: answer now
-                    span.set_status(StatusCode.ERROR, "queue full")
-                    raise RpcUnavailableError(f"{queue} is full; too many waiting") from exc
-                span.set_status(StatusCode.ERROR, "unroutable")
-                raise RpcUnavailableError(f"no queue {queue} to take the request") from exc
+                span.set_status(StatusCode.ERROR, outcome)
+                reason = {
+                    "full": f"{queue} is full; too many waiting",
+                    "unroutable": f"no queue {queue} to take the request",
+                }[outcome]
+                raise RpcUnavailableError(reason, outcome=outcome) from exc
             except (
                 AMQPError,
                 ChannelInvalidStateError,
@@ -166,15 +186,11 @@ class RpcClient:
             ) as exc:
                 # The connection is broken (aio-pika raises RuntimeError for one it found
                 # closed): its other requests are lost too, and the next one reconnects.
-                outcome = "unavailable"
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
                 if connection is not None:
                     self._lost(connection)
                 raise RpcUnavailableError(f"broker unavailable ({type(exc).__name__})") from exc
             finally:
-                RPC_DURATION.record(
-                    time.perf_counter() - started, {"queue": queue, "outcome": outcome}
-                )
                 self._pending.pop(correlation_id, None)
                 if reply.done() and not reply.cancelled():
                     reply.exception()  # failed by _lost while we published: mark it seen
