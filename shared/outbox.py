@@ -17,9 +17,9 @@ Two kinds of failure, treated differently:
 * **the broker is away** (connection lost, confirm timed out): nothing is wrong with the event.
   The relay publishes only through sweeps until one gets through, and counts nothing;
 * **the broker pushes back** (a queue the event goes to is at its length limit, and the broker
-  nacks it): nothing is wrong with the event either; the consumers are behind. The relay pauses
-  (1 s, 2 s, 4 s, ... up to ``max_backoff``), then tries the oldest event alone until one gets
-  through, and counts nothing. While it pauses, :meth:`OutboxRelay.pushed_back` says for how
+  nacks it): nothing is wrong with the event either; the consumers are behind. The relay stops
+  the round, pauses (1 s, 2 s, 4 s, ... up to ``max_backoff``), then tries the oldest event
+  alone, then two, four ... back to a whole batch, and counts nothing. While it pauses, :meth:`OutboxRelay.pushed_back` says for how
   long (the order API answers 503 with that ``Retry-After``). Each nacked try still reached the
   event's other queues -- a refusal by one queue does not undo the others -- so those get a
   copy per try: the probe keeps that to one event per pause, and consumers are idempotent;
@@ -119,10 +119,13 @@ class OutboxRelay:
         self._held_back: set[str] = set()  # orders with an earlier event still to get through
         self._swept: set[str] = set()  # what the last sweep found
         self._wake = asyncio.Event()
-        # Push-back: the current pause (0: none), when it ends, and whether this round saw one.
+        # Push-back: the current pause (0: none), when it ends, whether this round saw one, and
+        # how many events a sweep may take (one after push-back, doubling back to a batch).
         self._pause = 0.0
         self._resume_at = 0.0
         self._nacked = False
+        self._refused = False  # the last round's
+        self._limit = batch_size
 
     def pushed_back(self) -> float:
         """Seconds until the relay tries again after the broker pushed back (0: it is not)."""
@@ -140,6 +143,8 @@ class OutboxRelay:
 
     async def _publish_in_order(self, docs: list[dict[str, Any]], done: list[str]) -> None:
         for doc in docs:
+            if self._nacked:
+                return  # the broker pushes back: the rest waits for the next round
             # --8<-- [start:relay-span]
             # Publish inside the trace the event was recorded in, as a visible relay step.
             token = otel_context.attach(propagate.extract(doc.get("trace_context") or {}))
@@ -197,6 +202,7 @@ class OutboxRelay:
         for doc in sorted(docs, key=lambda d: d["_id"]):  # "<order>:<version>": version order
             by_order.setdefault(_order_of(doc), []).append(doc)
         done: list[str] = []
+        self._nacked = False
         try:
             results = await asyncio.gather(
                 *(self._publish_in_order(group, done) for group in by_order.values()),
@@ -221,17 +227,28 @@ class OutboxRelay:
 
     # --8<-- [start:pace]
     def _paced(self, *, pushed_back: bool) -> None:
-        """After a round: pause longer while the broker pushes back, not at all once it takes."""
-        self._nacked = False
-        if not pushed_back:
-            if self._pause:
-                log.info("outbox relay: the broker takes events again")
-            self._pause = 0.0
-            return
-        self._pause = min(self.max_backoff, max(1.0, self._pause * 2))
-        self._resume_at = time.monotonic() + self._pause
-        log.warning("outbox relay: the broker pushes back (a queue is full)", pause=self._pause)
+        """After a round. Pushed back: pause longer (1 s, 2 s, 4 s ... up to ``max_backoff``),
+        then try one event. Not: take twice as many in the next sweep, until a whole batch gets
+        through -- only then is the pause over. (A queue with room for one event has no room
+        for two hundred: each refused try would still copy them into the event's other
+        queues.)"""
+        self._refused = pushed_back
+        if pushed_back:
+            self._pause = min(self.max_backoff, max(1.0, self._pause * 2))
+            self._resume_at = time.monotonic() + self._pause
+            self._limit = 1
+            log.warning("outbox relay: the broker pushes back (a queue is full)", pause=self._pause)
+        elif self._limit < self.batch_size:
+            self._limit = min(self.batch_size, self._limit * 2)
+        else:
+            self._recovered()
         # --8<-- [end:pace]
+
+    def _recovered(self) -> None:
+        """A whole batch, or the whole backlog, got through: no more push-back."""
+        if self._pause:
+            log.info("outbox relay: the broker takes events again")
+        self._pause, self._resume_at, self._limit = 0.0, 0.0, self.batch_size
 
     async def publish_fresh(self) -> int:
         """Publish the events handed over by :meth:`wake`, in the order written."""
@@ -251,8 +268,8 @@ class OutboxRelay:
         on. If the broker was away, the relay stays on sweeps until one gets through everything.
         """
         now = datetime.now(UTC)
-        # After push-back, one event probes whether the queues have room again.
-        limit = 1 if self._pause else self.batch_size
+        # After push-back, one event probes whether the queues have room again, then more.
+        limit = self._limit
         with suppress_instrumentation():
             # Orders whose earlier event waits for its next attempt: their later events wait too.
             waiting = {
@@ -271,7 +288,10 @@ class OutboxRelay:
         # A backlog bigger than a batch (or a probe): fresh events wait their turn behind it.
         self._degraded = len(batch) == limit
         try:
-            return await self._publish([doc for doc in batch if _order_of(doc) not in waiting])
+            published = await self._publish([doc for doc in batch if _order_of(doc) not in waiting])
+            if len(batch) < limit and not self._refused:
+                self._recovered()  # the backlog is through
+            return published
         finally:
             # An event saved while this sweep ran may be both swept and handed over: publish
             # once. (The ids are kept until the next sweep, for a hand-over that comes later.)
@@ -291,6 +311,8 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await self.publish_fresh()
+                if self.pushed_back():
+                    continue  # refused just now: the sweep waits for the pause
                 if time.monotonic() >= next_sweep or self._degraded:
                     # Sweep on schedule; while degraded, keep sweeping (paced by the wake-ups
                     # and the schedule) until a sweep gets through everything.
