@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -136,10 +137,14 @@ def _load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate
 
 
 def _write(path: Path, content: bytes, *, private: bool) -> None:
-    path.write_bytes(content)
-    # Private keys readable by the owner only -- except that compose bind-mounts secret files
-    # as they are, and the servers run as their own users: see docs/14-security.md.
-    path.chmod(0o600 if private else 0o644)
+    """Write ``content``; a private file is created readable by its owner alone (never, even
+    for a moment, by others)."""
+    mode = 0o600 if private else 0o644
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(content)
+    path.chmod(mode)  # whatever the umask took away from a public one
 
 
 @app.command("generate")
@@ -153,8 +158,8 @@ def generate(
     readable: bool = typer.Option(
         False,
         "--readable",
-        help="Private keys readable by all (0644): compose mounts them as they are, and the "
-        "servers read them as their own users.",
+        help="The servers' private keys readable by all (0644): compose mounts them as they "
+        "are, and the servers read them as their own users. Never the CA's key.",
     ),
 ) -> None:
     """Write a CA (reused if OUTPUT has one) and a certificate for each server, signed by it."""
@@ -162,7 +167,8 @@ def generate(
     loaded = None if new_authority else _load_ca(output)
     ca_key, ca = loaded or new_ca()
     if loaded is None:
-        _write(output / "ca-key.pem", _pem_key(ca_key), private=not readable)
+        # The CA's key goes to no container: readable by its owner alone, always.
+        _write(output / "ca-key.pem", _pem_key(ca_key), private=True)
         _write(output / "ca.pem", _pem(ca), private=False)
     for server, hosts in SERVERS.items():
         key, certificate = server_certificate(ca_key, ca, hosts)

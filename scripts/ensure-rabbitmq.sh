@@ -21,11 +21,14 @@ metrics() {
   if python3 -c "import socket; socket.create_connection(('127.0.0.1', 15692), timeout=1).close()" 2>/dev/null; then
     return 0
   fi
-  if command -v rabbitmq-plugins >/dev/null && [ "$(id -u)" = 0 ]; then
-    rabbitmq-plugins -q enable rabbitmq_prometheus >/dev/null && echo "RabbitMQ's metrics on :15692 (rabbitmq_prometheus enabled)"
+  # Optional: a broker that cannot get it still runs everything else.
+  if command -v rabbitmq-plugins >/dev/null && [ "$(id -u)" = 0 ] \
+      && rabbitmq-plugins -q enable rabbitmq_prometheus >/dev/null 2>&1; then
+    echo "RabbitMQ's metrics on :15692 (rabbitmq_prometheus enabled)"
   else
     echo "RabbitMQ's metrics are off: rabbitmq-plugins enable rabbitmq_prometheus (as root)" >&2
   fi
+  return 0
 }
 
 if answers; then

@@ -10,6 +10,11 @@ if ! command -v prometheus >/dev/null; then
   echo "Install it (Debian: apt-get install prometheus) and start make run again." >&2
   exec sleep infinity
 fi
+if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), timeout=1).close()" 2>/dev/null; then
+  # Debian's package starts a Prometheus of its own on 9090: this run's stays out of its way.
+  echo "Port $port is taken (another Prometheus?): no metrics in this run; PROMETHEUS_PORT=9095 make run picks another." >&2
+  exec sleep infinity
+fi
 mkdir -p .run/prometheus
 exec prometheus \
   --config.file=infra/prometheus/prometheus.local.yml \

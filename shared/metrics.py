@@ -20,11 +20,14 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable
 
+import structlog
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+
+log = structlog.get_logger(__name__)
 
 ObservableCallback = Callable[[CallbackOptions], Iterable[Observation]]
 
@@ -36,8 +39,9 @@ meter = metrics.get_meter("warren")
 MESSAGES = meter.create_counter(
     "warren.messages",
     unit="{message}",
-    description="Messages a consumer is done with, by queue, event type and outcome: "
-    "handled, retried, dead_lettered (retries exhausted), poison (unreadable, forged, no handler)",
+    description="Messages a consumer is done with, by queue, event type and outcome: handled, "
+    "duplicate (done before), retried, pushed_back (an emitted event refused by a full queue), "
+    "dead_lettered (retries exhausted), poison (unreadable, forged, no handler)",
 )
 HANDLER_DURATION = meter.create_histogram(
     "warren.handler.duration",
@@ -54,7 +58,7 @@ ORDERS_FINISHED = meter.create_counter(
     "warren.orders.finished",
     unit="{order}",
     description="Orders that reached their final state, by state and reason "
-    "(confirmed; cancelled: out_of_stock, payment_declined, deadline)",
+    "(CONFIRMED: none; CANCELLED: out_of_stock, payment_failed, deadline, other)",
 )
 RPC_DURATION = meter.create_histogram(
     "warren.rpc.duration",
@@ -75,12 +79,22 @@ class Sampled:
         self.values: dict[str, float] = {}
 
     async def run(self) -> None:
-        """The sampling loop (a service's background loop)."""
+        """The sampling loop (a service's background loop). While a read fails (the database
+        is away) the numbers are withheld -- a stale gauge would say all is well -- and the
+        failure is logged once, and again when it ends."""
+        failing = False
         while True:
             try:
                 self.values = await self.read()
-            except Exception:  # the database is away: keep the last values, try again
+            except Exception as exc:
                 self.values = {}
+                if not failing:
+                    log.warning("metrics: cannot read the numbers to sample", error=repr(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("metrics: sampling again")
+                failing = False
             await asyncio.sleep(self.every)
 
     def observe(self, key: str, labels: dict[str, str]) -> ObservableCallback:

@@ -118,9 +118,11 @@ class RpcClient:
     async def request(self, queue: str, body: dict[str, Any], *, timeout: float) -> bytes:
         """Send ``body`` to ``queue`` and return the reply's body; raises RpcUnavailableError.
         Each call is timed, by outcome (warren_rpc_duration_seconds)."""
-        started, outcome = time.perf_counter(), "ok"
+        started, outcome = time.perf_counter(), "error"  # cancelled, or a bug
         try:
-            return await self._call(queue, body, timeout)
+            reply = await self._call(queue, body, timeout)
+            outcome = "ok"
+            return reply
         except RpcUnavailableError as exc:
             outcome = exc.outcome
             raise

@@ -49,6 +49,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         saga_deadline_seconds=settings.saga_deadline_seconds,
     )
     runtime.serve(HANDLERS, deps)
+    handlers.count_finished_from_zero()
     # The outbox's backlog for Prometheus (warren_outbox_pending, ...), sampled every 5 s.
     backlog = Sampled(functools.partial(outbox_stats, store.events))
     outbox_gauges(settings.service_name, backlog)

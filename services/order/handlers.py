@@ -310,6 +310,19 @@ def measure_finished(order: Order) -> None:
         SAGA_DURATION.record(max(0.0, took), {"state": state})
 
 
+# Every (state, reason) pair an order can end with: counted from zero at start-up, so that the
+# first of each is an increase Prometheus sees (a series born at 1 shows no increase).
+FINISHED_KINDS = (
+    ("CONFIRMED", "none"),
+    *(("CANCELLED", reason) for reason in ("out_of_stock", "payment_failed", "deadline", "other")),
+)
+
+
+def count_finished_from_zero() -> None:
+    for state, reason in FINISHED_KINDS:
+        ORDERS_FINISHED.add(0, {"state": state, "reason": reason})
+
+
 def reason_kind(order: Order) -> str:
     """Why the order ended, as one of a few label values (the reason's text varies)."""
     if order.cancel_reason is None:
