@@ -105,6 +105,10 @@ node_env() {
 
 answers() { python3 -c "import socket; socket.create_connection(('127.0.0.1', ${1:-$port}), timeout=1).close()" 2>/dev/null; }
 
+# Which certificates the node was started with: their folder and their CA (a folder whose CA
+# was made again holds certificates the running node does not serve).
+tls_marker() { echo "$tls_dir $(sha256sum "$tls_dir/ca.pem" 2>/dev/null | cut -c1-16)"; }
+
 tls_config() {
   cat <<EOF
 # AMQPS with Warren's development CA (warren certs generate). No client certificates: the
@@ -124,7 +128,7 @@ start() {
   if answers; then
     # Running with the certificates asked for (or none asked for): reuse it. Else restart: a
     # node with another CA's certificate would fail the clients that trust this one.
-    if [ -z "$tls_dir" ] || { answers "$tls_port" && [ "$(cat "$state/tls-dir" 2>/dev/null)" = "$tls_dir" ]; }; then
+    if [ -z "$tls_dir" ] || { answers "$tls_port" && [ "$(cat "$state/tls-dir" 2>/dev/null)" = "$(tls_marker)" ]; }; then
       log "already running on 127.0.0.1:$port"; version; return
     fi
     log "running without AMQPS from $tls_dir: restarting it"
@@ -132,13 +136,15 @@ start() {
   fi
   rm -rf "$state" && mkdir -p "$state/log" "$state/mnesia"
   sed -e "s/@PORT@/$port/" -e "s/@MGMT_PORT@/$mgmt_port/" "$here/infra/rabbitmq/rabbitmq4-test.conf" >"$state/rabbitmq.conf"
-  if [ -n "$tls_dir" ]; then tls_config >>"$state/rabbitmq.conf"; echo "$tls_dir" >"$state/tls-dir"; fi
+  if [ -n "$tls_dir" ]; then tls_config >>"$state/rabbitmq.conf"; tls_marker >"$state/tls-dir"; fi
   # The event exchange (amq.rabbitmq.event): the audit service records the broker's security
   # events from it (docs/14-security.md). A node already running gets it with
   # `scripts/rabbitmq4.sh plugins enable rabbitmq_event_exchange`, no restart needed.
   echo "[rabbitmq_management,rabbitmq_event_exchange,rabbitmq_prometheus]." >"$state/enabled_plugins"
   log "starting $node on 127.0.0.1:$port (management :$mgmt_port)"
-  rabbitmq-server -detached
+  # From its own folder: a node whose working directory is deleted (a checkout removed under
+  # it) can no longer run a command, and stop_app fails half-way.
+  (cd "$state" && rabbitmq-server -detached)
   for _ in $(seq 1 120); do
     if answers && rabbitmqctl -q -n "$node" await_startup --timeout 5 >/dev/null 2>&1 \
         && { [ -z "$tls_dir" ] || answers "$tls_port"; }; then
