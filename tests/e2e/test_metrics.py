@@ -4,6 +4,7 @@ ended, sagas, the outbox, the quote, emails) and the ones FastStream records for
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -73,8 +74,12 @@ async def test_no_metric_label_names_an_order(system: System, api: httpx.AsyncCl
                 ), labels
 
 
-def test_warren_top_shows_the_queues_and_the_orders_of_the_running_system(system: System) -> None:
-    """`warren top --once` against this system: every queue, its consumers, the orders."""
+async def test_warren_top_shows_the_queues_and_the_orders_of_the_running_system(
+    system: System,
+) -> None:
+    """`warren top --once` against this system: every queue, its consumers, the orders. The
+    broker refreshes its per-queue numbers every few seconds, and a test before this one may
+    have just restarted payment: the screen is read again until it shows both replicas."""
     ports = system.ports
     services = ("order", "inventory", "payment_1", "notification", "audit")
     env = {
@@ -85,17 +90,23 @@ def test_warren_top_shows_the_queues_and_the_orders_of_the_running_system(system
         "RABBITMQ_METRICS_URL": f"http://{BROKER_METRICS}",
         "COLUMNS": "160",
     }
-    shown = subprocess.run(
-        [str(BIN / "warren"), "top", "--once", "--interval", "0.5"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert "not answering" not in shown, shown
+
+    def screen() -> str:
+        return subprocess.run(
+            [str(BIN / "warren"), "top", "--once", "--interval", "0.5"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+
     # payment.stock-reserved: two consumers (the two payment replicas).
-    assert re.search(r"payment\.stock-reserved\s+│\s+\d+\s+│\s+\d+\s+│\s+2\s+│", shown), shown
+    two_payments = re.compile(r"payment\.stock-reserved\s+│\s+\d+\s+│\s+\d+\s+│\s+2\s+│")
+    shown = await eventually(
+        lambda: asyncio.to_thread(screen), until=two_payments.search, timeout=30
+    )
+    assert "not answering" not in shown, shown
     assert re.search(r"CONFIRMED [1-9]", shown), shown
     assert re.search(r"outbox: \d+ pending", shown), shown
 
