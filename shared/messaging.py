@@ -651,6 +651,23 @@ class EventConsumer:
             )
             return "dead_lettered"
         delay = self.retry_delays[attempts - 1]
+        await self.retry(message, delay, attempts, exc, publisher)
+        bound.warning(
+            "handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc)
+        )
+        return "retried"
+        # --8<-- [end:event-consumer]
+
+    async def retry(
+        self,
+        message: RabbitMessage,
+        delay: int,
+        attempts: int,
+        exc: Exception,
+        publisher: str | None,
+    ) -> None:
+        """A copy of ``message`` in the delay queue of ``delay`` seconds, saying it has failed
+        ``attempts`` times; it comes back to this queue."""
         await retry_later(
             self.broker,
             message,
@@ -660,11 +677,6 @@ class EventConsumer:
             exception=exc,
             publisher=publisher,
         )
-        bound.warning(
-            "handler failed, will retry", attempt=attempts, delay_s=delay, error=repr(exc)
-        )
-        return "retried"
-        # --8<-- [end:event-consumer]
 
     # --8<-- [start:consumer-push-back]
     async def pushed_back(
@@ -679,15 +691,7 @@ class EventConsumer:
         message's fault, and no number of attempts is too many: it waits in a delay queue and
         comes back, without using one up, for as long as the queues after it are full."""
         delay = push_back_delay(self.retry_delays)
-        await retry_later(
-            self.broker,
-            message,
-            self.queue.name,
-            delay,
-            attempts=attempts - 1,
-            exception=exc,
-            publisher=publisher,
-        )
+        await self.retry(message, delay, attempts - 1, exc, publisher)
         bound.warning("pushed back by a full queue, will retry", delay_s=delay)
         return "pushed_back"
         # --8<-- [end:consumer-push-back]

@@ -26,6 +26,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+from starlette.requests import Request
+from starlette.responses import Response
 
 log = structlog.get_logger(__name__)
 
@@ -173,8 +175,8 @@ def configure_metrics(service_name: str) -> MeterProvider | None:
     # --8<-- [end:configure-metrics]
 
 
-def metrics_text() -> tuple[bytes, str]:
-    """What ``GET /metrics`` answers: the Prometheus text format, and its content type."""
+async def metrics_endpoint(_: Request) -> Response:
+    """``GET /metrics`` of every service: its metrics in Prometheus' text format."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -123,8 +123,7 @@ class OutboxRelay:
         # how many events a sweep may take (one after push-back, doubling back to a batch).
         self._pause = 0.0
         self._resume_at = 0.0
-        self._nacked = False
-        self._refused = False  # the last round's
+        self._nacked = False  # the current (or last) round saw a negative confirm
         self._limit = batch_size
 
     def pushed_back(self) -> float:
@@ -232,7 +231,6 @@ class OutboxRelay:
         through -- only then is the pause over. (A queue with room for one event has no room
         for two hundred: each refused try would still copy them into the event's other
         queues.)"""
-        self._refused = pushed_back
         if pushed_back:
             self._pause = min(self.max_backoff, max(1.0, self._pause * 2))
             self._resume_at = time.monotonic() + self._pause
@@ -289,7 +287,7 @@ class OutboxRelay:
         self._degraded = len(batch) == limit
         try:
             published = await self._publish([doc for doc in batch if _order_of(doc) not in waiting])
-            if len(batch) < limit and not self._refused:
+            if len(batch) < limit and not self._nacked:
                 self._recovered()  # the backlog is through
             return published
         finally:

@@ -33,13 +33,13 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from shared import mongo, topology
 from shared.handlers import HandlerTable, bind
 from shared.messaging import Identity, make_broker, subscribe_events
-from shared.metrics import metrics_text
+from shared.metrics import metrics_endpoint
 from shared.observability import setup_observability
 from shared.settings import WarrenSettings
 from shared.startup import wait_for_dependencies
@@ -198,11 +198,11 @@ def service_app(runtime: Runtime, lifecycle: Lifecycle | None = None) -> Starlet
         status, body = await readiness(runtime)
         return JSONResponse(body, status_code=status)
 
-    async def metrics(_: Request) -> Response:
-        body, content_type = metrics_text()
-        return Response(body, media_type=content_type)
-
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)],
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+        ],
         lifespan=lifespan(runtime, lifecycle),
     )

@@ -30,7 +30,7 @@ from shared import auth
 from shared.auth import Principal
 from shared.contracts import CUSTOMER_ID_MAX_LENGTH, CUSTOMER_ID_PATTERN, OrderLine
 from shared.http import serve_http
-from shared.metrics import metrics_text
+from shared.metrics import metrics_endpoint
 from shared.observability import ORDER_ID
 from shared.outbox import outbox_stats
 from shared.ratelimit import TokenBuckets, retry_after
@@ -364,13 +364,6 @@ async def readyz(request: Request, deps: Deps) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
 
-@router.get("/metrics", tags=["health"], include_in_schema=False)
-async def metrics() -> Response:
-    """The service's metrics, in Prometheus' text format (shared/metrics.py)."""
-    body, content_type = metrics_text()
-    return Response(body, media_type=content_type)
-
-
 def create_api(
     runtime: Runtime,
     deps: OrderDeps,
@@ -393,6 +386,7 @@ def create_api(
         settings.orders_per_minute_per_customer / 60, settings.order_burst_per_customer
     )
     app.include_router(router)
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)  # as every service
     per_address = TokenBuckets(
         settings.requests_per_second_per_address, settings.request_burst_per_address
     )

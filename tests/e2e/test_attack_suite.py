@@ -395,17 +395,23 @@ def outside_order(order_id: str) -> OrderPlaced:
     )
 
 
-async def a_forged_order_placed_for_an_outside_recipient(shop: Shop) -> None:
-    """As inventory (it may write to the default exchange, for quote replies): an order.placed
-    naming an outside recipient, straight into notification's queue. Refused as forged."""
+async def outside_order_dead_lettered(shop: Shop, user: str) -> dict[str, Any]:
+    """As ``user``, an order.placed naming an outside recipient, straight into notification's
+    queue through the default exchange; the dead letter it became."""
     order_id = str(uuid.uuid4())
     shop.forged_orders.add(order_id)
-    envelope, message = forged(outside_order(order_id), user_id="inventory")
-    async with channel_as(shop, "inventory") as channel:
+    envelope, message = forged(outside_order(order_id), user_id=user)
+    async with channel_as(shop, user) as channel:
         await channel.default_exchange.publish(
             message(), routing_key=topology.NOTIFICATION_ORDER_EVENTS.name
         )
-    dead = await dead_letter(shop, topology.NOTIFICATION_ORDER_EVENTS, envelope.id)
+    return await dead_letter(shop, topology.NOTIFICATION_ORDER_EVENTS, envelope.id)
+
+
+async def a_forged_order_placed_for_an_outside_recipient(shop: Shop) -> None:
+    """As inventory (it may write to the default exchange, for quote replies): an order.placed
+    naming an outside recipient, straight into notification's queue. Refused as forged."""
+    dead = await outside_order_dead_lettered(shop, "inventory")
     assert dead["x-warren-reason"] == (
         "poison: forged: order.placed is published by order, this one by inventory"
     )
@@ -415,14 +421,7 @@ async def an_outside_recipient_from_orders_own_user(shop: Shop) -> None:
     """As order itself (an order service that took the customer id unchecked, or a
     compromised one), the same order.placed, straight into notification's queue -- so that
     inventory reserves nothing for it. The publisher is right; the recipient is refused."""
-    order_id = str(uuid.uuid4())
-    shop.forged_orders.add(order_id)
-    envelope, message = forged(outside_order(order_id), user_id="order")
-    async with channel_as(shop, "order") as channel:
-        await channel.default_exchange.publish(
-            message(), routing_key=topology.NOTIFICATION_ORDER_EVENTS.name
-        )
-    dead = await dead_letter(shop, topology.NOTIFICATION_ORDER_EVENTS, envelope.id)
+    dead = await outside_order_dead_lettered(shop, "order")
     assert dead["x-warren-reason"] == (
         f"poison: customer id {OUTSIDE!r} cannot make an email address"
     )
