@@ -21,4 +21,5 @@ exec prometheus \
   --storage.tsdb.path=.run/prometheus \
   --storage.tsdb.retention.time=2d \
   --web.listen-address="127.0.0.1:$port" \
+  --enable-feature=exemplar-storage \
   --log.level=warn

@@ -12,20 +12,36 @@ Never an order id: each value of a label is a series of its own, kept for weeks.
 The exporter follows the OpenTelemetry variable ``OTEL_METRICS_EXPORTER``: ``prometheus`` (the
 default) serves them on the service's own HTTP port at ``/metrics``; ``otlp`` pushes them to
 the collector (OTEL_EXPORTER_OTLP_ENDPOINT); ``none`` turns them off.
+
+A histogram sample taken inside a traced span keeps that span as an **exemplar** (the SDK's
+default, trace-based filter): one per bucket, served in the OpenMetrics format Prometheus asks
+for, so a slow bucket on a dashboard links to the trace of one request that fell into it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import structlog
 from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_attribute
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Exemplar, Sample
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -45,10 +61,14 @@ MESSAGES = meter.create_counter(
     "duplicate (done before), retried, pushed_back (an emitted event refused by a full queue), "
     "dead_lettered (retries exhausted), poison (unreadable, forged, no handler)",
 )
+# Buckets in seconds (the SDK's default boundaries, 0 5 10 25 ... 10000, are meant for
+# milliseconds: every handler would fall into the first two).
+FAST_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 HANDLER_DURATION = meter.create_histogram(
     "warren.handler.duration",
     unit="s",
     description="Time from a message's arrival to its outcome, by queue and event type",
+    explicit_bucket_boundaries_advisory=FAST_BUCKETS,
 )
 SAGA_DURATION = meter.create_histogram(
     "warren.saga.duration",
@@ -67,6 +87,7 @@ RPC_DURATION = meter.create_histogram(
     unit="s",
     description="Request-reply calls (the quote), by queue and outcome: ok, timeout, full, "
     "unroutable, unavailable",
+    explicit_bucket_boundaries_advisory=FAST_BUCKETS,
 )
 # --8<-- [end:instruments]
 
@@ -158,10 +179,8 @@ def configure_metrics(service_name: str) -> MeterProvider | None:
         return None
     reader: MetricReader
     if choice == "prometheus":
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
-        # Registers with prometheus_client's default registry: served by metrics_response().
-        reader = PrometheusMetricReader()
+        # Registers with prometheus_client's default registry: served by metrics_endpoint().
+        reader = ExemplarPrometheusReader()
     elif choice == "otlp":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
@@ -175,8 +194,90 @@ def configure_metrics(service_name: str) -> MeterProvider | None:
     # --8<-- [end:configure-metrics]
 
 
-async def metrics_endpoint(_: Request) -> Response:
-    """``GET /metrics`` of every service: its metrics in Prometheus' text format."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+async def metrics_endpoint(request: Request) -> Response:
+    """``GET /metrics`` of every service: its metrics in the format the scraper asks for --
+    OpenMetrics, with exemplars, for Prometheus; the classic text format for a browser."""
+    from prometheus_client.exposition import choose_encoder
 
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(REGISTRY), media_type=content_type)
+
+
+# --8<-- [start:exemplars]
+class ExemplarPrometheusReader(PrometheusMetricReader):
+    """OpenTelemetry's Prometheus reader, with exemplars.
+
+    The reader (opentelemetry-exporter-prometheus 0.66b1) translates the SDK's histograms but
+    drops the exemplars the SDK keeps on each data point. This one lets it translate into a
+    registry of its own, remembers each point's exemplars as it receives them, and serves the
+    families from the default registry with every bucket's latest exemplar attached.
+    """
+
+    def __init__(self) -> None:
+        self.translated = CollectorRegistry(auto_describe=True)
+        super().__init__(registry=self.translated)
+        # (bucket sample's name, labels without the scope's, le) -> the latest exemplar
+        self.exemplars: dict[tuple[str, frozenset[tuple[str, str]], str], Exemplar] = {}
+        self.served = _WithExemplars(self)
+        REGISTRY.register(self.served)
+
+    def _receive_metrics(self, metrics_data: MetricsData, *args: Any, **kwargs: Any) -> None:
+        for metric, point in _histogram_points(metrics_data):
+            name = self._collector._resolve_metric_name(metric.name)
+            bucket = Metric(name, "", "histogram", map_unit(metric.unit or "")).name + "_bucket"
+            labels = frozenset((sanitize_attribute(k), str(v)) for k, v in point.attributes.items())
+            for kept in point.exemplars:
+                if kept.trace_id:
+                    le = _bucket_bound(point.explicit_bounds, kept.value)
+                    self.exemplars[(bucket, labels, le)] = Exemplar(
+                        {"trace_id": f"{kept.trace_id:032x}", "span_id": f"{kept.span_id:016x}"},
+                        kept.value,
+                        kept.time_unix_nano / 1e9,
+                    )
+        super()._receive_metrics(metrics_data, *args, **kwargs)
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        REGISTRY.unregister(self.served)
+        super().shutdown(*args, **kwargs)
+
+    def with_exemplar(self, sample: Sample) -> Sample:
+        if not sample.name.endswith("_bucket"):
+            return sample
+        labels = frozenset(
+            (key, value)
+            for key, value in sample.labels.items()
+            if key != "le" and not key.startswith("otel_scope_")
+        )
+        exemplar = self.exemplars.get((sample.name, labels, sample.labels.get("le", "")))
+        return sample._replace(exemplar=exemplar) if exemplar else sample
+
+
+class _WithExemplars:
+    """The prometheus_client collector that serves the reader's families, exemplars added."""
+
+    def __init__(self, reader: ExemplarPrometheusReader):
+        self.reader = reader
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not collect: the reader has no meter provider yet
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.reader.translated.collect():  # the SDK collects, then translates
+            family.samples = [self.reader.with_exemplar(sample) for sample in family.samples]
+            yield family
+
+
+def _histogram_points(metrics_data: MetricsData) -> Iterator[tuple[Any, HistogramDataPoint]]:
+    for resource in metrics_data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    if isinstance(point, HistogramDataPoint):
+                        yield metric, point
+
+
+def _bucket_bound(bounds: Sequence[float], value: float) -> str:
+    """The ``le`` label of the bucket a value falls into, written as the exporter writes it."""
+    index = bisect.bisect_left(bounds, value)
+    return f"{bounds[index]}" if index < len(bounds) else "+Inf"
+    # --8<-- [end:exemplars]

@@ -93,6 +93,7 @@ def running_prometheus(system: System, broker_metrics: str, folder: Path) -> Ite
                 f"--config.file={folder / 'prometheus.yml'}",
                 f"--storage.tsdb.path={folder / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
+                "--enable-feature=exemplar-storage",  # as make run's and compose's
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

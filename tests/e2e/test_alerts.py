@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,43 @@ async def test_every_dashboard_query_parses_and_returns_data(
         return missing
 
     assert not await eventually(empty, until=lambda missing: not missing, timeout=60)
+
+
+async def test_a_saga_latency_bucket_links_to_the_trace_of_an_order_in_it(
+    system: System, api: httpx.AsyncClient, prometheus: str
+) -> None:
+    """Exemplars: the saga-duration sample an order's last event recorded keeps that order's
+    trace id, and Prometheus stores it -- what Grafana's latency panels link to Jaeger with."""
+    traces = set()
+    for _ in range(3):
+        answer = await api.post("/orders", json=order_body())
+        traces.add(answer.headers["X-Trace-Id"])
+        await final_order(api, answer.json()["order_id"])
+
+    async def exemplar_traces() -> set[str]:
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(
+                f"{prometheus}/api/v1/query_exemplars",
+                params={
+                    "query": 'warren_saga_duration_seconds_bucket{state="CONFIRMED"}',
+                    "start": time.time() - 600,
+                    "end": time.time() + 60,
+                },
+            )
+        assert answer.json()["status"] == "success", answer.text
+        return {
+            exemplar["labels"]["trace_id"]
+            for series in answer.json()["data"]
+            for exemplar in series["exemplars"]
+        }
+
+    linked = await eventually(exemplar_traces, until=lambda found: found & traces, timeout=60)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", trace_id) for trace_id in linked)
+    dashboard = json.loads(DASHBOARD.read_text())
+    latency = [
+        t for p in dashboard["panels"] for t in p["targets"] if "_seconds_bucket" in t["expr"]
+    ]
+    assert latency and all(target.get("exemplar") for target in latency)
 
 
 async def test_prometheus_has_every_metric_after_a_few_orders(
