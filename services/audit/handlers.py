@@ -18,7 +18,7 @@ from services.audit.repository import AuditTrail
 from shared import topology
 from shared.contracts import Envelope, EventData
 from shared.handlers import HandlerTable
-from shared.messaging import Provenance, current_provenance
+from shared.messaging import Provenance, current_provenance, handled_before
 
 
 def _now() -> datetime:
@@ -38,7 +38,9 @@ class AuditDeps:
 async def record_event(envelope: Envelope, event: EventData, deps: AuditDeps) -> list[Envelope]:
     """Record this arrival: who published the event (verified, or the forgery's verdict), how
     it came, when -- not its data. Idempotent: a redelivery finds its record and leaves it."""
-    await deps.trail.record(trail_entry(envelope, deps.provenance(), deps.clock()))
+    entry = trail_entry(envelope, deps.provenance(), deps.clock())
+    if await deps.trail.record(entry) is not entry:
+        handled_before()  # a redelivery: its arrival was recorded already
     return []
     # --8<-- [end:record-event]
 

@@ -12,6 +12,7 @@ from services.notification.repository import NotificationRepository
 from shared import topology
 from shared.contracts import Envelope, OrderCancelled, OrderConfirmed, OrderPlaced
 from shared.handlers import HandlerTable
+from shared.messaging import handled_before
 
 Enqueue = Callable[[str], Awaitable[None]]
 
@@ -41,7 +42,7 @@ async def notify_customer(
     if email is None:
         return []
     to = customer_address(event.customer_id, deps.mail_domain)
-    notification = await deps.notifications.record(
+    notification, first = await deps.notifications.record(
         {
             "_id": envelope.id,
             "order_id": event.order_id,
@@ -51,6 +52,8 @@ async def notify_customer(
             "body": email.body,
         }
     )
+    if not first:
+        handled_before()  # a redelivery or a copy: the notification was recorded already
     if notification["state"] != "sent":
         await deps.enqueue(envelope.id)
     return []

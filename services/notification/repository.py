@@ -33,20 +33,19 @@ class NotificationRepository:
         }
 
     # --8<-- [start:record]
-    async def record(self, notification: dict[str, Any]) -> dict[str, Any]:
-        """Insert once; returns the stored notification (the existing one on a duplicate)."""
-        stands = await insert_first(
-            self.notifications,
-            {
-                **notification,
-                "state": "queued",
-                "created_at": utcnow_iso(),
-                # When a task was last handed this notification (the sweeper's clock).
-                "touched_at": self.clock.now(),
-            },
-        )
+    async def record(self, notification: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Insert once; returns the stored notification (the existing one on a duplicate) and
+        whether this call recorded it."""
+        document = {
+            **notification,
+            "state": "queued",
+            "created_at": utcnow_iso(),
+            # When a task was last handed this notification (the sweeper's clock).
+            "touched_at": self.clock.now(),
+        }
+        stands = await insert_first(self.notifications, document)
         assert stands is not None  # notifications are never deleted
-        return stands
+        return stands, stands is document
         # --8<-- [end:record]
 
     # --8<-- [start:stuck]

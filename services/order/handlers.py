@@ -44,6 +44,7 @@ from shared.contracts import (
 )
 from shared.faults import crash_point
 from shared.handlers import HandlerTable
+from shared.messaging import handled_before
 from shared.metrics import ORDERS_FINISHED, SAGA_DURATION
 from shared.observability import current_trace_context, order_context
 from shared.sealing import RecipientKey
@@ -223,6 +224,7 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
         order = Order.from_events(order_id, events)
         decided = react(order, incoming)
         if not decided:
+            handled_before()  # its step was taken, or the order ended: the state guard absorbs it
             break
         try:
             appended = await deps.store.append(

@@ -111,11 +111,14 @@ async def test_warren_top_shows_the_queues_and_the_orders_of_the_running_system(
     assert re.search(r"outbox: \d+ pending", shown), shown
 
 
-async def test_a_duplicate_is_counted_as_skipped_by_the_consumer_that_skips_it(
+async def test_a_duplicate_is_counted_as_skipped_by_every_consumer_that_skips_it(
     system: System, api: httpx.AsyncClient, mongo: AsyncMongoClient
 ) -> None:
     """order.placed of a finished order, delivered again (the operator's copy): inventory
-    re-announces its decision and changes nothing -- counted as outcome "duplicate"."""
+    re-announces its reservation, payment then its charge, and nothing changes. Every consumer
+    the copies reach counts outcome "duplicate": inventory and notification the copy itself,
+    the audit each of the three arrivals, payment the re-announced reservation, the order both
+    re-announced replies (its state guard absorbs them)."""
     answer = await api.post("/orders", json=order_body())
     order_id = answer.json()["order_id"]
     await final_order(api, order_id)
@@ -123,15 +126,27 @@ async def test_a_duplicate_is_counted_as_skipped_by_the_consumer_that_skips_it(
         {"order_id": order_id, "type": "order.placed"}
     )
     envelope = stored["envelope"]
+    consumers = {  # queue -> the duplicates it must count
+        topology.INVENTORY_ORDER_PLACED.name: 1,
+        topology.NOTIFICATION_ORDER_EVENTS.name: 1,
+        topology.AUDIT_EVENTS.name: 3,  # the copy and both re-announcements
+        topology.PAYMENT_STOCK_RESERVED.name: 1,
+        topology.ORDER_SAGA_REPLIES.name: 2,  # the re-announced stock.reserved, payment.succeeded
+    }
+    services = ("order", "inventory", "payment", "notification", "audit")
+    processes = [p for p in system.ports if p.startswith(services)]
 
-    def duplicates() -> float:
-        return sum(
-            value
-            for name, labels, value in families(system, "inventory")["warren_messages"]
-            if name.endswith("_total")
-            and labels.get("queue") == "inventory.order-placed"
-            and labels.get("outcome") == "duplicate"
-        )
+    def duplicates() -> dict[str, float]:
+        counted = dict.fromkeys(consumers, 0.0)
+        for process in processes:
+            for name, labels, value in families(system, process).get("warren_messages", []):
+                if (
+                    name.endswith("_total")
+                    and labels.get("queue") in consumers
+                    and labels.get("outcome") == "duplicate"
+                ):
+                    counted[labels["queue"]] += value
+        return counted
 
     before = duplicates()
     await publish_raw(
@@ -142,4 +157,5 @@ async def test_a_duplicate_is_counted_as_skipped_by_the_consumer_that_skips_it(
         message_id=envelope["id"],
         publisher="order",
     )
-    await eventually(duplicates, until=lambda count: count == before + 1, what="a duplicate")
+    expected = {queue: before[queue] + n for queue, n in consumers.items()}
+    await eventually(duplicates, until=lambda counted: counted == expected, what="the duplicates")
