@@ -735,12 +735,12 @@ def place_an_order(api: str, rehearsal: Rehearsal, timeout: float = 90.0) -> dic
 # --- the command -----------------------------------------------------------------------------------
 
 
-def default_broker() -> tuple[int, str]:
-    """The RabbitMQ 4.x node of `make test-rabbitmq4` when it runs (compose runs 4.x), else
-    the machine's."""
-    if answers(5673):
+def default_broker(port: int) -> tuple[int, str]:
+    """The broker on ``port`` and its rabbitmqctl; for port 0 the RabbitMQ 4.x node of `make
+    test-rabbitmq4` when it runs (compose runs 4.x), else the machine's."""
+    if port == 5673 or (port == 0 and answers(5673)):
         return 5673, f"{REPO / 'scripts' / 'rabbitmq4.sh'} ctl"
-    return 5672, os.environ.get("WARREN_RABBITMQCTL", "rabbitmqctl")
+    return port or 5672, os.environ.get("WARREN_RABBITMQCTL", "rabbitmqctl")
 
 
 def main(
@@ -756,8 +756,7 @@ def main(
     """Run docker-compose.yml's app containers as local processes against stand-ins, check their
     healthchecks, and place an order through the published API port. Exit 0 prints the order."""
     values = compose_values(compose_file.parent)
-    port, ctl = default_broker()
-    broker_port = broker_port or port
+    broker_port, ctl = default_broker(broker_port)  # a given port gets its own rabbitmqctl
     rabbitmqctl = rabbitmqctl or ctl
     check_broker(broker_port)
     dead_letters_before = dead_letters_on(broker_port)
