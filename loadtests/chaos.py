@@ -467,9 +467,10 @@ async def count_effects(system: Any, accepted: list[str], result: Result) -> Non
     client: AsyncMongoClient = AsyncMongoClient(system.env["MONGO_URL"], tz_aware=True)
     try:
         order_db = client[system.database("order")]
+        # Every order the shop recorded, not only those whose client saw the 202: one whose
+        # answer was lost (the client gave up) still sells stock when it is confirmed.
         statuses = {
-            doc["_id"]: doc["status"]
-            async for doc in order_db["orders"].find({"_id": {"$in": accepted}}, {"status": 1})
+            doc["_id"]: doc["status"] async for doc in order_db["orders"].find({}, {"status": 1})
         }
         result.final = sum(statuses.get(o) in ("CONFIRMED", "CANCELLED") for o in accepted)
         result.lost = len(set(accepted)) - result.final
