@@ -85,6 +85,14 @@ bench: $(STAMP) ## Benchmark: broker, FastStream hop, saga traced/sampled/untrac
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python -m loadtests.bench --output reports/bench.json
 
+# The labs' own vhost (never "/"): created once where rabbitmqctl runs (root).
+labs-compare: $(STAMP) ## The labs' brokers side by side: throughput, latency (~2 min; QUICK=1: seconds)
+	@scripts/ensure-rabbitmq.sh
+	@if [ "$$(id -u)" = 0 ] && command -v rabbitmqctl >/dev/null; then \
+		rabbitmqctl -q add_vhost warren-labs && \
+		rabbitmqctl -q set_permissions -p warren-labs guest '.*' '.*' '.*'; fi
+	$(BIN)/python -m labs.compare $(if $(QUICK),--quick)
+
 chaos: $(STAMP) ## Every fault in turn under load; counts lost orders and duplicated effects (~20 min; ONLY=name)
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python -m loadtests.chaos $(foreach s,$(ONLY),--only $(s)) --output reports/chaos.json
@@ -122,4 +130,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench chaos seed compose-rehearsal secrets compose-check docs tutorial-check lint constraints clean
+.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench labs-compare chaos seed compose-rehearsal secrets compose-check docs tutorial-check lint constraints clean

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted(
     path
-    for folder in ("services", "shared", "cli", "loadtests", "tests", "scripts")
+    for folder in ("services", "shared", "cli", "loadtests", "labs", "tests", "scripts")
     for path in (ROOT / folder).rglob("*.py")
 )
 SAYS_WHICH = {"durable", "exclusive", "passive"}
