@@ -31,9 +31,27 @@ metrics() {
   return 0
 }
 
+# The consistent-hash exchange (partitions keyed by order id: shared/ordering.py), on the local
+# broker: it ships with RabbitMQ too, and enabling it needs no restart. Idempotent.
+consistent_hash() {
+  case "$host" in 127.0.0.1|localhost) ;; *) return 0 ;; esac
+  if command -v rabbitmq-plugins >/dev/null && [ "$(id -u)" = 0 ]; then
+    if rabbitmq-plugins -q list -e -m 2>/dev/null | grep -qx rabbitmq_consistent_hash_exchange; then
+      return 0
+    fi
+    if rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1; then
+      echo "RabbitMQ's consistent-hash exchange enabled (rabbitmq_consistent_hash_exchange)"
+      return 0
+    fi
+  fi
+  echo "No consistent-hash exchange: rabbitmq-plugins enable rabbitmq_consistent_hash_exchange (as root)" >&2
+  return 0
+}
+
 if answers; then
   echo "RabbitMQ answers on $host:$port"
   metrics
+  consistent_hash
   exit 0
 fi
 case "$host" in
@@ -53,7 +71,7 @@ if [ -n "$pidfile" ]; then
   timeout 120 rabbitmqctl wait "$pidfile" --timeout 120 >/dev/null || true
 fi
 for _ in $(seq 1 120); do
-  if answers; then echo "RabbitMQ is up on $host:$port"; metrics; exit 0; fi
+  if answers; then echo "RabbitMQ is up on $host:$port"; metrics; consistent_hash; exit 0; fi
   sleep 1
 done
 echo "RabbitMQ did not come up on $host:$port within two minutes" >&2

@@ -139,8 +139,9 @@ start() {
   if [ -n "$tls_dir" ]; then tls_config >>"$state/rabbitmq.conf"; tls_marker >"$state/tls-dir"; fi
   # The event exchange (amq.rabbitmq.event): the audit service records the broker's security
   # events from it (docs/14-security.md). A node already running gets it with
-  # `scripts/rabbitmq4.sh plugins enable rabbitmq_event_exchange`, no restart needed.
-  echo "[rabbitmq_management,rabbitmq_event_exchange,rabbitmq_prometheus]." >"$state/enabled_plugins"
+  # `scripts/rabbitmq4.sh plugins enable rabbitmq_event_exchange`, no restart needed; so does
+  # the consistent-hash exchange (partitions keyed by order id: shared/ordering.py).
+  echo "[rabbitmq_management,rabbitmq_event_exchange,rabbitmq_prometheus,rabbitmq_consistent_hash_exchange]." >"$state/enabled_plugins"
   log "starting $node on 127.0.0.1:$port (management :$mgmt_port)"
   # From its own folder: a node whose working directory is deleted (a checkout removed under
   # it) can no longer run a command, and stop_app fails half-way.

@@ -335,6 +335,7 @@ def test_the_audit_runs_wherever_the_services_run() -> None:
         "rabbitmq_management",
         "rabbitmq_prometheus",
         "rabbitmq_event_exchange",
+        "rabbitmq_consistent_hash_exchange",  # partitions by order id (shared/ordering.py)
     }
     procfile = (REPO / "Procfile").read_text()
     assert "audit: RABBIT_URL=${RABBIT_URL_AUDIT:-" in procfile
