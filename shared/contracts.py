@@ -205,6 +205,12 @@ class Envelope(Contract):
     # do not rely on arrival order -- their state machines and guards make it unnecessary --
     # but the sequence lets a reader (or a log) put an order's events back in order.
     sequence: int = 1
+    # The sequence of the event its source published before this one for this order (0: none
+    # before it). A source's sequences may skip numbers -- the order service numbers internal
+    # events it never publishes -- so a reader that must apply an order's events in order
+    # (notification: "received" before "confirmed") waits for this one, not for sequence - 1.
+    # None: the source does not say (older publishers, sources whose order nobody needs).
+    previous_sequence: int | None = None
     data: dict[str, Any]
     # --8<-- [end:envelope]
 
@@ -217,6 +223,7 @@ class Envelope(Contract):
         causation: Envelope | None = None,
         event_id: str | None = None,
         sequence: int = 1,
+        previous_sequence: int | None = None,
         occurred_at: datetime | None = None,
     ) -> Envelope:
         """Put ``data`` in an envelope, at its class's type and version; ``event_id`` fixes the id
@@ -233,6 +240,7 @@ class Envelope(Contract):
             correlation_id=data.order_id,
             causation_id=causation.id if causation else None,
             sequence=sequence,
+            previous_sequence=previous_sequence,
             data=data.model_dump(mode="json"),
             **fields,
         )

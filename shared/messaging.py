@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -199,6 +200,13 @@ def make_broker(settings: WarrenSettings, *, prefetch: int | None = None) -> Rab
         log_level=logging.DEBUG,
     )
     # --8<-- [end:make-broker]
+
+
+class HeldBackError(Exception):
+    """Raised by a handler: this event came before the one it must follow (its
+    ``previous_sequence`` is not handled yet). It goes round the shortest delay queue and comes
+    back -- without using up an attempt: it is early, not failing. The handler bounds the wait
+    (shared/ordering.py: past it, a gap is reported and the event applied)."""
 
 
 # --8<-- [start:push-back]
@@ -533,6 +541,23 @@ def handled_before() -> None:
     # --8<-- [end:handled-before]
 
 
+_failing_since: ContextVar[datetime | None] = ContextVar("warren_failing_since", default=None)
+
+
+def failing_since() -> datetime | None:
+    """When the message being handled first failed or was first held back (its
+    ``x-warren-first-failure``); None on its first delivery. A handler that holds an early
+    event back bounds the wait with it."""
+    return _failing_since.get()
+
+
+def _first_failure(message: RabbitMessage) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str((message.headers or {})[H_FIRST_FAILURE]))
+    except (KeyError, ValueError):
+        return None
+
+
 # --8<-- [start:event-consumer]
 class EventConsumer:
     """One queue's delivery rules: decode, handle, publish what the handler returns, then ack.
@@ -575,6 +600,7 @@ class EventConsumer:
         # The publisher a retry or dead-letter copy carries (none: nothing was verified).
         publisher = provenance.publisher if self.identity else None
         _handled_before.set(False)
+        _failing_since.set(_first_failure(message))
         try:
             with order_context(envelope.correlation_id), _handling(provenance):
                 outcome = await handler(envelope, payload)
@@ -638,6 +664,10 @@ class EventConsumer:
             return "poison"
         if is_push_back(exc) and self.retry_delays:
             return await self.pushed_back(message, attempts, exc, bound, publisher)
+        if isinstance(exc, HeldBackError) and self.retry_delays:
+            await self.retry(message, min(self.retry_delays), attempts - 1, exc, publisher)
+            bound.info("early: held back until its predecessor is handled", reason=str(exc))
+            return "held_back"
         if attempts > len(self.retry_delays):
             bound.error("retries exhausted, dead-lettering", attempts=attempts, error=repr(exc))
             await dead_letter(

@@ -59,7 +59,14 @@ MESSAGES = meter.create_counter(
     unit="{message}",
     description="Messages a consumer is done with, by queue, event type and outcome: handled, "
     "duplicate (done before), retried, pushed_back (an emitted event refused by a full queue), "
-    "dead_lettered (retries exhausted), poison (unreadable, forged, no handler)",
+    "held_back (early: its predecessor not handled yet), dead_lettered (retries exhausted), "
+    "poison (unreadable, forged, no handler)",
+)
+ORDER_GAPS = meter.create_counter(
+    "warren.order.gaps",
+    unit="{event}",
+    description="Events applied out of their order's sequence, by queue and kind: gap (its "
+    "predecessor never came within the bound, applied without it), late (came after such a gap)",
 )
 # Buckets in seconds (the SDK's default boundaries, 0 5 10 25 ... 10000, are meant for
 # milliseconds: every handler would fall into the first two).

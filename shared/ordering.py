@@ -195,6 +195,27 @@ class Outcome(StrEnum):
     LATE = "late"  # given up on in a gap, arrived after all: dead-letter it, do not apply
 
 
+def position(state: KeyState, sequence: int, previous: int | None = None) -> Outcome:
+    """Where item ``sequence`` (which must follow ``previous``, default ``sequence - 1``) stands
+    against a key's saved state, for a consumer that holds nothing back itself but sends an
+    early message round again (a delay queue) until its predecessor is applied: ``READY``,
+    ``HELD`` (early), ``DUPLICATE`` or ``LATE`` (given up on in a gap, come after all)."""
+    previous = sequence - 1 if previous is None else previous
+    if not 0 <= previous < sequence:
+        raise ValueError(f"sequence {sequence} cannot follow {previous}")
+    if sequence <= state.last_applied:
+        return Outcome.LATE if state.was_skipped(sequence) else Outcome.DUPLICATE
+    return Outcome.READY if previous <= state.last_applied else Outcome.HELD
+
+
+def skip_to(key: str, state: KeyState, sequence: int, reason: str) -> tuple[KeyState, Gap]:
+    """Give up waiting for what comes before ``sequence`` of ``key``: the state that applies
+    it next, and the gap to report."""
+    gap = Gap(key, state.last_applied + 1, sequence, reason)
+    skipped = (*state.skipped, (gap.expected, sequence))
+    return KeyState(last_applied=sequence - 1, skipped=skipped), gap
+
+
 @dataclass(frozen=True)
 class Released(Generic[Item]):
     """Items to apply now, in this order, and the gaps declared to release them."""
@@ -277,13 +298,10 @@ class Sequencer(Generic[Item]):
         applicable in order: itself and any held-back successors -- or, past a bound, what
         was held, released by a gap."""
         previous = sequence - 1 if previous is None else previous
-        if not 0 <= previous < sequence:
-            raise ValueError(f"{key}: sequence {sequence} cannot follow {previous}")
         tracked = self._keys.setdefault(key, _Key())
-        state = tracked.state
-        if sequence <= state.last_applied:
-            late = state.was_skipped(sequence)
-            return Offered(outcome=Outcome.LATE if late else Outcome.DUPLICATE)
+        where = position(tracked.state, sequence, previous)
+        if where in (Outcome.LATE, Outcome.DUPLICATE):
+            return Offered(outcome=where)
         if sequence in tracked.held:
             return Offered(outcome=Outcome.DUPLICATE)
         tracked.held[sequence] = _Held(item, previous, self.clock())

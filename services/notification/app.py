@@ -27,7 +27,10 @@ def create_app(settings: NotificationSettings | None = None) -> Starlette:
     repo = NotificationRepository(runtime.db, clock)
     tasks = EmailTasks(make_celery(settings))
     deps = NotificationDeps(
-        notifications=repo, enqueue=tasks.enqueue, mail_domain=settings.customer_mail_domain
+        notifications=repo,
+        enqueue=tasks.enqueue,
+        mail_domain=settings.customer_mail_domain,
+        order_wait_seconds=settings.order_wait_seconds,
     )
     runtime.serve(HANDLERS, deps)
     sweeper = functools.partial(

@@ -4,7 +4,10 @@ handed to Celery."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import structlog
 
 from services.notification.emails import compose
 from services.notification.recipients import customer_address
@@ -12,7 +15,11 @@ from services.notification.repository import NotificationRepository
 from shared import topology
 from shared.contracts import Envelope, OrderCancelled, OrderConfirmed, OrderPlaced
 from shared.handlers import HandlerTable
-from shared.messaging import handled_before
+from shared.messaging import HeldBackError, failing_since, handled_before
+from shared.metrics import ORDER_GAPS
+from shared.ordering import KeyState, Outcome, position, skip_to
+
+log = structlog.get_logger(__name__)
 
 Enqueue = Callable[[str], Awaitable[None]]
 
@@ -24,6 +31,10 @@ class NotificationDeps:
     enqueue: Enqueue
     # Customers have no address book here: mail goes to <customer_id>@<this domain>.
     mail_domain: str
+    # How long an order's event waits for the one before it ("confirmed" for "received"):
+    # past it, the gap is reported and its email goes out without waiting any longer.
+    order_wait_seconds: float = 60.0
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
 # --8<-- [start:notify-customer]
@@ -42,6 +53,7 @@ async def notify_customer(
     if email is None:
         return []
     to = customer_address(event.customer_id, deps.mail_domain)
+    stream = await in_order(envelope, deps)  # raises HeldBackError while it is early
     notification, first = await deps.notifications.record(
         {
             "_id": envelope.id,
@@ -56,8 +68,44 @@ async def notify_customer(
         handled_before()  # a redelivery or a copy: the notification was recorded already
     if notification["state"] != "sent":
         await deps.enqueue(envelope.id)
+    if stream is not None:
+        await deps.notifications.advance(event.order_id, stream)
     return []
     # --8<-- [end:notify-customer]
+
+
+# --8<-- [start:in-order]
+async def in_order(envelope: Envelope, deps: NotificationDeps) -> KeyState | None:
+    """An order's emails in the order of its events: "received" before "confirmed", even when
+    the confirmation overtook it (a retried delivery comes back behind newer ones).
+
+    Returns the order's stream once this event is handled (to save after it is), or None when
+    there is nothing to advance. Raises :class:`HeldBackError` while the event is early -- its
+    ``previous_sequence`` not handled here yet -- and for at most ``order_wait_seconds``: past
+    that, the gap is reported (log, ``warren_order_gaps_total``) and the event handled."""
+    if envelope.previous_sequence is None:
+        return None  # its source does not say what it follows
+    order_id = envelope.correlation_id
+    state = await deps.notifications.order_stream(order_id)
+    where = position(state, envelope.sequence, envelope.previous_sequence)
+    if where is Outcome.DUPLICATE:
+        return None
+    if where is Outcome.LATE:
+        log.warning("order event came after its gap was reported", sequence=envelope.sequence)
+        ORDER_GAPS.add(1, {"queue": topology.NOTIFICATION_ORDER_EVENTS.name, "kind": "late"})
+        return None  # its email still goes out, late
+    if where is Outcome.HELD:
+        waited = (deps.clock() - (failing_since() or deps.clock())).total_seconds()
+        if waited < deps.order_wait_seconds:
+            raise HeldBackError(
+                f"{envelope.type} #{envelope.sequence} of order {order_id} waits for "
+                f"#{envelope.previous_sequence} (handled so far: #{state.last_applied})"
+            )
+        state, gap = skip_to(order_id, state, envelope.sequence, f"waited {waited:.0f} s")
+        log.warning("order gap: going on without", missing=f"#{gap.expected}..#{gap.got - 1}")
+        ORDER_GAPS.add(1, {"queue": topology.NOTIFICATION_ORDER_EVENTS.name, "kind": "gap"})
+    return replace(state, last_applied=envelope.sequence)
+    # --8<-- [end:in-order]
 
 
 # --8<-- [start:handler-table]

@@ -13,6 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.clock import DatabaseClock, utcnow_iso
 from shared.mongo import insert_first
+from shared.ordering import KeyState
 
 # A notification queued and not handed to a task for this long lost its task (a task waiting
 # for an SMTP retry touches it each time it gives its claim back).
@@ -22,7 +23,29 @@ QUIET_SECONDS = 120.0
 class NotificationRepository:
     def __init__(self, db: AsyncDatabase, clock: DatabaseClock | None = None) -> None:
         self.notifications = db["notifications"]
+        # Per order, how far its events have been turned into emails (shared/ordering.py).
+        self.order_streams = db["order_streams"]
         self.clock = clock or DatabaseClock()
+
+    # --8<-- [start:order-streams]
+    async def order_stream(self, order_id: str) -> KeyState:
+        """How far ``order_id``'s events have been handled here."""
+        saved = await self.order_streams.find_one({"_id": order_id})
+        if saved is None:
+            return KeyState()
+        skipped = tuple((low, high) for low, high in saved.get("skipped", []))
+        return KeyState(last_applied=saved["last_applied"], skipped=skipped)
+
+    async def advance(self, order_id: str, state: KeyState) -> None:
+        """Save ``state`` unless the saved one is as far on already (a redelivery that comes
+        second must not move an order back)."""
+        fields = {"last_applied": state.last_applied, "skipped": [list(r) for r in state.skipped]}
+        moved = await self.order_streams.update_one(
+            {"_id": order_id, "last_applied": {"$lt": state.last_applied}}, {"$set": fields}
+        )
+        if not moved.matched_count:  # the order's first event here -- or it is further on
+            await insert_first(self.order_streams, {"_id": order_id, **fields})
+        # --8<-- [end:order-streams]
 
     async def counts(self) -> dict[str, float]:
         """How many notifications are in each state (for the metrics: emails sent, failed,

@@ -21,3 +21,6 @@ class NotificationSettings(WarrenSettings):
     stale_claim_seconds: float = Field(default=60.0, gt=10)
     # How often the service looks for emails whose task was lost (and enqueues them again).
     sweep_seconds: float = Field(default=15.0, gt=0)
+    # How long an order's event waits for the one before it (its email comes second): past
+    # it, the gap is reported and the email sent anyway (services/notification/handlers.py).
+    order_wait_seconds: float = Field(default=60.0, gt=0)

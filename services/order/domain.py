@@ -114,6 +114,9 @@ class Order:
     placed_at: datetime | None = None
     updated_at: datetime | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The version of its last event other services heard of (0: none yet): the next published
+    # event names it as its predecessor (Envelope.previous_sequence).
+    last_published: int = 0
 
     # --8<-- [start:fold]
     @classmethod
@@ -143,6 +146,8 @@ class Order:
                 self.status = OrderStatus.CANCELLED
                 self.cancel_reason = reason
         self.version = event.version
+        if is_published(event.data):
+            self.last_published = event.version
         self.updated_at = event.occurred_at
         self.history.append(
             {"version": event.version, "type": event.type, "occurred_at": event.occurred_at}

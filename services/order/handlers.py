@@ -233,6 +233,7 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
                 decided,
                 causation=envelope,
                 trace_context=current_trace_context(),
+                published_before=order.last_published,
             )
         except ConcurrencyError:
             continue  # someone else moved the order on: decide again from the new state
@@ -284,7 +285,11 @@ async def _expire(order_id: str, deps: OrderDeps) -> int:
             break
         try:
             appended = await deps.store.append(
-                order_id, order.version, decided, trace_context=current_trace_context()
+                order_id,
+                order.version,
+                decided,
+                trace_context=current_trace_context(),
+                published_before=order.last_published,
             )
         except ConcurrencyError:
             continue  # a saga event moved it on meanwhile: look again

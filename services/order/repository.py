@@ -138,9 +138,12 @@ class EventStore:
         causation: Envelope | None = None,
         trace_context: dict[str, str] | None = None,
         saga_deadline: datetime | None = None,
+        published_before: int = 0,
     ) -> list[dict[str, Any]]:
         """Append after ``expected_version``; returns the documents stored, or raises
-        :class:`ConcurrencyError` if the stream moved on.
+        :class:`ConcurrencyError` if the stream moved on. ``published_before``: the version of
+        the order's last published event (``Order.last_published``), which the next published
+        one names as its predecessor.
 
         Events are inserted one by one, each a single atomic insert: if the process dies
         half-way, the stream is still a valid prefix, and the next attempt carries on.
@@ -150,10 +153,17 @@ class EventStore:
         # BSON dates keep milliseconds: round here so the documents returned equal the stored ones.
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         appended: list[dict[str, Any]] = []
+        previous = published_before
         for version, data in enumerate(new_events, start=expected_version + 1):
             envelope = Envelope.wrap(
-                data, source=SOURCE, causation=causation, sequence=version, occurred_at=now
+                data,
+                source=SOURCE,
+                causation=causation,
+                sequence=version,
+                previous_sequence=previous if is_published(data) else None,
+                occurred_at=now,
             )
+            previous = version if is_published(data) else previous
             document = new_document(envelope, data, trace_context or {})
             if saga_deadline is not None and version == 1:
                 # In the same insert: an order never exists without its deadline.

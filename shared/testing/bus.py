@@ -20,10 +20,14 @@ from typing import Any
 
 from shared.contracts import Envelope, PoisonMessageError
 from shared.handlers import HandlerTable, bind
-from shared.messaging import Routes, route
+from shared.messaging import HeldBackError, Routes, route
 from shared.observability import order_context
 from shared.outbox import OutboxRelay
 from shared.topology import ConsumerQueue
+
+# An early event goes round again while other deliveries are pending; this many rounds and
+# the bus gives up on it (its predecessor is not coming: a bug, not a delay).
+MAX_HELD_BACK = 1000
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Delivery:
     body: bytes
     attempts: int = 0
     copy: bool = False  # a duplicate the bus made on purpose
+    held_back: int = 0  # early (its predecessor not handled yet): round again, no attempt used
 
 
 @dataclass
@@ -112,6 +117,14 @@ class InMemoryBus:
                 outcome = await handler(envelope, payload)
         except PoisonMessageError as exc:  # the handler says no retry can help
             self.dead_letters.append(DeadLetter(queue.name, f"poison: {exc}"))
+            return
+        except HeldBackError as exc:
+            delivery.attempts -= 1  # as the consumer: waiting is not failing
+            delivery.held_back += 1
+            if delivery.held_back > MAX_HELD_BACK:  # its predecessor will never come
+                self.dead_letters.append(DeadLetter(queue.name, f"held back for ever: {exc}"))
+            else:
+                self.pending.append(delivery)
             return
         except Exception as exc:
             if delivery.attempts >= self.max_attempts or not queue.retried:

@@ -49,6 +49,7 @@ from shared.contracts import (
     QuotedLine,
     StockReserved,
 )
+from shared.ordering import KeyState
 from shared.outbox import OutboxRelay, outbox_stats, retry_parked
 from shared.sealing import UnknownKeyError, generate_key, seal
 from tests.support.events import order_placed
@@ -610,11 +611,23 @@ async def test_a_notification_is_recorded_once_per_event(db: Any) -> None:
         "subject": "s",
         "body": "b",
     }
-    first = await repo.record(note)
+    first, recorded = await repo.record(note)
     await db["notifications"].update_one({"_id": "event-1"}, {"$set": {"state": "sent"}})
-    second = await repo.record(note)
+    second, recorded_again = await repo.record(note)
     assert first["state"] == "queued" and second["state"] == "sent"
+    assert recorded and not recorded_again
     assert await db["notifications"].count_documents({}) == 1
+
+
+async def test_an_orders_email_stream_only_moves_forward(db: Any) -> None:
+    repo = NotificationRepository(db)
+    assert await repo.order_stream("o1") == KeyState()
+    await repo.advance("o1", KeyState(last_applied=3, skipped=((2, 3),)))
+    await repo.advance("o1", KeyState(last_applied=1))  # a slower copy, finishing second
+    assert await repo.order_stream("o1") == KeyState(last_applied=3, skipped=((2, 3),))
+    await repo.advance("o1", KeyState(last_applied=4, skipped=((2, 3),)))
+    assert (await repo.order_stream("o1")).last_applied == 4
+    assert await repo.order_stream("o2") == KeyState()
 
 
 async def test_the_sweeper_finds_emails_whose_task_was_lost_and_leaves_busy_ones_alone(

@@ -1,0 +1,157 @@
+"""An order's emails in the order of its events: "received" before "confirmed", even when the
+confirmation overtakes it. The order service names each published event's predecessor
+(``previous_sequence``); notification holds an early event back until its predecessor is
+handled, for a bounded time, past which it reports the gap and sends anyway."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.in_memory import InMemoryShop, open_shop
+from services.inventory.catalog import CatalogItem
+from services.notification.handlers import NotificationDeps, notify_customer
+from services.notification.repository import NotificationRepository
+from shared import messaging
+from shared.contracts import Envelope, OrderConfirmed
+from shared.messaging import HeldBackError
+from shared.ordering import KeyState
+from shared.testing.memory_mongo import AsyncMongomockDatabase
+from tests.support.events import order_placed
+
+NOON = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def placed(order_id: str = "o-1") -> Envelope:
+    return Envelope.wrap(order_placed(order_id), source="order", sequence=1, previous_sequence=0)
+
+
+def confirmed(order_id: str = "o-1") -> Envelope:
+    # Version 2 of the stream is order.stock-reserved, which is never published.
+    event = OrderConfirmed(order_id=order_id, customer_id="bugs-bunny", total_cents=1250)
+    return Envelope.wrap(event, source="order", sequence=3, previous_sequence=1)
+
+
+@pytest.fixture
+def deps() -> NotificationDeps:
+    enqueued: list[str] = []
+
+    async def enqueue(notification_id: str) -> None:
+        enqueued.append(notification_id)
+
+    deps = NotificationDeps(
+        notifications=NotificationRepository(AsyncMongomockDatabase("email_order")),
+        enqueue=enqueue,
+        mail_domain="customers.warren.example",
+        order_wait_seconds=60,
+        clock=lambda: NOON,
+    )
+    deps.enqueued = enqueued  # type: ignore[attr-defined]
+    return deps
+
+
+@pytest.fixture
+def failing_since() -> Iterator[list[datetime | None]]:
+    """What the consumer would say: since when this delivery has been failing or held back."""
+    since: list[datetime | None] = [None]
+    token = messaging._failing_since.set(None)
+    yield since
+    messaging._failing_since.reset(token)
+
+
+async def handle(envelope: Envelope, deps: NotificationDeps, since: datetime | None = None):
+    messaging._failing_since.set(since)
+    return await notify_customer(envelope, envelope.payload(), deps)
+
+
+async def test_a_confirmation_that_comes_first_waits_for_the_order_received(
+    deps: NotificationDeps, failing_since: list
+) -> None:
+    early, first = confirmed(), placed()
+    with pytest.raises(HeldBackError, match=r"order\.confirmed #3 of order o-1 waits for #1"):
+        await handle(early, deps)
+    assert deps.enqueued == []  # nothing recorded, nothing sent
+    await handle(first, deps)
+    await handle(early, deps, since=NOON - timedelta(seconds=2))  # back from its delay queue
+    assert deps.enqueued == [first.id, early.id]
+    assert await deps.notifications.order_stream("o-1") == KeyState(last_applied=3)
+
+
+async def test_an_event_held_back_too_long_is_sent_and_its_gap_reported(
+    deps: NotificationDeps, failing_since: list
+) -> None:
+    early, lost = confirmed(), placed()
+    with pytest.raises(HeldBackError):
+        await handle(early, deps, since=NOON - timedelta(seconds=59))
+    await handle(early, deps, since=NOON - timedelta(seconds=61))  # past the bound: a gap
+    assert deps.enqueued == [early.id]
+    assert await deps.notifications.order_stream("o-1") == KeyState(3, skipped=((1, 3),))
+    # The missing one comes after all: late, reported, and its email still goes out.
+    await handle(lost, deps)
+    assert deps.enqueued == [early.id, lost.id]
+    assert (await deps.notifications.order_stream("o-1")).last_applied == 3
+
+
+async def test_a_duplicate_in_the_stream_is_not_held_back(
+    deps: NotificationDeps, failing_since: list
+) -> None:
+    first = placed()
+    await handle(first, deps)
+    await handle(confirmed(), deps)
+    await handle(first, deps)  # redelivered after its successor: done before, not early
+    assert (await deps.notifications.order_stream("o-1")).last_applied == 3
+
+
+async def test_an_event_whose_source_names_no_predecessor_is_not_ordered(
+    deps: NotificationDeps, failing_since: list
+) -> None:
+    unordered = Envelope.wrap(confirmed().payload(), source="order", sequence=3)
+    await handle(unordered, deps)
+    assert deps.enqueued == [unordered.id]
+    assert await deps.notifications.order_stream("o-1") == KeyState()
+
+
+@pytest.fixture
+async def shop() -> InMemoryShop:
+    databases: dict[str, AsyncMongomockDatabase] = {}
+
+    def database(service: str) -> AsyncMongomockDatabase:
+        return databases.setdefault(service, AsyncMongomockDatabase(f"order_{service}"))
+
+    catalog = [CatalogItem("RABBIT-PLUSH", "Plush", 1999, 1)]
+    return await open_shop(database, catalog=catalog)
+
+
+async def test_each_published_order_event_names_the_one_published_before_it(
+    shop: InMemoryShop,
+) -> None:
+    paid = await shop.place("RABBIT-PLUSH")
+    await shop.bus.drain()
+    sold_out = await shop.place("RABBIT-PLUSH")  # the only one is sold: cancelled at once
+    await shop.bus.drain()
+    chains = {
+        order_id: [
+            (e.type, e.sequence, e.previous_sequence)
+            for e in shop.bus.published
+            if e.source == "order" and e.correlation_id == order_id
+        ]
+        for order_id in (paid, sold_out)
+    }
+    assert chains[paid] == [("order.placed", 1, 0), ("order.confirmed", 3, 1)]
+    assert chains[sold_out] == [("order.placed", 1, 0), ("order.cancelled", 2, 1)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_emails_are_recorded_in_event_order_whatever_the_delivery_order(
+    shop: InMemoryShop, seed: int
+) -> None:
+    orders = [await shop.place("RABBIT-PLUSH") for _ in range(3)]  # one in stock: 1 confirmed
+    await shop.bus.drain(shuffle=random.Random(seed), twice=True)
+    for order_id in orders:
+        notes = shop.notification.notifications.notifications.find({"order_id": order_id})
+        kinds = [note["event_type"] async for note in notes.sort("created_at", 1)]
+        assert kinds[0] == "order.placed" and len(kinds) == 2, kinds
+    assert shop.bus.dead_letters == []
