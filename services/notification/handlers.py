@@ -11,13 +11,13 @@ import structlog
 
 from services.notification.emails import compose
 from services.notification.recipients import customer_address
-from services.notification.repository import NotificationRepository
+from services.notification.repository import NotificationRepository, OrderStream
 from shared import topology
 from shared.contracts import Envelope, OrderCancelled, OrderConfirmed, OrderPlaced
 from shared.handlers import HandlerTable
 from shared.messaging import HeldBackError, failing_since, handled_before
 from shared.metrics import ORDER_GAPS
-from shared.ordering import KeyState, Outcome, position, skip_to
+from shared.ordering import Outcome, position, skip_to
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +53,7 @@ async def notify_customer(
     if email is None:
         return []
     to = customer_address(event.customer_id, deps.mail_domain)
-    stream = await in_order(envelope, deps)  # raises HeldBackError while it is early
+    stream, after = await in_order(envelope, deps)  # raises HeldBackError while it is early
     notification, first = await deps.notifications.record(
         {
             "_id": envelope.id,
@@ -62,6 +62,8 @@ async def notify_customer(
             "to": to,
             "subject": email.subject,
             "body": email.body,
+            # The email this one goes out after (the worker waits for it to be sent).
+            "after": after,
         }
     )
     if not first:
@@ -75,25 +77,30 @@ async def notify_customer(
 
 
 # --8<-- [start:in-order]
-async def in_order(envelope: Envelope, deps: NotificationDeps) -> KeyState | None:
+async def in_order(
+    envelope: Envelope, deps: NotificationDeps
+) -> tuple[OrderStream | None, str | None]:
     """An order's emails in the order of its events: "received" before "confirmed", even when
     the confirmation overtook it (a retried delivery comes back behind newer ones).
 
-    Returns the order's stream once this event is handled (to save after it is), or None when
-    there is nothing to advance. Raises :class:`HeldBackError` while the event is early -- its
-    ``previous_sequence`` not handled here yet -- and for at most ``order_wait_seconds``: past
-    that, the gap is reported (log, ``warren_order_gaps_total``) and the event handled."""
+    Returns the order's stream once this event is handled (to save after it is; None: nothing
+    to advance), and the event whose email this one's must follow. Raises
+    :class:`HeldBackError` while the event is early -- its ``previous_sequence`` not handled
+    here yet -- and for at most ``order_wait_seconds``: past that, the gap is reported (log,
+    ``warren_order_gaps_total``) and the event handled."""
     if envelope.previous_sequence is None:
-        return None  # its source does not say what it follows
+        return None, None  # its source does not say what it follows
     order_id = envelope.correlation_id
-    state = await deps.notifications.order_stream(order_id)
+    stream = await deps.notifications.order_stream(order_id)
+    state = stream.state
     where = position(state, envelope.sequence, envelope.previous_sequence)
     if where is Outcome.DUPLICATE:
-        return None
+        return None, None
     if where is Outcome.LATE:
         log.warning("order event came after its gap was reported", sequence=envelope.sequence)
         ORDER_GAPS.add(1, {"queue": topology.NOTIFICATION_ORDER_EVENTS.name, "kind": "late"})
-        return None  # its email still goes out, late
+        return None, None  # its email still goes out, late
+    after = stream.last_event if envelope.previous_sequence == state.last_applied else None
     if where is Outcome.HELD:
         waited = (deps.clock() - (failing_since() or deps.clock())).total_seconds()
         if waited < deps.order_wait_seconds:
@@ -104,7 +111,7 @@ async def in_order(envelope: Envelope, deps: NotificationDeps) -> KeyState | Non
         state, gap = skip_to(order_id, state, envelope.sequence, f"waited {waited:.0f} s")
         log.warning("order gap: going on without", missing=f"#{gap.expected}..#{gap.got - 1}")
         ORDER_GAPS.add(1, {"queue": topology.NOTIFICATION_ORDER_EVENTS.name, "kind": "gap"})
-    return replace(state, last_applied=envelope.sequence)
+    return OrderStream(replace(state, last_applied=envelope.sequence), envelope.id), after
     # --8<-- [end:in-order]
 
 

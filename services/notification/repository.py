@@ -7,6 +7,7 @@ sent, or its claims ran out).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -20,6 +21,15 @@ from shared.ordering import KeyState
 QUIET_SECONDS = 120.0
 
 
+@dataclass(frozen=True)
+class OrderStream:
+    """How far an order's events have been turned into emails: the sequence (shared/ordering.py)
+    and the event handled last, whose email the next one's waits for."""
+
+    state: KeyState = field(default_factory=KeyState)
+    last_event: str | None = None
+
+
 class NotificationRepository:
     def __init__(self, db: AsyncDatabase, clock: DatabaseClock | None = None) -> None:
         self.notifications = db["notifications"]
@@ -28,18 +38,24 @@ class NotificationRepository:
         self.clock = clock or DatabaseClock()
 
     # --8<-- [start:order-streams]
-    async def order_stream(self, order_id: str) -> KeyState:
+    async def order_stream(self, order_id: str) -> OrderStream:
         """How far ``order_id``'s events have been handled here."""
         saved = await self.order_streams.find_one({"_id": order_id})
         if saved is None:
-            return KeyState()
+            return OrderStream()
         skipped = tuple((low, high) for low, high in saved.get("skipped", []))
-        return KeyState(last_applied=saved["last_applied"], skipped=skipped)
+        state = KeyState(last_applied=saved["last_applied"], skipped=skipped)
+        return OrderStream(state, saved.get("last_event"))
 
-    async def advance(self, order_id: str, state: KeyState) -> None:
-        """Save ``state`` unless the saved one is as far on already (a redelivery that comes
+    async def advance(self, order_id: str, stream: OrderStream) -> None:
+        """Save ``stream`` unless the saved one is as far on already (a redelivery that comes
         second must not move an order back)."""
-        fields = {"last_applied": state.last_applied, "skipped": [list(r) for r in state.skipped]}
+        state = stream.state
+        fields = {
+            "last_applied": state.last_applied,
+            "skipped": [list(r) for r in state.skipped],
+            "last_event": stream.last_event,
+        }
         moved = await self.order_streams.update_one(
             {"_id": order_id, "last_applied": {"$lt": state.last_applied}}, {"$set": fields}
         )

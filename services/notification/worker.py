@@ -11,7 +11,9 @@ Celery's defaults lose work on a crash, so this app turns them around:
 * ``notification.emails`` is a quorum queue with a delivery limit, like every Warren queue: a
   task that kills its worker every time is dead-lettered after a few tries, not run for ever;
 * a message that cannot even be decoded is rejected into ``notification.emails.dlq`` (Celery
-  would ack it away with one log line).
+  would ack it away with one log line);
+* an order's emails leave in the order of its events: one that names the email it goes out
+  ``after`` waits (the task retries) until that one is sent, for ``ORDER_WAIT_SECONDS`` at most.
 
 With acks late a task can run twice, so the task itself is idempotent: it **claims** the
 notification (``queued`` -> ``sending``) in one atomic update and marks it ``sent`` after the
@@ -38,6 +40,7 @@ import smtplib
 import sys
 import threading
 import uuid
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import parseaddr
 from functools import cache
@@ -137,6 +140,13 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
         log.warning("stale claim: the email had arrived", notification_id=notification_id)
         return "found delivered"
     # --8<-- [end:ask-mail-system]
+    if waits_for_earlier(notifications, claimed, settings.order_wait_seconds):
+        # Not before the order's previous email: give the claim back, and the task retries.
+        notifications.update_one(
+            {"_id": notification_id, "state": "sending"},
+            {"$set": {"state": "queued", "touched_at": now}},
+        )
+        raise EarlierEmailPendingError(f"{notification_id} goes out after {claimed['after']}")
     if claimed["state"] == "sending" and claimed.get("takeovers", 0) + 1 >= MAX_TAKEOVERS:
         _fail(notifications, notification_id, f"its worker died {MAX_TAKEOVERS} times sending it")
         return "failed"
@@ -168,6 +178,28 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
         )
     log.info("email sent", notification_id=notification_id, order_id=claimed["order_id"])
     return "sent"
+
+
+class EarlierEmailPendingError(Exception):
+    """The order's previous email is not sent yet: this one waits (the task retries)."""
+
+
+# --8<-- [start:waits-for-earlier]
+def waits_for_earlier(notifications: Any, claimed: dict[str, Any], bound: float) -> bool:
+    """Whether this email must wait for the order's previous one (``after``: recorded by the
+    notification service, docs/07), still queued or being sent. Not for ever: ``bound``
+    seconds after it was recorded it goes out anyway, and says so."""
+    if not claimed.get("after"):
+        return False
+    earlier = notifications.find_one({"_id": claimed["after"]}, {"state": 1})
+    if earlier is None or earlier["state"] in ("sent", "failed"):
+        return False
+    waited = (datetime.now(UTC) - datetime.fromisoformat(claimed["created_at"])).total_seconds()
+    if waited < bound:
+        return True
+    log.warning("sent before the email it follows", notification_id=claimed["_id"])
+    return False
+    # --8<-- [end:waits-for-earlier]
 
 
 def _compose(
@@ -338,7 +370,14 @@ def make_celery(settings: NotificationSettings) -> Celery:
         name=TASK_NAME,
         # SMTP trouble and a database that is briefly away are both worth waiting out.
         # (and a mail system that cannot say whether a stale claim's email arrived).
-        autoretry_for=(smtplib.SMTPException, OSError, PyMongoError, httpx.HTTPError),
+        # And an email that waits for the order's previous one.
+        autoretry_for=(
+            smtplib.SMTPException,
+            OSError,
+            PyMongoError,
+            httpx.HTTPError,
+            EarlierEmailPendingError,
+        ),
         retry_backoff=2,
         retry_backoff_max=60,
         max_retries=8,

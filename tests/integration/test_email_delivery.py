@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from pymongo.collection import Collection
 
 from cli.mail_sink import make_api
 from services.notification.settings import NotificationSettings
-from services.notification.worker import MAX_TAKEOVERS, deliver
+from services.notification.worker import MAX_TAKEOVERS, EarlierEmailPendingError, deliver
+from shared.clock import iso, utcnow_iso
 from shared.testing.system import free_port
 
 
@@ -94,6 +96,30 @@ def test_an_email_is_sent_once(
     assert deliver(notification_id, settings, task_id="t1") == "already sent"
     assert deliver(notification_id, settings, task_id="t2") == "already sent"
     assert sent(smtp[1]) == [f"<{notification_id}@warren>"]
+
+
+def test_an_orders_email_waits_until_the_one_before_it_is_sent(
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
+) -> None:
+    received = queued(notifications, event_type="order.placed")
+    confirmed = queued(notifications, after=received, created_at=utcnow_iso())
+    with pytest.raises(EarlierEmailPendingError):
+        deliver(confirmed, settings, task_id="t1")
+    assert state(notifications, confirmed) == "queued"  # its claim given back for the retry
+    assert sent(smtp[1]) == []
+    assert deliver(received, settings, task_id="t2") == "sent"
+    assert deliver(confirmed, settings, task_id="t1") == "sent"
+    assert sorted(sent(smtp[1])) == sorted([f"<{received}@warren>", f"<{confirmed}@warren>"])
+
+
+def test_an_email_waits_for_the_one_before_it_only_so_long(
+    settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
+) -> None:
+    stuck = queued(notifications, event_type="order.placed")
+    long_ago = datetime.now(UTC) - timedelta(seconds=settings.order_wait_seconds + 1)
+    confirmed = queued(notifications, after=stuck, created_at=iso(long_ago))
+    assert deliver(confirmed, settings, task_id="t1") == "sent"
+    assert sent(smtp[1]) == [f"<{confirmed}@warren>"]
 
 
 def test_an_smtp_failure_gives_the_claim_back_so_the_retry_sends_it(

@@ -20,7 +20,7 @@ from services.inventory import handlers as inventory
 from services.inventory.catalog import CatalogItem
 from services.inventory.handlers import InventoryDeps
 from services.inventory.repository import HoldOutcome, StockRepository
-from services.notification.repository import NotificationRepository
+from services.notification.repository import NotificationRepository, OrderStream
 from services.order.domain import Order, OrderStockReserved
 from services.order.handlers import OrderDeps, PlaceOrder, place_order, rebuild_projections
 from services.order.repository import (
@@ -621,13 +621,14 @@ async def test_a_notification_is_recorded_once_per_event(db: Any) -> None:
 
 async def test_an_orders_email_stream_only_moves_forward(db: Any) -> None:
     repo = NotificationRepository(db)
-    assert await repo.order_stream("o1") == KeyState()
-    await repo.advance("o1", KeyState(last_applied=3, skipped=((2, 3),)))
-    await repo.advance("o1", KeyState(last_applied=1))  # a slower copy, finishing second
-    assert await repo.order_stream("o1") == KeyState(last_applied=3, skipped=((2, 3),))
-    await repo.advance("o1", KeyState(last_applied=4, skipped=((2, 3),)))
-    assert (await repo.order_stream("o1")).last_applied == 4
-    assert await repo.order_stream("o2") == KeyState()
+    assert await repo.order_stream("o1") == OrderStream()
+    third = OrderStream(KeyState(last_applied=3, skipped=((2, 3),)), "event-3")
+    await repo.advance("o1", third)
+    await repo.advance("o1", OrderStream(KeyState(last_applied=1), "event-1"))  # a slow copy
+    assert await repo.order_stream("o1") == third
+    await repo.advance("o1", OrderStream(KeyState(4, skipped=((2, 3),)), "event-4"))
+    assert (await repo.order_stream("o1")).last_event == "event-4"
+    assert await repo.order_stream("o2") == OrderStream()
 
 
 async def test_the_sweeper_finds_emails_whose_task_was_lost_and_leaves_busy_ones_alone(

@@ -14,7 +14,7 @@ import pytest
 from services.in_memory import InMemoryShop, open_shop
 from services.inventory.catalog import CatalogItem
 from services.notification.handlers import NotificationDeps, notify_customer
-from services.notification.repository import NotificationRepository
+from services.notification.repository import NotificationRepository, OrderStream
 from shared import messaging
 from shared.contracts import Envelope, OrderConfirmed
 from shared.messaging import HeldBackError
@@ -77,7 +77,10 @@ async def test_a_confirmation_that_comes_first_waits_for_the_order_received(
     await handle(first, deps)
     await handle(early, deps, since=NOON - timedelta(seconds=2))  # back from its delay queue
     assert deps.enqueued == [first.id, early.id]
-    assert await deps.notifications.order_stream("o-1") == KeyState(last_applied=3)
+    stream = await deps.notifications.order_stream("o-1")
+    assert stream == OrderStream(KeyState(last_applied=3), early.id)
+    confirmation = await deps.notifications.notifications.find_one({"_id": early.id})
+    assert confirmation["after"] == first.id  # the worker sends it after "received"
 
 
 async def test_an_event_held_back_too_long_is_sent_and_its_gap_reported(
@@ -88,11 +91,12 @@ async def test_an_event_held_back_too_long_is_sent_and_its_gap_reported(
         await handle(early, deps, since=NOON - timedelta(seconds=59))
     await handle(early, deps, since=NOON - timedelta(seconds=61))  # past the bound: a gap
     assert deps.enqueued == [early.id]
-    assert await deps.notifications.order_stream("o-1") == KeyState(3, skipped=((1, 3),))
+    stream = await deps.notifications.order_stream("o-1")
+    assert stream.state == KeyState(3, skipped=((1, 3),))
     # The missing one comes after all: late, reported, and its email still goes out.
     await handle(lost, deps)
     assert deps.enqueued == [early.id, lost.id]
-    assert (await deps.notifications.order_stream("o-1")).last_applied == 3
+    assert (await deps.notifications.order_stream("o-1")).state.last_applied == 3
 
 
 async def test_a_duplicate_in_the_stream_is_not_held_back(
@@ -102,7 +106,7 @@ async def test_a_duplicate_in_the_stream_is_not_held_back(
     await handle(first, deps)
     await handle(confirmed(), deps)
     await handle(first, deps)  # redelivered after its successor: done before, not early
-    assert (await deps.notifications.order_stream("o-1")).last_applied == 3
+    assert (await deps.notifications.order_stream("o-1")).state.last_applied == 3
 
 
 async def test_an_event_whose_source_names_no_predecessor_is_not_ordered(
@@ -111,7 +115,7 @@ async def test_an_event_whose_source_names_no_predecessor_is_not_ordered(
     unordered = Envelope.wrap(confirmed().payload(), source="order", sequence=3)
     await handle(unordered, deps)
     assert deps.enqueued == [unordered.id]
-    assert await deps.notifications.order_stream("o-1") == KeyState()
+    assert await deps.notifications.order_stream("o-1") == OrderStream()
 
 
 @pytest.fixture
