@@ -43,12 +43,21 @@ test-rabbitmq4: $(STAMP) ## The broker tests against RabbitMQ 4.x with 4.3's def
 test-unit: $(STAMP) ## Unit tests only (no broker needed)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it all)
+# Replicas of the services built as competing consumers (docs/15-backlog.md, "Scaling
+# consumers"): `make run PAYMENT_REPLICAS=4`. Each replica has its own port (payment 8002, 8012,
+# 8022 ...; inventory 8001, 8011 ...), scraped by Prometheus and shown by `warren top`.
+PAYMENT_REPLICAS ?= 2
+INVENTORY_REPLICAS ?= 1
+
+run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it all; PAYMENT_REPLICAS, INVENTORY_REPLICAS)
 	@scripts/ensure-rabbitmq.sh
 	@mkdir -p .run
 	@echo ""
 	@echo "  Order API + docs   http://127.0.0.1:8000/docs"
-	@echo "  Health             http://127.0.0.1:8000/readyz (inventory :8001, payment :8002 :8012, notification :8003, audit :8004)"
+	@echo "  Health             http://127.0.0.1:8000/readyz (notification :8003, audit :8004; the replicas below)"
+	@# The Procfile with one line per replica, and their scrape targets (cli/replicas.py).
+	@$(BIN)/python -m cli.replicas --payment $(PAYMENT_REPLICAS) --inventory $(INVENTORY_REPLICAS) \
+		--output .run/Procfile
 	@echo "  Emails (Maildir)   .run/mail/new      -- try: make demo"
 	@echo "  MongoDB stand-in   mongodb://127.0.0.1:27017"
 	@echo "  RabbitMQ           amqp://127.0.0.1:5672 (management UI, if enabled: http://127.0.0.1:15672)"
@@ -57,7 +66,9 @@ run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it al
 	@echo ""
 	@# One broker user per service (rabbitmqctl, as root); else every service is the operator.
 	eval "$$($(BIN)/warren topology provision --env)"; \
-	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=500 $(BIN)/honcho start
+	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=500 \
+	PAYMENT_REPLICAS=$(PAYMENT_REPLICAS) INVENTORY_REPLICAS=$(INVENTORY_REPLICAS) \
+		$(BIN)/honcho start -f .run/Procfile
 
 certs: $(STAMP) ## TLS: a development CA and the broker's and MongoDB's certificates in secrets/tls (for docker-compose.tls.yml)
 	$(BIN)/warren certs generate --readable --output secrets/tls
@@ -84,6 +95,20 @@ memory: $(STAMP) ## Resident memory of each process of a running `make run`, and
 bench: $(STAMP) ## Benchmark: broker, FastStream hop, saga traced/sampled/untraced, CPU per order, database (~10 min)
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python -m loadtests.bench --output reports/bench.json
+
+# The drain's own vhost (never make run's "/"), made before and deleted after, where rabbitmqctl
+# runs (root). Elsewhere, create it once by hand, or point DRAIN_RABBIT_URL at another.
+DRAIN_VHOST := warren-drain
+ORDERS ?= 600
+CTL_HERE := [ "$$(id -u)" = 0 ] && command -v rabbitmqctl >/dev/null
+
+drain: $(STAMP) ## Benchmark: stop payment, build a backlog of ORDERS (600), drain it with 1, 2, 4 consumers; plot (~4 min)
+	@scripts/ensure-rabbitmq.sh
+	@if $(CTL_HERE); then rabbitmqctl -q add_vhost $(DRAIN_VHOST) 2>/dev/null || true; \
+		rabbitmqctl -q set_permissions -p $(DRAIN_VHOST) guest '.*' '.*' '.*'; fi
+	$(BIN)/python -m loadtests.drain --orders $(ORDERS) \
+		--rabbit-url $${DRAIN_RABBIT_URL:-amqp://guest:guest@127.0.0.1:5672/$(DRAIN_VHOST)}; \
+	status=$$?; if $(CTL_HERE); then rabbitmqctl -q delete_vhost $(DRAIN_VHOST); fi; exit $$status
 
 # The labs' own vhost (never "/"): created once where rabbitmqctl runs (root).
 labs-compare: $(STAMP) ## The labs' brokers side by side: throughput, latency (~2 min; QUICK=1: seconds)
@@ -130,4 +155,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench labs-compare chaos seed compose-rehearsal secrets compose-check docs tutorial-check lint constraints clean
+.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench drain labs-compare chaos seed compose-rehearsal secrets compose-check docs tutorial-check lint constraints clean

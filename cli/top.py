@@ -26,12 +26,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from cli.replicas import read_targets
 from shared import topology
 
 console = Console()
 
-# Where the local run serves them (the Procfile's ports). WARREN_TOP_TARGETS overrides, as
-# `name=url,...` (compose: order=http://order:8000,...).
+# Where the local run serves them (the Procfile's ports), with every replica make run started
+# (PAYMENT_REPLICAS=4: the scrape targets it wrote, .run/scrape). WARREN_TOP_TARGETS overrides,
+# as `name=url,...` (compose: order=http://order:8000,...).
 LOCAL_TARGETS = {
     "order": "http://127.0.0.1:8000",
     "inventory": "http://127.0.0.1:8001",
@@ -77,8 +79,22 @@ def _matches(labels: dict[str, str], match: dict[str, str]) -> bool:
 def targets() -> dict[str, str]:
     configured = os.environ.get("WARREN_TOP_TARGETS", "")
     if not configured:
-        return LOCAL_TARGETS
+        return local_targets(read_targets())
     return dict(item.split("=", 1) for item in configured.split(",") if "=" in item)
+
+
+def local_targets(replicas: dict[str, list[str]]) -> dict[str, str]:
+    """LOCAL_TARGETS with each service of ``replicas`` (``host:port``s, by service) at that
+    many replicas: ``payment``, ``payment-2``, ``payment-3`` ..."""
+    found: dict[str, str] = {}
+    for name, url in LOCAL_TARGETS.items():
+        service = name.split("-")[0]
+        if service not in replicas:
+            found[name] = url
+        elif service not in found:
+            for i, address in enumerate(replicas[service], start=1):
+                found[service if i == 1 else f"{service}-{i}"] = f"http://{address}"
+    return found
 
 
 async def read(broker: str, services: dict[str, str], vhost: str) -> Reading:

@@ -243,6 +243,11 @@ PROCESSES_WITH_PORTS = (
 )
 
 
+def payment_replicas(count: int) -> tuple[str, ...]:
+    """The names of ``count`` payment replicas: ``payment_1`` ... (two, as `make run`)."""
+    return tuple(f"payment_{i}" for i in range(1, count + 1))
+
+
 def broker_users() -> dict[str, str]:
     """One broker user per service (``BROKER_PASSWORD_<SERVICE>``, from .env), when this machine
     can provision them (rabbitmqctl, as root); else none, and every process connects as the
@@ -328,10 +333,15 @@ def build_system(
     run_dir: Path,
     prefix: str,
     extra_env: dict[str, str] | None = None,
+    *,
+    payments: int = 2,
 ) -> System:
+    """Every process of a system, not started; ``payments`` replicas of payment (the
+    drain benchmark starts them one by one)."""
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in PROCESSES_WITH_PORTS}
+    names = dict.fromkeys([*PROCESSES_WITH_PORTS, *payment_replicas(payments)])
+    ports = {name: free_port() for name in names}
     env = system_env(rabbit_url, mongo_url, prefix, ports, extra_env)
     system = System(
         api=f"http://127.0.0.1:{ports['order']}",
@@ -342,7 +352,7 @@ def build_system(
     )
     _plumbing(system, ports)
     python = str(BIN / "python")
-    for name in ("inventory", "payment_1", "payment_2", "notification", "audit", "order"):
+    for name in ("inventory", *payment_replicas(payments), "notification", "audit", "order"):
         service = name.split("_")[0]
         system.processes[name] = system._executor(
             name,
@@ -430,13 +440,18 @@ SERVICES = ("inventory", "payment_1", "payment_2", "notification", "emails", "au
 
 def start_everything(system: System) -> None:
     """The SMTP sink and the OTLP receiver, the broker's users and topology, the seeded
-    catalog, then every service."""
+    catalog, then every service (every payment replica the system was built with)."""
     system.start("smtp")
     system.start("traces")
     provision_broker(system)
     seed_catalog(system)
+    payments = [name for name in system.processes if name.startswith("payment_")]
     for name in SERVICES:
-        system.start(name)
+        if name == "payment_1":
+            for replica in payments:
+                system.start(replica)
+        elif not name.startswith("payment_"):
+            system.start(name)
 
 
 async def publish_raw(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli import replicas
 from shared import topology
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,9 +84,14 @@ def test_every_service_is_scraped_locally_on_its_procfile_port() -> None:
         target.rsplit(":", 1)[1]
         for job in local["scrape_configs"]
         if job["job_name"].startswith("warren-")
-        for static in job["static_configs"]
+        for static in job.get("static_configs", [])
         for target in static["targets"]
     }
+    # The replicas' targets: the files make run writes (cli/replicas.py), at the defaults.
+    default = replicas.scale(replicas.parse(procfile), dict(replicas.DEFAULT_REPLICAS))
+    for service, found in replicas.targets(replicas.processes(default)).items():
+        if service in replicas.DEFAULT_REPLICAS:
+            targets |= {target.rsplit(":", 1)[1] for target in found}
     assert targets == ports
 
 

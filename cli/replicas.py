@@ -1,0 +1,200 @@
+"""`make run`'s replicas: the Procfile with as many payment (and inventory) lines as asked, and
+the scrape targets of every replica, for Prometheus and ``warren top``.
+
+``make run PAYMENT_REPLICAS=4`` runs ``python -m cli.replicas --payment 4`` before honcho. It
+reads the ``Procfile``, replaces the lines of each scaled service with one line per replica --
+each on its own port, the first replica's port plus 10 for each replica after it (payment 8002,
+8012, 8022 ...; inventory 8001, 8011 ...) -- and writes ``.run/Procfile``, which honcho then
+starts. With the defaults (payment 2, inventory 1) that file holds exactly the Procfile's lines.
+
+honcho's own ``-c payment_1=3`` would not do: it starts the *same* command three times, and the
+three would fight over ``--port 8002``. honcho's ``$PORT`` (5000 + 100 x the line's place in the
+Procfile + the replica) would move every port away from the 8000-8004 that the docs, the tests
+and Prometheus know.
+
+Only services built as competing consumers scale here: payment and inventory (whose claims and
+leases make two deliveries of one order harmless). Not order: its outbox relay and its saga
+deadline sweep run in every process. Not notification: its sweeper runs in every process, and
+each replica reports the same email counts read from the database, which a sum would double;
+its Celery worker is what sends, and is what to scale (docs/15-backlog.md).
+
+Each scaled service's targets go to ``.run/scrape/warren-<service>.json``, a ``file_sd`` file
+that ``infra/prometheus/prometheus.local.yml`` reads (Prometheus re-reads it when it changes),
+and that ``warren top`` reads to find every replica.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+PORT_STEP = 10  # the replicas of a service: its port, +10, +20 ... (payment: 8002, 8012 ...)
+MAX_REPLICAS = 9  # so every replica stays under 8100, clear of the other services' ports
+SCRAPE_DIR = Path(".run/scrape")
+# Steps the Procfile runs before a service, that one replica does for all: the catalog.
+ONCE = "warren seed && "
+SERVICE_PORT = re.compile(r"python -m services\.(\w+) --port (\d+)")
+
+
+@dataclass(frozen=True)
+class Line:
+    name: str
+    command: str
+
+    @property
+    def service(self) -> str | None:
+        found = SERVICE_PORT.search(self.command)
+        return found.group(1) if found else None
+
+    @property
+    def port(self) -> int | None:
+        found = SERVICE_PORT.search(self.command)
+        return int(found.group(2)) if found else None
+
+
+# The services make run may scale, and how many replicas it runs of each without being asked.
+DEFAULT_REPLICAS = {"payment": 2, "inventory": 1}
+
+
+Entry = Line | str  # a process line, or a comment or blank line kept as it is
+
+
+def parse(text: str) -> list[Entry]:
+    """The Procfile's lines: its process lines parsed, the others as they are."""
+    entries: list[Entry] = []
+    for raw in text.splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            entries.append(raw)
+            continue
+        name, _, command = raw.partition(":")
+        entries.append(Line(name.strip(), command.strip()))
+    return entries
+
+
+# --8<-- [start:replica-lines]
+def replica_lines(first: Line, count: int) -> list[Line]:
+    """``count`` copies of a service's first line, each named and on a port of its own.
+
+    Names: ``payment_1``, ``payment_2`` ... for a line named ``payment_1``; ``inventory``,
+    ``inventory_2`` ... for one named ``inventory``. One-time steps stay with the first."""
+    if not 1 <= count <= MAX_REPLICAS:
+        raise ValueError(f"{first.service}: 1 to {MAX_REPLICAS} replicas, not {count}")
+    stem, numbered = (first.name[:-2], True) if first.name.endswith("_1") else (first.name, False)
+    port = first.port
+    lines = []
+    for i in range(1, count + 1):
+        name = f"{stem}_{i}" if numbered or i > 1 else stem
+        command = first.command if i == 1 else first.command.removeprefix(ONCE)
+        command = command.replace(f"--port {port}", f"--port {port + PORT_STEP * (i - 1)}")
+        lines.append(Line(name, command))
+    return lines
+    # --8<-- [end:replica-lines]
+
+
+def scale(entries: list[Entry], replicas: dict[str, int]) -> list[Entry]:
+    """The Procfile's lines with each service of ``replicas`` at that many lines, where its
+    first line was; every other line as it is."""
+    unknown = set(replicas) - set(DEFAULT_REPLICAS)
+    if unknown:
+        raise ValueError(f"make run does not scale {', '.join(sorted(unknown))}")
+    scaled: list[Entry] = []
+    done: set[str] = set()
+    for entry in entries:
+        service = entry.service if isinstance(entry, Line) else None
+        if service not in replicas:
+            scaled.append(entry)
+        elif service not in done:
+            assert isinstance(entry, Line)
+            scaled.extend(replica_lines(entry, replicas[service]))
+            done.add(service)
+    return scaled
+
+
+def render(entries: list[Entry]) -> str:
+    """A Procfile again: ``name: command`` lines, the comments where they were."""
+    return "".join(
+        f"{entry.name}: {entry.command}\n" if isinstance(entry, Line) else f"{entry}\n"
+        for entry in entries
+    )
+
+
+def processes(entries: list[Entry]) -> list[Line]:
+    return [entry for entry in entries if isinstance(entry, Line)]
+
+
+def targets(lines: list[Line]) -> dict[str, list[str]]:
+    """Each service's ``host:port`` targets, by service, in the Procfile's order."""
+    found: dict[str, list[str]] = {}
+    for line in lines:
+        if line.service is not None:
+            found.setdefault(line.service, []).append(f"127.0.0.1:{line.port}")
+    return found
+
+
+def write_targets(found: dict[str, list[str]], folder: Path) -> list[Path]:
+    """One ``file_sd`` file per scaled service (``warren-<service>.json``), written whole."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for service in DEFAULT_REPLICAS:
+        path = folder / f"warren-{service}.json"
+        # No labels: the job names the service, and a target label would rename the
+        # services' own `service` label on every series (exported_service).
+        groups = [{"targets": found.get(service, []), "labels": {}}]
+        partial = path.with_suffix(".json.tmp")  # Prometheus must never read half a file
+        partial.write_text(json.dumps(groups, indent=2) + "\n")
+        partial.replace(path)
+        written.append(path)
+    return written
+
+
+def read_targets(folder: Path = SCRAPE_DIR) -> dict[str, list[str]]:
+    """What :func:`write_targets` wrote (``{}`` without a file): ``warren top``'s replicas."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(folder.glob("warren-*.json")):
+        try:
+            groups = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        service = path.stem.removeprefix("warren-")
+        found[service] = [target for group in groups for target in group.get("targets", [])]
+    return found
+
+
+def main(
+    payment: int = typer.Option(
+        DEFAULT_REPLICAS["payment"], min=1, max=MAX_REPLICAS, help="Payment replicas."
+    ),
+    inventory: int = typer.Option(
+        DEFAULT_REPLICAS["inventory"], min=1, max=MAX_REPLICAS, help="Inventory replicas."
+    ),
+    procfile: Path = typer.Option(Path("Procfile"), help="The Procfile to read."),
+    output: Path = typer.Option(Path(".run/Procfile"), help="The Procfile to write."),
+    scrape_dir: Path = typer.Option(SCRAPE_DIR, help="Where the scrape targets go."),
+    targets_only: bool = typer.Option(
+        False, "--targets-only", help="Write the scrape targets alone (no Procfile)."
+    ),
+) -> None:
+    """Write make run's Procfile with PAYMENT_REPLICAS and INVENTORY_REPLICAS lines, and the
+    scrape targets of every replica (Prometheus' file_sd, warren top)."""
+    scaled = scale(parse(procfile.read_text()), {"payment": payment, "inventory": inventory})
+    if not targets_only:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(render(scaled))
+    found = targets(processes(scaled))
+    write_targets(found, scrape_dir)
+    ports = ", ".join(
+        f"{service} {' '.join(':' + t.rsplit(':', 1)[1] for t in found[service])}"
+        for service in DEFAULT_REPLICAS
+    )
+    typer.echo(f"  Replicas (health)  {ports}")
+
+
+app = typer.Typer(add_completion=False)
+app.command()(main)
+
+if __name__ == "__main__":
+    app()
