@@ -103,6 +103,11 @@ node_env() {
   export HOME="${HOME:-/root}"
 }
 
+# The node's plugins: the event exchange (amq.rabbitmq.event: the audit service records the
+# broker's security events, docs/14-security.md), the consistent-hash exchange (partitions keyed
+# by order id: shared/ordering.py), the management UI and the Prometheus endpoint.
+plugins="rabbitmq_management rabbitmq_event_exchange rabbitmq_prometheus rabbitmq_consistent_hash_exchange"
+
 answers() { python3 -c "import socket; socket.create_connection(('127.0.0.1', ${1:-$port}), timeout=1).close()" 2>/dev/null; }
 
 # Which certificates the node was started with: their folder and their CA (a folder whose CA
@@ -129,7 +134,11 @@ start() {
     # Running with the certificates asked for (or none asked for): reuse it. Else restart: a
     # node with another CA's certificate would fail the clients that trust this one.
     if [ -z "$tls_dir" ] || { answers "$tls_port" && [ "$(cat "$state/tls-dir" 2>/dev/null)" = "$(tls_marker)" ]; }; then
-      log "already running on 127.0.0.1:$port"; version; return
+      log "already running on 127.0.0.1:$port"
+      # A node started by an older checkout may lack a plugin added since: enabled at once.
+      RABBITMQ_PLUGINS_DIR=$(echo "$server"/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins) \
+        rabbitmq-plugins -q -n "$node" enable $plugins >/dev/null
+      version; return
     fi
     log "running without AMQPS from $tls_dir: restarting it"
     rabbitmqctl -q -n "$node" stop "$RABBITMQ_PID_FILE"
@@ -137,11 +146,7 @@ start() {
   rm -rf "$state" && mkdir -p "$state/log" "$state/mnesia"
   sed -e "s/@PORT@/$port/" -e "s/@MGMT_PORT@/$mgmt_port/" "$here/infra/rabbitmq/rabbitmq4-test.conf" >"$state/rabbitmq.conf"
   if [ -n "$tls_dir" ]; then tls_config >>"$state/rabbitmq.conf"; tls_marker >"$state/tls-dir"; fi
-  # The event exchange (amq.rabbitmq.event): the audit service records the broker's security
-  # events from it (docs/14-security.md). A node already running gets it with
-  # `scripts/rabbitmq4.sh plugins enable rabbitmq_event_exchange`, no restart needed; so does
-  # the consistent-hash exchange (partitions keyed by order id: shared/ordering.py).
-  echo "[rabbitmq_management,rabbitmq_event_exchange,rabbitmq_prometheus,rabbitmq_consistent_hash_exchange]." >"$state/enabled_plugins"
+  echo "[${plugins// /,}]." >"$state/enabled_plugins"
   log "starting $node on 127.0.0.1:$port (management :$mgmt_port)"
   # From its own folder: a node whose working directory is deleted (a checkout removed under
   # it) can no longer run a command, and stop_app fails half-way.

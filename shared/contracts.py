@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 # --8<-- [start:tolerant-reader]
@@ -244,6 +244,15 @@ class Envelope(Contract):
             data=data.model_dump(mode="json"),
             **fields,
         )
+
+    @model_validator(mode="after")
+    def _previous_comes_before(self) -> Envelope:
+        # A predecessor at or after the event itself could never be handled first: poison.
+        if self.previous_sequence is not None and not 0 <= self.previous_sequence < self.sequence:
+            raise ValueError(
+                f"previous_sequence {self.previous_sequence} must lie in 0..{self.sequence - 1}"
+            )
+        return self
 
     def payload(self, types: EventTypes = EVENT_TYPES) -> EventData:
         """The typed payload, by (type, version) in ``types`` (the bus's contracts by default);

@@ -57,6 +57,8 @@ H_REASON = "x-warren-reason"
 H_EXCEPTION = "x-warren-exception"
 H_ORIGINAL_QUEUE = "x-warren-original-queue"
 H_FIRST_FAILURE = "x-warren-first-failure"
+# When an early event was first held back (HeldBackError): its wait is bounded from then.
+H_HELD_SINCE = "x-warren-held-since"
 H_DEAD_LETTERED_AT = "x-warren-dead-lettered-at"
 H_BROKER_DEATHS = "x-warren-broker-deaths"
 # Who published the original of a copy (a retry, a dead letter, an operator's replay), as the
@@ -317,6 +319,8 @@ def _failure_headers(
             H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or utcnow_iso(),
         }
     )
+    if isinstance(exception, HeldBackError):
+        headers[H_HELD_SINCE] = headers.get(H_HELD_SINCE) or utcnow_iso()
     return headers
 
 
@@ -541,19 +545,18 @@ def handled_before() -> None:
     # --8<-- [end:handled-before]
 
 
-_failing_since: ContextVar[datetime | None] = ContextVar("warren_failing_since", default=None)
+_held_since: ContextVar[datetime | None] = ContextVar("warren_held_since", default=None)
 
 
-def failing_since() -> datetime | None:
-    """When the message being handled first failed or was first held back (its
-    ``x-warren-first-failure``); None on its first delivery. A handler that holds an early
-    event back bounds the wait with it."""
-    return _failing_since.get()
+def held_since() -> datetime | None:
+    """When the message being handled was first held back (its ``x-warren-held-since``); None
+    if it never was. A handler that holds an early event back bounds the wait with it."""
+    return _held_since.get()
 
 
-def _first_failure(message: RabbitMessage) -> datetime | None:
+def _held_since_header(message: RabbitMessage) -> datetime | None:
     try:
-        return datetime.fromisoformat(str((message.headers or {})[H_FIRST_FAILURE]))
+        return datetime.fromisoformat(str((message.headers or {})[H_HELD_SINCE]))
     except (KeyError, ValueError):
         return None
 
@@ -600,7 +603,7 @@ class EventConsumer:
         # The publisher a retry or dead-letter copy carries (none: nothing was verified).
         publisher = provenance.publisher if self.identity else None
         _handled_before.set(False)
-        _failing_since.set(_first_failure(message))
+        _held_since.set(_held_since_header(message))
         try:
             with order_context(envelope.correlation_id), _handling(provenance):
                 outcome = await handler(envelope, payload)
@@ -646,7 +649,7 @@ class EventConsumer:
     ) -> str:
         """Park the message for its next attempt, or dead-letter it when none is left. Either
         copy says who published the original (``x-warren-publisher``). Returns which it was:
-        ``poison``, ``dead_lettered``, ``retried`` or ``pushed_back``."""
+        ``poison``, ``dead_lettered``, ``retried``, ``pushed_back`` or ``held_back``."""
         if isinstance(exc, PoisonMessageError):
             # No retry can help: a message that cannot be read, or that no handler here takes,
             # or forged -- or one its handler found unusable (a customer id that makes no email

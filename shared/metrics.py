@@ -232,7 +232,11 @@ class ExemplarPrometheusReader(PrometheusMetricReader):
         for metric, point in _histogram_points(metrics_data):
             name = self._collector._resolve_metric_name(metric.name)
             bucket = Metric(name, "", "histogram", map_unit(metric.unit or "")).name + "_bucket"
-            labels = frozenset((sanitize_attribute(k), str(v)) for k, v in point.attributes.items())
+            labels = frozenset(
+                (sanitize_attribute(key), self._collector._check_value(value))
+                for key, value in point.attributes.items()
+            )
+            labels = frozenset((key, value) for key, value in labels if value)
             for kept in point.exemplars:
                 if kept.trace_id:
                     le = _bucket_bound(point.explicit_bounds, kept.value)
@@ -253,7 +257,7 @@ class ExemplarPrometheusReader(PrometheusMetricReader):
         labels = frozenset(
             (key, value)
             for key, value in sample.labels.items()
-            if key != "le" and not key.startswith("otel_scope_")
+            if key != "le" and value and not key.startswith("otel_scope_")
         )
         exemplar = self.exemplars.get((sample.name, labels, sample.labels.get("le", "")))
         return sample._replace(exemplar=exemplar) if exemplar else sample

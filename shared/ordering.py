@@ -35,7 +35,7 @@ either bound the sequencer gives up on the missing ones: it returns a :class:`Ga
 first sequence expected, the one got) and applies what was held, in order, from the lowest on.
 Why skip rather than block the key: an event held back is an unacked delivery (the next
 paragraph), and a key blocked for ever would hold its consumer's prefetch for ever. The gap is
-never silent: the caller logs it and alerts on it, and one of the missing events that turns up
+never silent: the caller logs it and counts it, and one of the missing events that turns up
 after all is ``LATE`` (dead-letter it, for an operator), not a duplicate.
 
 **Held back means unacked.** The caller keeps an early message unacked until it is applied:

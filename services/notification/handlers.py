@@ -15,9 +15,9 @@ from services.notification.repository import NotificationRepository, OrderStream
 from shared import topology
 from shared.contracts import Envelope, OrderCancelled, OrderConfirmed, OrderPlaced
 from shared.handlers import HandlerTable
-from shared.messaging import HeldBackError, failing_since, handled_before
+from shared.messaging import HeldBackError, handled_before, held_since
 from shared.metrics import ORDER_GAPS
-from shared.ordering import Outcome, position, skip_to
+from shared.ordering import KeyState, Outcome, position, skip_to
 
 log = structlog.get_logger(__name__)
 
@@ -88,11 +88,14 @@ async def in_order(
     :class:`HeldBackError` while the event is early -- its ``previous_sequence`` not handled
     here yet -- and for at most ``order_wait_seconds``: past that, the gap is reported (log,
     ``warren_order_gaps_total``) and the event handled."""
-    if envelope.previous_sequence is None:
-        return None, None  # its source does not say what it follows
     order_id = envelope.correlation_id
     stream = await deps.notifications.order_stream(order_id)
     state = stream.state
+    if envelope.previous_sequence is None:
+        # Its publisher does not say what it follows (one from before this version): not
+        # ordered, but counted as handled, so that its successors do not wait for it.
+        moved = replace(state, last_applied=max(state.last_applied, envelope.sequence))
+        return OrderStream(moved, envelope.id), None
     where = position(state, envelope.sequence, envelope.previous_sequence)
     if where is Outcome.DUPLICATE:
         return None, None
@@ -101,8 +104,13 @@ async def in_order(
         ORDER_GAPS.add(1, {"queue": topology.NOTIFICATION_ORDER_EVENTS.name, "kind": "late"})
         return None, None  # its email still goes out, late
     after = stream.last_event if envelope.previous_sequence == state.last_applied else None
-    if where is Outcome.HELD:
-        waited = (deps.clock() - (failing_since() or deps.clock())).total_seconds()
+    # Nothing of this order handled by this version: its earlier emails may have been recorded
+    # by the one before it (a rolling deploy), and then it is not early.
+    early = where is Outcome.HELD
+    if early and state == KeyState() and await deps.notifications.has_emails(order_id):
+        return OrderStream(replace(state, last_applied=envelope.sequence), envelope.id), None
+    if early:
+        waited = (deps.clock() - (held_since() or deps.clock())).total_seconds()
         if waited < deps.order_wait_seconds:
             raise HeldBackError(
                 f"{envelope.type} #{envelope.sequence} of order {order_id} waits for "

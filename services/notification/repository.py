@@ -47,6 +47,10 @@ class NotificationRepository:
         state = KeyState(last_applied=saved["last_applied"], skipped=skipped)
         return OrderStream(state, saved.get("last_event"))
 
+    async def has_emails(self, order_id: str) -> bool:
+        """Whether any notification of ``order_id`` is recorded (an upgrade's first events)."""
+        return await self.notifications.find_one({"order_id": order_id}, {"_id": 1}) is not None
+
     async def advance(self, order_id: str, stream: OrderStream) -> None:
         """Save ``stream`` unless the saved one is as far on already (a redelivery that comes
         second must not move an order back)."""
@@ -81,6 +85,8 @@ class NotificationRepository:
             "created_at": utcnow_iso(),
             # When a task was last handed this notification (the sweeper's clock).
             "touched_at": self.clock.now(),
+            # On the same clock: how long it has waited for the email before it (the worker).
+            "recorded_at": self.clock.now(),
         }
         stands = await insert_first(self.notifications, document)
         assert stands is not None  # notifications are never deleted

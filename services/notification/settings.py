@@ -23,4 +23,4 @@ class NotificationSettings(WarrenSettings):
     sweep_seconds: float = Field(default=15.0, gt=0)
     # How long an order's event waits for the one before it (its email comes second): past
     # it, the gap is reported and the email sent anyway (services/notification/handlers.py).
-    order_wait_seconds: float = Field(default=60.0, gt=0)
+    order_wait_seconds: float = Field(default=60.0, gt=0, le=600)

@@ -40,7 +40,6 @@ import smtplib
 import sys
 import threading
 import uuid
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import parseaddr
 from functools import cache
@@ -140,7 +139,7 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
         log.warning("stale claim: the email had arrived", notification_id=notification_id)
         return "found delivered"
     # --8<-- [end:ask-mail-system]
-    if waits_for_earlier(notifications, claimed, settings.order_wait_seconds):
+    if waits_for_earlier(notifications, claimed, now - settings.order_wait_seconds):
         # Not before the order's previous email: give the claim back, and the task retries.
         notifications.update_one(
             {"_id": notification_id, "state": "sending"},
@@ -185,17 +184,17 @@ class EarlierEmailPendingError(Exception):
 
 
 # --8<-- [start:waits-for-earlier]
-def waits_for_earlier(notifications: Any, claimed: dict[str, Any], bound: float) -> bool:
+def waits_for_earlier(notifications: Any, claimed: dict[str, Any], deadline: float) -> bool:
     """Whether this email must wait for the order's previous one (``after``: recorded by the
-    notification service, docs/07), still queued or being sent. Not for ever: ``bound``
-    seconds after it was recorded it goes out anyway, and says so."""
+    notification service, docs/07), still queued or being sent. Not for ever: one recorded
+    before ``deadline`` (the database's clock, as ``recorded_at``) goes out anyway, and says
+    so."""
     if not claimed.get("after"):
         return False
     earlier = notifications.find_one({"_id": claimed["after"]}, {"state": 1})
     if earlier is None or earlier["state"] in ("sent", "failed"):
         return False
-    waited = (datetime.now(UTC) - datetime.fromisoformat(claimed["created_at"])).total_seconds()
-    if waited < bound:
+    if claimed.get("recorded_at", deadline) > deadline:
         return True
     log.warning("sent before the email it follows", notification_id=claimed["_id"])
     return False
@@ -370,20 +369,17 @@ def make_celery(settings: NotificationSettings) -> Celery:
         name=TASK_NAME,
         # SMTP trouble and a database that is briefly away are both worth waiting out.
         # (and a mail system that cannot say whether a stale claim's email arrived).
-        # And an email that waits for the order's previous one.
-        autoretry_for=(
-            smtplib.SMTPException,
-            OSError,
-            PyMongoError,
-            httpx.HTTPError,
-            EarlierEmailPendingError,
-        ),
+        autoretry_for=(smtplib.SMTPException, OSError, PyMongoError, httpx.HTTPError),
         retry_backoff=2,
         retry_backoff_max=60,
         max_retries=8,
     )
     def send_email(self: Task, notification_id: str) -> str:
-        return deliver(notification_id, settings, task_id=self.request.id or "")
+        try:
+            return deliver(notification_id, settings, task_id=self.request.id or "")
+        except EarlierEmailPendingError as exc:
+            # Waiting is not failing: no retry used up (waits_for_earlier bounds the wait).
+            raise self.retry(exc=exc, countdown=1, max_retries=None) from exc
 
     return app
     # --8<-- [end:make-celery]

@@ -94,6 +94,7 @@ class OrderEvent:
     version: int  # its position in the order's stream: 1, 2, ...
     data: EventData
     occurred_at: datetime
+    caused_by: str | None = None  # the id of the event it answered (a saga reply), if any
 
     @property
     def type(self) -> str:
@@ -117,6 +118,8 @@ class Order:
     # The version of its last event other services heard of (0: none yet): the next published
     # event names it as its predecessor (Envelope.previous_sequence).
     last_published: int = 0
+    # The saga replies it has acted on (their event ids): one coming again is a duplicate.
+    answered: set[str] = field(default_factory=set)
 
     # --8<-- [start:fold]
     @classmethod
@@ -146,6 +149,8 @@ class Order:
                 self.status = OrderStatus.CANCELLED
                 self.cancel_reason = reason
         self.version = event.version
+        if event.caused_by:
+            self.answered.add(event.caused_by)
         if is_published(event.data):
             self.last_published = event.version
         self.updated_at = event.occurred_at

@@ -224,7 +224,8 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
         order = Order.from_events(order_id, events)
         decided = react(order, incoming)
         if not decided:
-            handled_before()  # its step was taken, or the order ended: the state guard absorbs it
+            if envelope.id in order.answered:
+                handled_before()  # acted on before: a duplicate (a late reply is not one)
             break
         try:
             appended = await deps.store.append(

@@ -62,6 +62,7 @@ def to_event(doc: dict[str, Any]) -> OrderEvent:
         version=doc["version"],
         data=envelope.payload(ORDER_EVENT_TYPES),
         occurred_at=doc["occurred_at"],
+        caused_by=envelope.causation_id,
     )
 
 

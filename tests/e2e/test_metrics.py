@@ -158,4 +158,9 @@ async def test_a_duplicate_is_counted_as_skipped_by_every_consumer_that_skips_it
         publisher="order",
     )
     expected = {queue: before[queue] + n for queue, n in consumers.items()}
-    await eventually(duplicates, until=lambda counted: counted == expected, what="the duplicates")
+    # At least these (a stray copy elsewhere in the shared system may add to them).
+    await eventually(
+        duplicates,
+        until=lambda counted: all(counted[q] >= n for q, n in expected.items()),
+        what="the duplicates",
+    )

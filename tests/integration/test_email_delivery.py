@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from pymongo.collection import Collection
 from cli.mail_sink import make_api
 from services.notification.settings import NotificationSettings
 from services.notification.worker import MAX_TAKEOVERS, EarlierEmailPendingError, deliver
-from shared.clock import iso, utcnow_iso
 from shared.testing.system import free_port
 
 
@@ -102,7 +100,7 @@ def test_an_orders_email_waits_until_the_one_before_it_is_sent(
     settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
 ) -> None:
     received = queued(notifications, event_type="order.placed")
-    confirmed = queued(notifications, after=received, created_at=utcnow_iso())
+    confirmed = queued(notifications, after=received, recorded_at=time.time())
     with pytest.raises(EarlierEmailPendingError):
         deliver(confirmed, settings, task_id="t1")
     assert state(notifications, confirmed) == "queued"  # its claim given back for the retry
@@ -116,8 +114,8 @@ def test_an_email_waits_for_the_one_before_it_only_so_long(
     settings: NotificationSettings, smtp: tuple[int, Path], notifications: Collection
 ) -> None:
     stuck = queued(notifications, event_type="order.placed")
-    long_ago = datetime.now(UTC) - timedelta(seconds=settings.order_wait_seconds + 1)
-    confirmed = queued(notifications, after=stuck, created_at=iso(long_ago))
+    long_ago = time.time() - settings.order_wait_seconds - 1
+    confirmed = queued(notifications, after=stuck, recorded_at=long_ago)
     assert deliver(confirmed, settings, task_id="t1") == "sent"
     assert sent(smtp[1]) == [f"<{confirmed}@warren>"]
 

@@ -54,21 +54,21 @@ def deps() -> NotificationDeps:
 
 
 @pytest.fixture
-def failing_since() -> Iterator[list[datetime | None]]:
+def held_since_reset() -> Iterator[list[datetime | None]]:
     """What the consumer would say: since when this delivery has been failing or held back."""
     since: list[datetime | None] = [None]
-    token = messaging._failing_since.set(None)
+    token = messaging._held_since.set(None)
     yield since
-    messaging._failing_since.reset(token)
+    messaging._held_since.reset(token)
 
 
 async def handle(envelope: Envelope, deps: NotificationDeps, since: datetime | None = None):
-    messaging._failing_since.set(since)
+    messaging._held_since.set(since)
     return await notify_customer(envelope, envelope.payload(), deps)
 
 
 async def test_a_confirmation_that_comes_first_waits_for_the_order_received(
-    deps: NotificationDeps, failing_since: list
+    deps: NotificationDeps, held_since_reset: list
 ) -> None:
     early, first = confirmed(), placed()
     with pytest.raises(HeldBackError, match=r"order\.confirmed #3 of order o-1 waits for #1"):
@@ -84,7 +84,7 @@ async def test_a_confirmation_that_comes_first_waits_for_the_order_received(
 
 
 async def test_an_event_held_back_too_long_is_sent_and_its_gap_reported(
-    deps: NotificationDeps, failing_since: list
+    deps: NotificationDeps, held_since_reset: list
 ) -> None:
     early, lost = confirmed(), placed()
     with pytest.raises(HeldBackError):
@@ -100,7 +100,7 @@ async def test_an_event_held_back_too_long_is_sent_and_its_gap_reported(
 
 
 async def test_a_duplicate_in_the_stream_is_not_held_back(
-    deps: NotificationDeps, failing_since: list
+    deps: NotificationDeps, held_since_reset: list
 ) -> None:
     first = placed()
     await handle(first, deps)
@@ -110,12 +110,32 @@ async def test_a_duplicate_in_the_stream_is_not_held_back(
 
 
 async def test_an_event_whose_source_names_no_predecessor_is_not_ordered(
-    deps: NotificationDeps, failing_since: list
+    deps: NotificationDeps, held_since_reset: list
 ) -> None:
     unordered = Envelope.wrap(confirmed().payload(), source="order", sequence=3)
     await handle(unordered, deps)
     assert deps.enqueued == [unordered.id]
-    assert await deps.notifications.order_stream("o-1") == OrderStream()
+    # Counted as handled, so that what follows it does not wait for it (a rolling deploy).
+    stream = await deps.notifications.order_stream("o-1")
+    assert stream == OrderStream(KeyState(last_applied=3), unordered.id)
+
+
+async def test_after_an_upgrade_an_order_whose_first_email_the_old_version_recorded_waits_not(
+    deps: NotificationDeps, held_since_reset: list
+) -> None:
+    first = placed()
+    await deps.notifications.record(  # recorded by the version before: no order_streams
+        {"_id": first.id, "order_id": "o-1", "event_type": "order.placed"}
+    )
+    then = confirmed()
+    await handle(then, deps)  # not held back: "received" was recorded, by the old version
+    assert deps.enqueued == [then.id]
+    assert (await deps.notifications.order_stream("o-1")).state.last_applied == 3
+
+
+def test_an_envelope_whose_predecessor_comes_after_it_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"previous_sequence 3 must lie in 0\.\.2"):
+        Envelope.wrap(confirmed().payload(), source="order", sequence=3, previous_sequence=3)
 
 
 @pytest.fixture
