@@ -1,5 +1,7 @@
 """Keeping per-key order: partitions by order id, and a sequencer that puts a key's events back
-in order. Building blocks: no service uses them yet (docs/ordering-notes.md says where they go).
+in order. The notification service keeps an order's emails in order with :func:`position` and
+:func:`skip_to`; the partitions and the :class:`Sequencer` are building blocks no service uses
+yet (docs/17-keeping-order.md says where they would pay).
 
 RabbitMQ keeps a queue's order for one consumer, and loses it as soon as several compete, a
 message is retried through a delay queue (it comes back behind newer ones), or a publisher's
@@ -40,7 +42,7 @@ after all is ``LATE`` (dead-letter it, for an operator), not a duplicate.
 
 **Held back means unacked.** The caller keeps an early message unacked until it is applied:
 if the consumer dies, the broker hands its unacked messages to the next active consumer,
-before anything newer (measured on RabbitMQ 3.10 and 4.0: docs/ordering-notes.md). So a
+before anything newer (measured on RabbitMQ 3.10 and 4.0: docs/17-keeping-order.md). So a
 consumer's prefetch must exceed what it may hold (``max_held`` x the keys in flight), or its
 deliveries stop until ``max_wait`` declares a gap. And ``max_wait`` must exceed the longest
 retry delay, if retries go through the delay queues.
@@ -81,7 +83,7 @@ class Partitions:
     ``correlation_id``; each partition has one active consumer at a time.
 
     No retries through the delay queues: a copy that came back would be behind newer events
-    (docs/ordering-notes.md). A message that kills its consumer every time is dead-lettered
+    (docs/17-keeping-order.md). A message that kills its consumer every time is dead-lettered
     after :data:`topology.DELIVERY_LIMIT` deliveries -- a hand-over (its consumer died) counts
     as one, for every message the consumer held -- into one DLQ, ``<name>.dlq``.
     """
@@ -91,6 +93,7 @@ class Partitions:
     count: int = 4
     source: RabbitExchange = topology.EVENTS
 
+    # --8<-- [start:partitions]
     @property
     def exchange(self) -> RabbitExchange:
         """The consistent-hash exchange, hashing each message's ``correlation_id``."""
@@ -120,6 +123,7 @@ class Partitions:
             "x-dead-letter-routing-key": name,
         }
         return RabbitQueue(name, queue_type=QueueType.QUORUM, durable=True, arguments=arguments)
+        # --8<-- [end:partitions]
 
     @property
     def dlq(self) -> RabbitQueue:
@@ -195,6 +199,7 @@ class Outcome(StrEnum):
     LATE = "late"  # given up on in a gap, arrived after all: dead-letter it, do not apply
 
 
+# --8<-- [start:position]
 def position(state: KeyState, sequence: int, previous: int | None = None) -> Outcome:
     """Where item ``sequence`` (which must follow ``previous``, default ``sequence - 1``) stands
     against a key's saved state, for a consumer that holds nothing back itself but sends an
@@ -206,6 +211,7 @@ def position(state: KeyState, sequence: int, previous: int | None = None) -> Out
     if sequence <= state.last_applied:
         return Outcome.LATE if state.was_skipped(sequence) else Outcome.DUPLICATE
     return Outcome.READY if previous <= state.last_applied else Outcome.HELD
+    # --8<-- [end:position]
 
 
 def skip_to(key: str, state: KeyState, sequence: int, reason: str) -> tuple[KeyState, Gap]:
