@@ -165,8 +165,14 @@ class Order:
 
 
 # --8<-- [start:react]
+class TooEarlyError(Exception):
+    """A saga event that answers something the order has not heard of yet: it comes again."""
+
+
 def react(order: Order, incoming: EventData) -> list[EventData]:
-    """What a saga event means for this order: the events to append (often none)."""
+    """What a saga event means for this order: the events to append (often none). Raises
+    :class:`TooEarlyError` for one that must wait for another (it is held back, and comes
+    again)."""
     if order.version == 0 or order.is_final:
         return []  # unknown order, or already decided: duplicates and late arrivals end here
 
@@ -192,6 +198,13 @@ def react(order: Order, incoming: EventData) -> list[EventData]:
             if order.status in (OrderStatus.PENDING, OrderStatus.RESERVED):
                 return [OrderPaymentFailed(order_id=order.id, reason=reason)]
         case StockReleased(reason=reason):
+            if order.status in (OrderStatus.PENDING, OrderStatus.RESERVED):
+                # Inventory gives stock back after a payment failure (or a cancellation, which
+                # makes the order final): that payment.failed is on its way, and the order
+                # decides on the two together. Cancelling now would depend on which came first.
+                raise TooEarlyError(
+                    f"stock released for order {order.id}: its payment.failed first"
+                )
             # The compensation is done: the order is cancelled once its stock is back.
             return [cancelled(order.payment_failure or reason)]
     return []

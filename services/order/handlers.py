@@ -19,7 +19,14 @@ from typing import Any
 import structlog
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from services.order.domain import SAGA_DEADLINE_REASON, Order, OrderEvent, expire, react
+from services.order.domain import (
+    SAGA_DEADLINE_REASON,
+    Order,
+    OrderEvent,
+    TooEarlyError,
+    expire,
+    react,
+)
 from services.order.repository import (
     ConcurrencyError,
     EventStore,
@@ -44,7 +51,7 @@ from shared.contracts import (
 )
 from shared.faults import crash_point
 from shared.handlers import HandlerTable
-from shared.messaging import handled_before
+from shared.messaging import HeldBackError, handled_before
 from shared.metrics import ORDERS_FINISHED, SAGA_DURATION
 from shared.observability import current_trace_context, order_context
 from shared.sealing import RecipientKey
@@ -222,7 +229,10 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
             log.warning("saga event for an unknown order", order_id=order_id, type=envelope.type)
             return []
         order = Order.from_events(order_id, events)
-        decided = react(order, incoming)
+        try:
+            decided = react(order, incoming)
+        except TooEarlyError as exc:
+            raise HeldBackError(str(exc)) from exc  # round the delay queue, no attempt used
         if not decided:
             if envelope.id in order.answered:
                 handled_before()  # acted on before: a duplicate (a late reply is not one)
