@@ -140,11 +140,7 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
         return "found delivered"
     # --8<-- [end:ask-mail-system]
     if waits_for_earlier(notifications, claimed, now - settings.order_wait_seconds):
-        # Not before the order's previous email: give the claim back, and the task retries.
-        notifications.update_one(
-            {"_id": notification_id, "state": "sending"},
-            {"$set": {"state": "queued", "touched_at": now}},
-        )
+        _give_back(notifications, notification_id, now)  # and the task retries
         raise EarlierEmailPendingError(f"{notification_id} goes out after {claimed['after']}")
     if claimed["state"] == "sending" and claimed.get("takeovers", 0) + 1 >= MAX_TAKEOVERS:
         _fail(notifications, notification_id, f"its worker died {MAX_TAKEOVERS} times sending it")
@@ -162,11 +158,7 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
             # The server said no for good (5xx): retrying would only be refused again.
             _fail(notifications, notification_id, f"refused by the mail server: {exc}")
             return "failed"
-        # Not sent: give the claim back so that the retry (or any task) can take it.
-        notifications.update_one(
-            {"_id": notification_id, "state": "sending"},
-            {"$set": {"state": "queued", "touched_at": now}},
-        )
+        _give_back(notifications, notification_id, now)  # the retry (or any task) takes it
         raise
     try:
         _mark_sent(notifications, notification_id)
@@ -177,6 +169,14 @@ def deliver(notification_id: str, settings: NotificationSettings, task_id: str =
         )
     log.info("email sent", notification_id=notification_id, order_id=claimed["order_id"])
     return "sent"
+
+
+def _give_back(notifications: Any, notification_id: str, now: float) -> None:
+    """Not sent now: the claim goes back, so that the task's retry (or any task) takes it."""
+    notifications.update_one(
+        {"_id": notification_id, "state": "sending"},
+        {"$set": {"state": "queued", "touched_at": now}},
+    )
 
 
 class EarlierEmailPendingError(Exception):
