@@ -232,11 +232,11 @@ class ExemplarPrometheusReader(PrometheusMetricReader):
         for metric, point in _histogram_points(metrics_data):
             name = self._collector._resolve_metric_name(metric.name)
             bucket = Metric(name, "", "histogram", map_unit(metric.unit or "")).name + "_bucket"
-            labels = frozenset(
-                (sanitize_attribute(key), self._collector._check_value(value))
+            values = {
+                sanitize_attribute(key): self._collector._check_value(value)
                 for key, value in point.attributes.items()
-            )
-            labels = frozenset((key, value) for key, value in labels if value)
+            }
+            labels = frozenset((key, value) for key, value in values.items() if value)
             for kept in point.exemplars:
                 if kept.trace_id:
                     le = _bucket_bound(point.explicit_bounds, kept.value)

@@ -343,11 +343,7 @@ class Sequencer(Generic[Item]):
         ready: tuple[Item, ...] = ()
         gaps: tuple[Gap, ...] = ()
         while reason := self._overdue(tracked):
-            got = min(tracked.held)
-            gap = Gap(key, tracked.state.last_applied + 1, got, reason)
-            tracked.state = KeyState(
-                last_applied=got - 1, skipped=(*tracked.state.skipped, (gap.expected, got))
-            )
+            tracked.state, gap = skip_to(key, tracked.state, min(tracked.held), reason)
             # Its predecessor (< got) is applied or given up on now: it drains first.
             ready, gaps = ready + self._drain(tracked), (*gaps, gap)
         return Released(ready, gaps)

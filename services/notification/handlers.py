@@ -108,7 +108,7 @@ async def in_order(
     # by the one before it (a rolling deploy), and then it is not early.
     early = where is Outcome.HELD
     if early and state == KeyState() and await deps.notifications.has_emails(order_id):
-        return OrderStream(replace(state, last_applied=envelope.sequence), envelope.id), None
+        return _applied(state, envelope), None
     if early:
         waited = (deps.clock() - (held_since() or deps.clock())).total_seconds()
         if waited < deps.order_wait_seconds:
@@ -119,8 +119,13 @@ async def in_order(
         state, gap = skip_to(order_id, state, envelope.sequence, f"waited {waited:.0f} s")
         log.warning("order gap: going on without", missing=f"#{gap.expected}..#{gap.got - 1}")
         ORDER_GAPS.add(1, {"queue": topology.NOTIFICATION_ORDER_EVENTS.name, "kind": "gap"})
-    return OrderStream(replace(state, last_applied=envelope.sequence), envelope.id), after
+    return _applied(state, envelope), after
     # --8<-- [end:in-order]
+
+
+def _applied(state: KeyState, envelope: Envelope) -> OrderStream:
+    """The order's stream once ``envelope`` is handled: its sequence, and it as the last event."""
+    return OrderStream(replace(state, last_applied=envelope.sequence), envelope.id)
 
 
 # --8<-- [start:handler-table]
