@@ -318,7 +318,7 @@ class Faults:
                     key = keys[target]
                     await events.publish(message, routing_key=key)
                     for queue in topology.CONSUMER_QUEUES:
-                        if key in queue.routing_keys:
+                        if key in queue.bound_keys:
                             expected[queue.dlq_name] += 1
                 elif n % 2:
                     await channel.default_exchange.publish(

@@ -31,8 +31,9 @@ metrics() {
   return 0
 }
 
-# The consistent-hash exchange (partitions keyed by order id: shared/ordering.py), on the local
-# broker: it ships with RabbitMQ too, and enabling it needs no restart. Idempotent.
+# The consistent-hash exchange (notification's partitions by order id, shared/topology.py: the
+# topology declares it, so Warren needs it), on the local broker: it ships with RabbitMQ, and
+# enabling it needs no restart. Idempotent.
 consistent_hash() {
   case "$host" in 127.0.0.1|localhost) ;; *) return 0 ;; esac
   if command -v rabbitmq-plugins >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -44,7 +45,8 @@ consistent_hash() {
       return 0
     fi
   fi
-  echo "No consistent-hash exchange: rabbitmq-plugins enable rabbitmq_consistent_hash_exchange (as root)" >&2
+  echo "No consistent-hash exchange, which Warren's topology declares (notification's partitions):" \
+    "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange (as root)" >&2
   return 0
 }
 

@@ -1,7 +1,9 @@
 """Keeping per-key order: partitions by order id, and a sequencer that puts a key's events back
 in order. The notification service keeps an order's emails in order with :func:`position` and
-:func:`skip_to`; the partitions and the :class:`Sequencer` are building blocks no service uses
-yet (docs/17-keeping-order.md says where they would pay).
+:func:`skip_to`, and can take its order events through partitions
+(:class:`shared.topology.PartitionedQueue`, which retries like any consumer queue). The
+:class:`Partitions` here (no retries) and the :class:`Sequencer` (events held in memory) are
+the building blocks for a consumer that must hold events itself (docs/17-keeping-order.md).
 
 RabbitMQ keeps a queue's order for one consumer, and loses it as soon as several compete, a
 message is retried through a delay queue (it comes back behind newer ones), or a publisher's
@@ -62,18 +64,14 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
-from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+from faststream.rabbit import QueueType, RabbitExchange, RabbitQueue
 
 from shared import topology
 
 # --- partitions ------------------------------------------------------------------------------
 
-HASH_PROPERTY = "correlation_id"
-"""The AMQP property the consistent-hash exchange hashes: Warren sets it to the order id."""
-
-PARTITION_WEIGHT = "1"
-"""A partition queue's binding key on the consistent-hash exchange: its share of the hash
-space. Equal weights: equal shares."""
+HASH_PROPERTY = topology.HASH_PROPERTY  # the order id
+PARTITION_WEIGHT = topology.PARTITION_WEIGHT  # equal weights: equal shares of the hash space
 
 
 @dataclass(frozen=True)
@@ -97,12 +95,7 @@ class Partitions:
     @property
     def exchange(self) -> RabbitExchange:
         """The consistent-hash exchange, hashing each message's ``correlation_id``."""
-        return RabbitExchange(
-            self.name,
-            type=ExchangeType.X_CONSISTENT_HASH,
-            durable=True,
-            arguments={"hash-property": HASH_PROPERTY},
-        )
+        return topology.consistent_hash_exchange(self.name)
 
     @property
     def queue_names(self) -> tuple[str, ...]:

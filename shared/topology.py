@@ -134,11 +134,20 @@ class ConsumerQueue:
     # outbox holds the event and backs off -- instead of the broker filling up. See
     # :func:`backlog_policies` and docs/15-backlog.md.
     max_length: int | None = QUEUE_MAX_LENGTH
+    # One partition of a :class:`PartitionedQueue`: bound to that consistent-hash exchange
+    # (not to shop.events), with a single active consumer.
+    partition_of: str | None = None
 
     @property
     def routing_keys(self) -> tuple[str, ...]:
-        """The bindings on ``shop.events``: one per event type, derived from the contracts."""
+        """The types of the events it receives, derived from the contracts."""
         return tuple(sorted({event.TYPE for event in self.events}))
+
+    @property
+    def bound_keys(self) -> tuple[str, ...]:
+        """Its bindings on ``shop.events``: one per event type -- none for a partition, which
+        its consistent-hash exchange feeds."""
+        return () if self.partition_of else self.routing_keys
 
     @property
     def dlq_name(self) -> str:
@@ -154,6 +163,8 @@ class ConsumerQueue:
             arguments["x-delivery-limit"] = DELIVERY_LIMIT
         if self.message_ttl_ms is not None:
             arguments["x-message-ttl"] = self.message_ttl_ms
+        if self.partition_of is not None:
+            arguments["x-single-active-consumer"] = True
         queue_type = QueueType.QUORUM if self.quorum else QueueType.CLASSIC
         return RabbitQueue(self.name, queue_type=queue_type, durable=True, arguments=arguments)
 
@@ -164,6 +175,59 @@ class ConsumerQueue:
         # RabbitMQ 4), past which the message would be dropped.
         return RabbitQueue(self.dlq_name, queue_type=QueueType.CLASSIC, durable=True)
         # --8<-- [end:consumer-queue]
+
+
+# --- partitions: one order's events to one consumer, in publish order -------------------------
+
+HASH_PROPERTY = "correlation_id"
+"""The AMQP property a consistent-hash exchange hashes: Warren sets it to the order id."""
+
+PARTITION_WEIGHT = "1"
+"""A partition's binding key on its consistent-hash exchange: its share of the hash space."""
+
+
+def consistent_hash_exchange(name: str) -> RabbitExchange:
+    """An exchange that sends each message to one of its queues, chosen by a hash of the
+    message's ``correlation_id`` (plugin ``rabbitmq_consistent_hash_exchange``; without it the
+    broker refuses the type with ``COMMAND_INVALID``)."""
+    return RabbitExchange(
+        name,
+        type=ExchangeType.X_CONSISTENT_HASH,
+        durable=True,
+        arguments={"hash-property": HASH_PROPERTY},
+    )
+
+
+# --8<-- [start:partitioned-queue]
+@dataclass(frozen=True)
+class PartitionedQueue:
+    """The events of a consumer queue, spread by order id over ``count`` partitions.
+
+    A consistent-hash exchange ``name`` puts each event in one of the queues ``<name>.p<i>``,
+    chosen by its order id; each partition has a single active consumer. So every event of an
+    order goes to one partition, in the order it was published, and one consumer at a time
+    handles it; other orders are handled in parallel, up to ``count`` consumers. A partition is
+    a consumer queue like the others (retries, DLQ, length limit), except for its binding.
+
+    Nothing routes events here until a service asks for it (:func:`route_events`): the
+    definitions leave the exchange unbound from ``shop.events``.
+    """
+
+    name: str
+    events: tuple[type[EventData], ...]
+    count: int = 4
+
+    @property
+    def exchange(self) -> RabbitExchange:
+        return consistent_hash_exchange(self.name)
+
+    @property
+    def partitions(self) -> tuple[ConsumerQueue, ...]:
+        return tuple(
+            ConsumerQueue(f"{self.name}.p{index}", self.events, partition_of=self.name)
+            for index in range(self.count)
+        )
+        # --8<-- [end:partitioned-queue]
 
 
 # --8<-- [start:consumer-queues]
@@ -183,6 +247,11 @@ ORDER_SAGA_REPLIES = ConsumerQueue(
 NOTIFICATION_ORDER_EVENTS = ConsumerQueue(
     "notification.order-events", (OrderPlaced, OrderConfirmed, OrderCancelled)
 )
+# Notification's order events, the second way: through partitions (ORDER_EVENTS_VIA=partitions,
+# docs/17-keeping-order.md) instead of one queue with competing consumers.
+NOTIFICATION_ORDER_PARTITIONS = PartitionedQueue(
+    "notification.order-partitions", NOTIFICATION_ORDER_EVENTS.events
+)
 # The audit trail: every event of the contracts, from whoever published it (a forgery too).
 AUDIT_EVENTS = ConsumerQueue("audit.events", tuple(EVENT_TYPES.values()), records_forgeries=True)
 
@@ -194,9 +263,12 @@ CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (
     PAYMENT_ORDER_CANCELLED,
     ORDER_SAGA_REPLIES,
     NOTIFICATION_ORDER_EVENTS,
+    *NOTIFICATION_ORDER_PARTITIONS.partitions,
     AUDIT_EVENTS,
 )
+PARTITIONED_QUEUES: tuple[PartitionedQueue, ...] = (NOTIFICATION_ORDER_PARTITIONS,)
 # --8<-- [end:consumer-queues]
+
 
 # --- request-reply ---------------------------------------------------------------------------
 
@@ -274,6 +346,8 @@ class ServiceAccess:
     extra: str = ""  # more resources (a regex) it may configure, write and read
     # Exchanges it may read (bind its own queues to) besides Warren's: the broker's events.
     reads: tuple[str, ...] = ()
+    # Its partitioned queues: it declares their exchange and routes events through it or not.
+    partitioned: tuple[PartitionedQueue, ...] = ()
 
 
 SERVICES: tuple[ServiceAccess, ...] = (
@@ -301,10 +375,15 @@ SERVICES: tuple[ServiceAccess, ...] = (
     ),
     ServiceAccess(
         "notification",
-        consumes=(NOTIFICATION_ORDER_EVENTS, NOTIFICATION_EMAILS),
+        consumes=(
+            NOTIFICATION_ORDER_EVENTS,
+            *NOTIFICATION_ORDER_PARTITIONS.partitions,
+            NOTIFICATION_EMAILS,
+        ),
         publishes=(),
         default_exchange=True,  # hands emails to Celery
         extra=CELERY_RESOURCES,
+        partitioned=(NOTIFICATION_ORDER_PARTITIONS,),
     ),
     ServiceAccess(
         "audit",
@@ -350,15 +429,19 @@ def permissions(access: ServiceAccess) -> dict[str, str]:
     """
     queues = [_literal(queue.name) for queue in access.consumes]
     dlqs = [_literal(queue.dlq_name) for queue in access.consumes]
+    # Its partitions' exchanges: declared, bound to shop.events, and its partitions bound to them.
+    own = [_literal(partitioned.name) for partitioned in access.partitioned]
     extra = [access.extra] if access.extra else []
     copies = [_literal(DEAD_LETTER.name), r"shop\.retry\..+"]
     default = [r"amq\.default"] if access.default_exchange else []
     bound_to = [_literal(EVENTS.name), _literal(DEAD_LETTER.name), _literal(REQUEUE.name)]
     bound_to += [_literal(exchange) for exchange in access.reads]
     return {
-        "configure": _alternatives(*queues, *dlqs, *extra),
-        "write": _alternatives(_literal(EVENTS.name), *copies, *default, *queues, *dlqs, *extra),
-        "read": _alternatives(*queues, *bound_to, *extra),
+        "configure": _alternatives(*queues, *dlqs, *own, *extra),
+        "write": _alternatives(
+            _literal(EVENTS.name), *copies, *default, *queues, *dlqs, *own, *extra
+        ),
+        "read": _alternatives(*queues, *bound_to, *own, *extra),
     }
 
 
@@ -381,6 +464,7 @@ def existing(exchange: RabbitExchange) -> RabbitExchange:
 def exchanges(retry_delays: tuple[int, ...] = RETRY_DELAYS_SECONDS) -> Iterator[RabbitExchange]:
     yield from (EVENTS, DEAD_LETTER, REQUEUE)
     yield from (retry_exchange(delay) for delay in delay_steps(retry_delays))
+    yield from (partitioned.exchange for partitioned in PARTITIONED_QUEUES)
 
 
 def queue_by_name(name: str) -> ConsumerQueue:
@@ -414,12 +498,37 @@ async def declare_consumer_queue(
         delay_queue = await broker.declare_queue(retry_queue(delay))
         await delay_queue.bind(delay_exchange, routing_key="")
     queue = await broker.declare_queue(consumer_queue.queue)
-    for key in consumer_queue.routing_keys:
+    for key in consumer_queue.bound_keys:
         await queue.bind(events, routing_key=key)
+    if consumer_queue.partition_of is not None:  # its share of its consistent-hash exchange
+        hashed = consistent_hash_exchange(consumer_queue.partition_of)
+        await queue.bind(await broker.declare_exchange(hashed), routing_key=PARTITION_WEIGHT)
     await queue.bind(requeue, routing_key=consumer_queue.name)
     dlq = await broker.declare_queue(consumer_queue.dlq)
     await dlq.bind(dead_letter, routing_key=consumer_queue.name)
     # --8<-- [end:declare-consumer-queue]
+
+
+# --8<-- [start:route-events]
+async def route_events(
+    broker: Any, single: ConsumerQueue, partitioned: PartitionedQueue, *, partitions: bool
+) -> None:
+    """Route ``single``'s events to it (as provisioned), or through ``partitioned`` instead:
+    bind one way to ``shop.events`` and unbind the other (idempotent). The new way is bound
+    first, so no event falls between the two (one may go both ways: handled once, the copy is
+    a duplicate). The service consumes both ways, so what waits on the way just unbound is
+    still handled: switching loses nothing."""
+    events = await broker.declare_exchange(existing(EVENTS))
+    hashed = await broker.declare_exchange(partitioned.exchange)
+    queue = await broker.declare_queue(single.queue)
+    for key in single.routing_keys:
+        if partitions:
+            await hashed.bind(events, routing_key=key)  # exchange to exchange
+            await queue.unbind(events, routing_key=key)
+        else:
+            await queue.bind(events, routing_key=key)
+            await hashed.unbind(events, routing_key=key)
+            # --8<-- [end:route-events]
 
 
 async def declare_topology(broker: Any, retry_delays: tuple[int, ...]) -> None:
@@ -597,7 +706,9 @@ def definitions(
     bindings = [(retry_exchange(delay).name, retry_queue(delay).name, "") for delay in steps]
     for consumer_queue in ALL_QUEUES_WITH_DLQ:
         queues += [consumer_queue.queue, consumer_queue.dlq]
-        bindings += [(EVENTS.name, consumer_queue.name, key) for key in consumer_queue.routing_keys]
+        bindings += [(EVENTS.name, consumer_queue.name, key) for key in consumer_queue.bound_keys]
+        if consumer_queue.partition_of is not None:
+            bindings.append((consumer_queue.partition_of, consumer_queue.name, PARTITION_WEIGHT))
         bindings.append((REQUEUE.name, consumer_queue.name, consumer_queue.name))
         bindings.append((DEAD_LETTER.name, consumer_queue.dlq_name, consumer_queue.name))
     admin = (user, password) if user is not None and password is not None else None
@@ -614,7 +725,7 @@ def definitions(
                 "durable": True,
                 "auto_delete": False,
                 "internal": False,
-                "arguments": {},
+                "arguments": dict(exchange.arguments or {}),
             }
             for exchange in exchanges(retry_delays)
         ],

@@ -15,6 +15,7 @@ from services.notification.handlers import HANDLERS, NotificationDeps
 from services.notification.repository import NotificationRepository
 from services.notification.settings import NotificationSettings
 from services.notification.worker import make_celery
+from shared import topology
 from shared.clock import DatabaseClock
 from shared.metrics import Sampled, email_counters
 from shared.service import Lifecycle, bootstrap, service_app
@@ -43,10 +44,18 @@ def create_app(settings: NotificationSettings | None = None) -> Starlette:
     # Emails sent, failed and queued, from the notifications' states (warren_emails_total...).
     emails = Sampled(repo.counts)
     email_counters(emails)
+    # Its order events: through one queue, or through partitions by order id.
+    route_order_events = functools.partial(
+        topology.route_events,
+        runtime.broker,
+        topology.NOTIFICATION_ORDER_EVENTS,
+        topology.NOTIFICATION_ORDER_PARTITIONS,
+        partitions=settings.order_events_via == "partitions",
+    )
     return service_app(
         runtime,
         Lifecycle(
-            on_startup=[functools.partial(clock.sync, runtime.client)],
+            on_startup=[functools.partial(clock.sync, runtime.client), route_order_events],
             background=[sweeper, emails.run],
             on_shutdown=[tasks.close],
         ),

@@ -129,11 +129,15 @@ def _applied(state: KeyState, envelope: Envelope) -> OrderStream:
 
 
 # --8<-- [start:handler-table]
+ORDER_EVENTS = {
+    OrderPlaced: notify_customer,
+    OrderConfirmed: notify_customer,
+    OrderCancelled: notify_customer,
+}
+# The order events come one way or the other (settings.order_events_via): both are consumed,
+# so that what waits on the way not taken is still handled after a switch.
 HANDLERS: HandlerTable[NotificationDeps] = {
-    topology.NOTIFICATION_ORDER_EVENTS: {
-        OrderPlaced: notify_customer,
-        OrderConfirmed: notify_customer,
-        OrderCancelled: notify_customer,
-    },
+    topology.NOTIFICATION_ORDER_EVENTS: ORDER_EVENTS,
+    **{partition: ORDER_EVENTS for partition in topology.NOTIFICATION_ORDER_PARTITIONS.partitions},
 }
 # --8<-- [end:handler-table]

@@ -1,3 +1,5 @@
+from typing import Literal
+
 from pydantic import Field
 
 from shared.settings import WarrenSettings
@@ -24,3 +26,7 @@ class NotificationSettings(WarrenSettings):
     # How long an order's event waits for the one before it (its email comes second): past
     # it, the gap is reported and the email sent anyway (services/notification/handlers.py).
     order_wait_seconds: float = Field(default=60.0, gt=0, le=600)
+    # How the order events reach this service: "queue", one queue that its replicas compete
+    # for (the order is put back together by the sequence numbers above); "partitions", four
+    # partitions by order id, each with one active consumer (docs/17-keeping-order.md).
+    order_events_via: Literal["queue", "partitions"] = "queue"

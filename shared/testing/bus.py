@@ -75,7 +75,7 @@ class InMemoryBus:
         self.published.append(envelope)
         body = envelope.model_dump_json().encode()
         for queue in self.routes:
-            if envelope.type in queue.routing_keys:
+            if envelope.type in queue.bound_keys:
                 self.pending.append(Delivery(queue, body))
 
     def send(self, queue: ConsumerQueue, body: bytes) -> None:
