@@ -110,6 +110,17 @@ drain: $(STAMP) ## Benchmark: stop payment, build a backlog of ORDERS (600), dra
 		--rabbit-url $${DRAIN_RABBIT_URL:-amqp://guest:guest@127.0.0.1:5672/$(DRAIN_VHOST)}; \
 	status=$$?; if $(CTL_HERE); then rabbitmqctl -q delete_vhost $(DRAIN_VHOST); fi; exit $$status
 
+# The same for the ordering comparison: its own vhost, made before and deleted after.
+ORDERING_VHOST := warren-ordering
+
+ordering-compare: $(STAMP) ## Benchmark: notification's order events through one queue vs partitions, 2 replicas: held back, out of order, latency (~3 min)
+	@scripts/ensure-rabbitmq.sh
+	@if $(CTL_HERE); then rabbitmqctl -q add_vhost $(ORDERING_VHOST) 2>/dev/null || true; \
+		rabbitmqctl -q set_permissions -p $(ORDERING_VHOST) guest '.*' '.*' '.*'; fi
+	$(BIN)/python -m loadtests.ordering \
+		--rabbit-url $${ORDERING_RABBIT_URL:-amqp://guest:guest@127.0.0.1:5672/$(ORDERING_VHOST)}; \
+		status=$$?; if $(CTL_HERE); then rabbitmqctl -q delete_vhost $(ORDERING_VHOST); fi; exit $$status
+
 # The labs' own vhost (never "/"): created once where rabbitmqctl runs (root).
 labs-compare: $(STAMP) ## The labs' brokers side by side: throughput, latency (~2 min; QUICK=1: seconds)
 	@scripts/ensure-rabbitmq.sh
@@ -155,4 +166,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench drain labs-compare chaos seed compose-rehearsal secrets compose-check docs tutorial-check lint constraints clean
+.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench drain ordering-compare labs-compare chaos seed compose-rehearsal secrets compose-check docs tutorial-check lint constraints clean

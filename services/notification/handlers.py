@@ -105,9 +105,10 @@ async def in_order(
         return None, None  # its email still goes out, late
     after = stream.last_event if envelope.previous_sequence == state.last_applied else None
     # Nothing of this order handled by this version: its earlier emails may have been recorded
-    # by the one before it (a rolling deploy), and then it is not early.
+    # by the one before it (a rolling deploy), and then it is not early. (Not one recorded by
+    # this version whose handler has not moved the stream on yet: that one it waits for.)
     early = where is Outcome.HELD
-    if early and state == KeyState() and await deps.notifications.has_emails(order_id):
+    if early and state == KeyState() and await deps.notifications.has_unordered_emails(order_id):
         return _applied(state, envelope), None
     if early:
         waited = (deps.clock() - (held_since() or deps.clock())).total_seconds()

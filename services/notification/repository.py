@@ -47,9 +47,13 @@ class NotificationRepository:
         state = KeyState(last_applied=saved["last_applied"], skipped=skipped)
         return OrderStream(state, saved.get("last_event"))
 
-    async def has_emails(self, order_id: str) -> bool:
-        """Whether any notification of ``order_id`` is recorded (an upgrade's first events)."""
-        return await self.notifications.find_one({"order_id": order_id}, {"_id": 1}) is not None
+    async def has_unordered_emails(self, order_id: str) -> bool:
+        """Whether a notification of ``order_id`` was recorded by a version that did not order
+        them (an upgrade's first events): it has no ``after``. This version's always has one,
+        None for an order's first email -- tested here, not with ``$exists``, which the MongoDB
+        stand-in gets wrong on a null."""
+        cursor = self.notifications.find({"order_id": order_id}, {"after": 1})
+        return any(["after" not in note async for note in cursor])
 
     async def advance(self, order_id: str, stream: OrderStream) -> None:
         """Save ``stream`` unless the saved one is as far on already (a redelivery that comes

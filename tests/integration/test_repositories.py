@@ -631,6 +631,20 @@ async def test_an_orders_email_stream_only_moves_forward(db: Any) -> None:
     assert await repo.order_stream("o2") == OrderStream()
 
 
+async def test_only_an_email_recorded_before_emails_were_ordered_counts_as_unordered(
+    db: Any,
+) -> None:
+    repo = NotificationRepository(db)
+    assert not await repo.has_unordered_emails("o1")
+    # This version's first email of an order follows nothing: "after" is there, and null.
+    await repo.record(
+        {"_id": "event-1", "order_id": "o1", "event_type": "order.placed", "after": None}
+    )
+    assert not await repo.has_unordered_emails("o1")
+    await repo.record({"_id": "event-9", "order_id": "o2", "event_type": "order.placed"})
+    assert await repo.has_unordered_emails("o2")  # an older version's: no "after" at all
+
+
 async def test_the_sweeper_finds_emails_whose_task_was_lost_and_leaves_busy_ones_alone(
     db: Any,
 ) -> None:

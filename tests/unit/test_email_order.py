@@ -133,6 +133,22 @@ async def test_after_an_upgrade_an_order_whose_first_email_the_old_version_recor
     assert (await deps.notifications.order_stream("o-1")).state.last_applied == 3
 
 
+async def test_a_confirmation_handled_while_the_received_one_is_half_done_waits_for_it(
+    deps: NotificationDeps, held_since_reset: list
+) -> None:
+    # The "received" handler has recorded its email but not yet moved the order's stream on
+    # (two deliveries of one order side by side: competing replicas, or one consumer's
+    # prefetch). The confirmation must not take that email for an old version's and go out
+    # unordered: `make ordering-compare` caught one "confirmed" sent 4 ms before its "received".
+    first = placed()
+    await deps.notifications.record(
+        {"_id": first.id, "order_id": "o-1", "event_type": "order.placed", "after": None}
+    )
+    with pytest.raises(HeldBackError):
+        await handle(confirmed(), deps)
+    assert deps.enqueued == []
+
+
 def test_an_envelope_whose_predecessor_comes_after_it_is_refused() -> None:
     with pytest.raises(ValueError, match=r"previous_sequence 3 must lie in 0\.\.2"):
         Envelope.wrap(confirmed().payload(), source="order", sequence=3, previous_sequence=3)
