@@ -2,9 +2,10 @@
 
 Every ``GET /orders/{id}`` Locust sends while it waits for an order would otherwise be a trace of
 its own -- hundreds per order, burying the one trace per order that a reader looks for in Jaeger
-(and filling Jaeger's memory). The services sample with ``parentbased_always_on``
-(``OTEL_TRACES_SAMPLER`` in .env): a request whose parent says "not sampled" records nothing, so
-the polls cost no spans, while the orders themselves are traced as before.
+(and filling Jaeger's memory). The services' sampler is parent-based
+(``shared.observability.default_sampler``): a request whose parent says "not sampled" records
+nothing, so the polls cost no spans, while the orders themselves are traced as before (one in
+``SYNTHETIC_TRACE_RATIO`` of the load generator's: they carry ``synthetic_request=true``).
 """
 
 from __future__ import annotations

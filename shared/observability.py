@@ -10,6 +10,9 @@ Tracing follows the OpenTelemetry environment variables:
 * ``OTEL_PROPAGATORS`` (default ``tracecontext,baggage``): the headers that carry the context
   on every hop -- HTTP, Celery, the outbox, and RabbitMQ messages too (``shared.messaging``).
 * ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER`` (``_ARG``), ``OTEL_BSP_*``: read by the SDK.
+  With ``OTEL_TRACES_SAMPLER`` unset, Warren's own sampler (:func:`default_sampler`): every
+  trace, except load-generator traffic (baggage ``synthetic_request=true``), of which one trace
+  in ``SYNTHETIC_TRACE_RATIO`` (0.01) is kept.
 * ``OTEL_SDK_DISABLED=true`` turns tracing off.
 
 One deliberate deviation from the specification: with ``OTEL_TRACES_EXPORTER`` unset, Warren
@@ -41,6 +44,12 @@ from opentelemetry.processor.baggage import BaggageSpanProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 
 from shared.metrics import configure_metrics
 
@@ -217,6 +226,37 @@ def make_trace_exporters() -> list[SpanExporter]:
     return exporters
 
 
+# --8<-- [start:sampler]
+class SyntheticTrafficSampler(Sampler):
+    """Decides for a trace's first span: every trace is recorded, except load-generator
+    traffic -- a request whose baggage says ``synthetic_request=true`` (Locust's, the
+    benchmark's) -- of which one in ``1 / ratio`` is. A load run then does not pay for tracing
+    every order, and a person's order, a demo's, a test's, is always traced."""
+
+    def __init__(self, ratio: float) -> None:
+        self._synthetic = TraceIdRatioBased(ratio)
+
+    def should_sample(self, parent_context: Context | None, *args: Any, **kwargs: Any) -> Any:
+        if baggage.get_baggage(SYNTHETIC, parent_context) == "true":
+            return self._synthetic.should_sample(parent_context, *args, **kwargs)
+        return ALWAYS_ON.should_sample(parent_context, *args, **kwargs)
+
+    def get_description(self) -> str:
+        return f"SyntheticTrafficSampler{{{self._synthetic.get_description()}}}"
+
+
+def default_sampler() -> Sampler | None:
+    """Parent-based (a span follows its trace's decision), a new trace decided by
+    :class:`SyntheticTrafficSampler`; None when ``OTEL_TRACES_SAMPLER`` chooses instead."""
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None  # the SDK reads it (and OTEL_TRACES_SAMPLER_ARG)
+    ratio = float(os.environ.get("SYNTHETIC_TRACE_RATIO", "0.01"))
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"SYNTHETIC_TRACE_RATIO must be between 0 and 1, not {ratio}")
+    return ParentBased(root=SyntheticTrafficSampler(ratio))
+    # --8<-- [end:sampler]
+
+
 def configure_tracing(service_name: str) -> TracerProvider | None:
     """Install the global tracer provider and instrument PyMongo. Returns None when disabled.
 
@@ -227,9 +267,7 @@ def configure_tracing(service_name: str) -> TracerProvider | None:
         return None
     exporters = make_trace_exporters()
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
-    # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based,
-    # always on).
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, sampler=default_sampler())
     for processor in span_processors():
         provider.add_span_processor(processor)
     for exporter in exporters:

@@ -301,6 +301,9 @@ def system_env(
         # Every span goes to this run's own OTLP receiver (warren traces collect), quickly.
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['otlp']}",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
+        # Every trace, load-test traffic's too: the tests read the traces of orders they tag
+        # as synthetic (the shipped default keeps 1 in 100 of those: .env).
+        "SYNTHETIC_TRACE_RATIO": "1",
         **broker_users(),
         **(extra_env or {}),
     }
