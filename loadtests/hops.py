@@ -187,7 +187,9 @@ async def faststream_hop(url: str, count: int, prefetch: int, *, warren: bool) -
             subscribe_events(broker, HOP_IN, {OrderPlaced: hop}, retry_delays=())
         else:
             broker = RabbitBroker(
-                url, default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True)
+                url,
+                default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True),
+                logger=None,  # FastStream's "Received"/"Processed" lines: off, as above
             )
 
             @broker.subscriber(HOP_IN.queue)
@@ -203,7 +205,12 @@ async def faststream_hop(url: str, count: int, prefetch: int, *, warren: bool) -
 
 
 async def hops(url: str, count: int, prefetch: int) -> dict[str, Any]:
-    """The three hops, and Warren's cost against aio-pika's (CPU per message, and rate)."""
+    """The three hops, and Warren's cost against aio-pika's (CPU per message, and rate).
+    Logging as the benchmark's services log (LOG_LEVEL=WARNING): a line per message would
+    measure the terminal."""
+    from shared.observability import configure_logging
+
+    configure_logging("bench", "WARNING", "console")
     raw = await raw_hop(url, count, prefetch)
     bare = await faststream_hop(url, count, prefetch, warren=False)
     warren = await faststream_hop(url, count, prefetch, warren=True)

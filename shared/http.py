@@ -235,9 +235,10 @@ def serve_http(
     # --8<-- [start:trace-id-header]
     # Every answer names its trace: paste the X-Trace-Id into Jaeger's search box.
     app.add_middleware(TraceIdHeader)
-    # No spans for health probes, nor for each ASGI send/receive (noise in every trace).
+    # No spans for health probes and Prometheus' scrapes (a trace of their own every few
+    # seconds), nor for each ASGI send/receive (noise in every trace).
     FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"]
+        app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
     )
     # --8<-- [end:trace-id-header]
     return app

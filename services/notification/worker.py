@@ -417,6 +417,12 @@ def main(
             topology.NOTIFICATION_EMAILS.name,
             "--hostname",
             f"emails@{os.uname().nodename}.{os.getpid()}",
+            # No chatter between workers: gossip and mingle share state Warren does not use
+            # (revoked tasks, clocks), and event heartbeats feed monitors it does not run.
+            # The broker connection's own AMQP heartbeat stays on; `--ping` still answers.
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
         ]
     )
 
