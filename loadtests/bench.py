@@ -396,7 +396,14 @@ TRACING_MODES: dict[str, dict[str, str]] = {
 
 
 async def saga(
-    url: str, run_dir: Path, mode: str, rates: list[float], seconds: float, *, burst_too: bool
+    url: str,
+    run_dir: Path,
+    mode: str,
+    rates: list[float],
+    seconds: float,
+    *,
+    burst_too: bool,
+    shares: tuple[float, ...] = (0.5, 0.8),
 ) -> dict[str, Any]:
     from shared.testing.system import build_system, mongo_standin, mongo_url_of, start_everything
 
@@ -427,7 +434,7 @@ async def saga(
         )
         await final.start()
         await offer(system.api, final, 10, 10, f"{mode} warm-up")
-        result = await _step_up(system, final, probe, mode, rates, seconds)
+        result = await _step_up(system, final, probe, mode, rates, seconds, shares)
         if burst_too and result["max_sustained_orders_s"]:
             rate = result["max_sustained_orders_s"] * 3
             result["burst"] = await burst(system, url, final, rate, 5, probe)
@@ -440,9 +447,15 @@ async def saga(
 
 
 async def _step_up(
-    system: Any, final: FinalEvents, probe: Probe, mode: str, rates: list[float], seconds: float
+    system: Any,
+    final: FinalEvents,
+    probe: Probe,
+    mode: str,
+    rates: list[float],
+    seconds: float,
+    shares: tuple[float, ...],
 ) -> dict[str, Any]:
-    """Each rate in turn until one is not sustained; then 50 % and 80 % of the best."""
+    """Each rate in turn until one is not sustained; then ``shares`` of the best."""
     from shared.testing.system import seed_catalog
 
     result: dict[str, Any] = {"mode": mode, "stages": []}
@@ -455,7 +468,7 @@ async def _step_up(
             break
         best = rate
     result["max_sustained_orders_s"] = best
-    for share in (0.5, 0.8):
+    for share in shares:
         if best:
             seed_catalog(system)
             stage = await offer(
@@ -866,6 +879,12 @@ def main(
     stage_seconds: float = typer.Option(30.0, min=1, help="Seconds per load step."),
     modes: str = typer.Option("shipped,traced,untraced", help="Tracing modes, comma-separated."),
     repeats: int = typer.Option(1, min=1, help="Runs of every mode, interleaved (ABCABC)."),
+    shares: str = typer.Option(
+        "0.5,0.8", help="Shares of the max sustained rate measured again (empty: none)."
+    ),
+    with_burst: bool = typer.Option(
+        True, "--burst/--no-burst", help="The burst, after the first mode."
+    ),
     ceiling_orders: int = typer.Option(1000, help="Orders for the database ceiling."),
 ) -> None:
     """Measure the raw broker, one hop three ways, the saga per tracing mode, the database."""
@@ -876,6 +895,7 @@ def main(
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/warren-bench-{uuid.uuid4().hex[:6]}"))
     steps = [float(r) for r in rates.split(",")]
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    again = tuple(float(share) for share in shares.split(",") if share.strip())
     unknown = set(chosen) - set(TRACING_MODES)
     if unknown:
         raise typer.BadParameter(f"unknown modes {sorted(unknown)}; have {sorted(TRACING_MODES)}")
@@ -898,9 +918,11 @@ def main(
         for repeat in range(repeats):
             for mode in chosen:
                 console.print(f"[bold]3/4[/] saga, {mode} (run {repeat + 1} of {repeats})")
-                burst_too = mode == chosen[0] and repeat == 0
+                burst_too = with_burst and mode == chosen[0] and repeat == 0
                 results["saga"][mode].append(
-                    await saga(url, run_dir, mode, steps, stage_seconds, burst_too=burst_too)
+                    await saga(
+                        url, run_dir, mode, steps, stage_seconds, burst_too=burst_too, shares=again
+                    )
                 )
         console.print("[bold]4/4[/] database stand-in ceiling")
         results["database_ceiling"] = await database_ceiling(run_dir, ceiling_orders)
