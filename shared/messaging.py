@@ -435,7 +435,8 @@ def consume_settled(
         decoder=undecoded,
         title=f"{consumer_queue.name}:consume",
     )
-    async def consume(message: RabbitMessage) -> None:
+    async def consume(body: bytes) -> None:
+        message = current_message(broker)
         try:
             await handle(message)
         except Exception as exc:
@@ -448,6 +449,15 @@ def consume_settled(
                 error=repr(exc),
             )
             await message.reject(requeue=True)
+
+
+def current_message(broker: RabbitBroker) -> RabbitMessage:
+    """The message being handled, from FastStream's context. Not a handler parameter
+    (``message: RabbitMessage``): FastStream resolves that through dependency injection, whose
+    synchronous lookup runs in a worker thread -- a thread hop for every message
+    (loadtests/hops.py measured it)."""
+    message: RabbitMessage = broker.context.get_local("message")
+    return message
 
 
 def route(

@@ -31,12 +31,11 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 from faststream.rabbit import RabbitBroker, RabbitResponse
-from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from shared.contracts import Contract
-from shared.messaging import dead_letter, is_push_back, undecoded
+from shared.messaging import current_message, dead_letter, is_push_back, undecoded
 from shared.metrics import RPC_DURATION
 from shared.observability import current_trace_context
 from shared.topology import ConsumerQueue
@@ -217,7 +216,8 @@ def serve_requests(
     """
 
     @broker.subscriber(consumer_queue.queue, decoder=undecoded)
-    async def respond(body: bytes, message: RabbitMessage) -> RabbitResponse:
+    async def respond(body: bytes) -> RabbitResponse:
+        message = current_message(broker)
         try:
             request = request_model.model_validate_json(message.body)
         except ValueError as exc:
