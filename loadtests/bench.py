@@ -470,6 +470,7 @@ async def _step_up(
     result["max_sustained_orders_s"] = best
     for share in shares:
         if best:
+            await quiet(system.env["RABBIT_URL"])  # what the failed step left: drained first
             seed_catalog(system)
             stage = await offer(
                 system.api, final, best * share, seconds, f"{mode} at {share:.0%}", probe
@@ -477,6 +478,26 @@ async def _step_up(
             result[f"at_{int(share * 100)}pct"] = stage.summary()
     result["cost"] = cost_model(result["stages"])
     return result
+
+
+async def quiet(url: str, timeout: float = 120.0) -> float:
+    """Wait until no Warren queue holds a message (a step that was not sustained leaves a
+    backlog, emails last); the seconds it took."""
+    from shared import topology
+
+    started = time.perf_counter()
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        while time.perf_counter() - started < timeout:
+            waiting = 0
+            for queue in topology.ALL_QUEUES_WITH_DLQ:
+                declared = await channel.declare_queue(queue.name, passive=True)
+                waiting += declared.declaration_result.message_count
+            if not waiting:
+                break
+            await asyncio.sleep(0.5)
+    return time.perf_counter() - started
 
 
 def cost_model(stages: list[dict[str, Any]]) -> dict[str, float]:
