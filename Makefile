@@ -92,7 +92,7 @@ load: $(STAMP) ## Locust, headless, against `make run` or compose (USERS, SPAWN_
 memory: $(STAMP) ## Resident memory of each process of a running `make run`, and the sum
 	$(BIN)/python -m loadtests.memory
 
-bench: $(STAMP) ## Benchmark: broker, FastStream hop, saga traced/sampled/untraced, CPU per order, database (~10 min)
+bench: $(STAMP) ## Benchmark: broker, one hop 3 ways, saga shipped/traced/untraced, counted per order, database (~15 min)
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python -m loadtests.bench --output reports/bench.json
 

@@ -269,12 +269,11 @@ class Stage:
 @dataclass
 class Probe:
     """What a stage reads besides the bus: the processes' CPU, the broker's counters, the
-    system's spans, and notification's database (the emails sent)."""
+    system's spans, and the mail sink's Maildir (the emails sent)."""
 
     meter: CpuMeter
     spans_file: Path
-    mongo: AsyncMongoClient
-    notification_db: str
+    maildir: Path
     span_flush_s: float  # wait for the last spans' export before counting them (0: do not)
 
 
@@ -323,7 +322,7 @@ async def _post_orders(
 
 
 async def _until_done(
-    final: FinalEvents, ids: list[str], stage: Stage, probe: Probe | None
+    final: FinalEvents, ids: list[str], stage: Stage, probe: Probe | None, mail_before: int
 ) -> None:
     """Up to 30 s after the last POST: every order final and (with a probe) emailed."""
     deadline = time.perf_counter() + 30
@@ -331,7 +330,7 @@ async def _until_done(
         if all(o in final.seen for o in ids):
             if probe is None:
                 return
-            stage.emails_sent = await counts.emails_sent(probe.mongo, probe.notification_db, ids)
+            stage.emails_sent = counts.mail_count(probe.maildir) - mail_before
             if stage.emails_sent >= EMAILS_PER_ORDER * len(ids):
                 return
         await asyncio.sleep(0.1)
@@ -351,9 +350,10 @@ async def offer(
     trace_ids: set[str] = set()
     cpu_before = probe.meter.read() if probe else {}
     broker_before = counts.broker_counters(BROKER_METRICS) if probe else None
+    mail_before = counts.mail_count(probe.maildir) if probe else 0
     begin = time.perf_counter()
     await _post_orders(api, rate, seconds, stage, started_at, trace_ids)
-    await _until_done(final, list(started_at), stage, probe)
+    await _until_done(final, list(started_at), stage, probe, mail_before)
     stage.elapsed_s = time.perf_counter() - begin
     stage.latencies_ms = [
         (final.seen[o] - t0) * 1000 for o, t0 in started_at.items() if o in final.seen
@@ -422,14 +422,12 @@ async def saga(
         url, mongo_url_of(database), run_dir / label, f"bench{uuid.uuid4().hex[:6]}", extra
     )
     final = FinalEvents(url)
-    mongo: AsyncMongoClient = AsyncMongoClient(mongo_url_of(database), tz_aware=True)
     try:
         start_everything(system)
         probe = Probe(
             CpuMeter(system, database),
             system.spans_file,
-            mongo,
-            system.database("notification"),
+            system.maildir,
             span_flush_s=6.0 if mode == "traced" else 0.0,
         )
         await final.start()
@@ -441,7 +439,6 @@ async def saga(
         return result
     finally:
         await final.stop()
-        await mongo.close()
         system.stop_all()
         database.stop()
 
