@@ -428,10 +428,12 @@ async def saga(
             CpuMeter(system, database),
             system.spans_file,
             system.maildir,
-            span_flush_s=6.0 if mode == "traced" else 0.0,
+            span_flush_s=0.0 if mode == "untraced" else 6.0,  # the batches' 5 s, and a second
         )
         await final.start()
-        await offer(system.api, final, 10, 10, f"{mode} warm-up")
+        # With the probe: it waits for the warm-up's emails too, which would otherwise land in
+        # the first step's count and CPU.
+        await offer(system.api, final, 10, 10, f"{mode} warm-up", probe)
         result = await _step_up(system, final, probe, mode, rates, seconds, shares)
         if burst_too and result["max_sustained_orders_s"]:
             rate = result["max_sustained_orders_s"] * 3

@@ -456,7 +456,9 @@ def current_message(broker: RabbitBroker) -> RabbitMessage:
     (``message: RabbitMessage``): FastStream resolves that through dependency injection, whose
     synchronous lookup runs in a worker thread -- a thread hop for every message
     (loadtests/hops.py measured it)."""
-    message: RabbitMessage = broker.context.get_local("message")
+    message: RabbitMessage | None = broker.context.get_local("message")
+    if message is None:
+        raise RuntimeError("no message in FastStream's context: called outside a subscriber")
     return message
 
 

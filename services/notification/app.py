@@ -6,8 +6,11 @@ Its handler records each email and hands it to the Celery workers
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 
+import structlog
 from starlette.applications import Starlette
 
 from services.notification.delivery import EmailTasks, sweep_stuck_notifications
@@ -19,6 +22,22 @@ from shared import topology
 from shared.clock import DatabaseClock
 from shared.metrics import Sampled, email_counters
 from shared.service import Lifecycle, bootstrap, service_app
+
+log = structlog.get_logger(__name__)
+
+
+async def keep_routed(route: Callable[[], Awaitable[None]], *, every: float) -> None:
+    """Route the order events again, every ``every`` seconds. The definitions bind the single
+    queue: a `warren topology provision`, the compose broker's next boot, or a service that
+    declares the whole topology binds it again while this one takes the partitions. Until this
+    puts it right, events go both ways: the second copy finds its email recorded (a duplicate,
+    counted), nothing is sent twice."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await route()
+        except Exception as exc:  # the broker is away: next round
+            log.warning("could not route the order events", error=repr(exc))
 
 
 def create_app(settings: NotificationSettings | None = None) -> Starlette:
@@ -52,11 +71,14 @@ def create_app(settings: NotificationSettings | None = None) -> Starlette:
         topology.NOTIFICATION_ORDER_PARTITIONS,
         partitions=settings.order_events_via == "partitions",
     )
+    keep_routing = functools.partial(
+        keep_routed, route_order_events, every=settings.order_events_route_check_seconds
+    )
     return service_app(
         runtime,
         Lifecycle(
             on_startup=[functools.partial(clock.sync, runtime.client), route_order_events],
-            background=[sweeper, emails.run],
+            background=[sweeper, emails.run, keep_routing],
             on_shutdown=[tasks.close],
         ),
     )

@@ -30,3 +30,6 @@ class NotificationSettings(WarrenSettings):
     # for (the order is put back together by the sequence numbers above); "partitions", four
     # partitions by order id, each with one active consumer (docs/17-keeping-order.md).
     order_events_via: Literal["queue", "partitions"] = "queue"
+    # How often it puts its order events back on that way: a `warren topology provision` (or
+    # the compose broker's boot) binds the single queue again (services/notification/app.py).
+    order_events_route_check_seconds: float = Field(default=30.0, gt=0)

@@ -6,15 +6,19 @@ loses nothing left in a partition."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 import uuid
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from pymongo import AsyncMongoClient
 
 from shared import topology
 from shared.contracts import Envelope, OrderConfirmed
-from shared.testing.system import System, publish_raw
+from shared.testing.system import System, publish_raw, rabbitmqctl_command
 from tests.e2e.test_metrics import families
 from tests.support.events import order_placed
 from tests.support.orders import final_order, order_body, place
@@ -150,3 +154,57 @@ async def test_through_partitions_orders_reach_notification_by_partition_and_a_s
     )
     assert handled(system, PARTITIONS.name, "handled") == 1
     assert handled(system, QUEUE, "handled") == 2
+
+
+def event_bindings(system: System) -> set[tuple[str, str]]:
+    """(destination, routing key) of every binding from shop.events to notification."""
+    vhost = urlsplit(system.env["RABBIT_URL"]).path.lstrip("/") or "/"
+    command = rabbitmqctl_command()
+    assert command is not None
+    listed = subprocess.run(
+        [
+            *command,
+            "-q",
+            "list_bindings",
+            "-p",
+            vhost,
+            "source_name",
+            "destination_name",
+            "routing_key",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return {
+        (destination, key)
+        for source, destination, key in (line.split("\t") for line in listed.splitlines() if line)
+        if source == topology.EVENTS.name and destination.startswith("notification.")
+    }
+
+
+@pytest.mark.skipif(rabbitmqctl_command() is None, reason="needs rabbitmqctl (as root)")
+async def test_a_re_provision_that_binds_the_queue_again_is_undone_while_partitions_are_on(
+    system: System,
+) -> None:
+    system.restart(
+        "notification", ORDER_EVENTS_VIA="partitions", ORDER_EVENTS_ROUTE_CHECK_SECONDS="1"
+    )
+    try:
+        partitions = {(PARTITIONS.name, key) for key in PARTITIONS.partitions[0].routing_keys}
+        assert event_bindings(system) == partitions
+        # What `warren topology provision` (or the compose broker's boot) does: the single
+        # queue bound again, every order event now going both ways.
+        await asyncio.to_thread(system.warren, "topology", "declare", check=True, timeout=120)
+        assert event_bindings(system) > partitions
+        await eventually(
+            lambda: asyncio.to_thread(event_bindings, system),
+            until=lambda bindings: bindings == partitions,
+            timeout=30,
+            what="notification back on the partitions alone",
+        )
+    finally:
+        system.restart(
+            "notification", ORDER_EVENTS_VIA="queue", ORDER_EVENTS_ROUTE_CHECK_SECONDS="30"
+        )
