@@ -6,7 +6,8 @@
 * **the spans** of the stage's orders (the traces their ``X-Trace-Id`` names), read from the
   system's OTLP receiver: how many, and among them the database commands by type (one PyMongo
   span per command) and the HTTP requests (server spans) -- complete only for traced orders;
-* **the emails** the stage's orders got: what reached the mail sink.
+* **the emails** the stage's orders got: what reached the mail sink;
+* **the queues**: what waits in each (a backlog), and who consumes it.
 """
 
 from __future__ import annotations
@@ -99,3 +100,16 @@ def mail_count(maildir: Path) -> int:
         return sum(1 for _ in os.scandir(maildir / "new"))
     except FileNotFoundError:
         return 0
+
+
+async def depths(channel: Any) -> dict[str, tuple[int, int]]:
+    """Ready messages and consumers of every Warren consumer queue (passive declares, on one
+    aio-pika channel the caller keeps for its polls)."""
+    from shared import topology
+
+    found = {}
+    for queue in topology.ALL_QUEUES_WITH_DLQ:
+        declared = await channel.declare_queue(queue.name, passive=True)
+        result = declared.declaration_result
+        found[queue.name] = (result.message_count, result.consumer_count)
+    return found

@@ -36,6 +36,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loadtests.counts import depths
 from shared import auth
 
 console = Console()
@@ -196,16 +197,25 @@ class Outcomes:
         await self.connection.close()
 
 
-async def place_orders(api: str, count: int, concurrency: int = 16) -> int:
-    """``count`` orders through the API, ``concurrency`` at a time; how many got their 202."""
+async def place_orders(
+    api: str,
+    count: int,
+    concurrency: int = 16,
+    *,
+    rate: float | None = None,
+    customers: str = "drain",
+) -> dict[str, float]:
+    """``count`` orders through the API, ``concurrency`` at a time (and at ``rate`` per second,
+    if given), from a hundred ``<customers>-<n>``: order id -> when its 202 came."""
     secret = auth.configured_secret()
-    signed_in = [auth.bearer(f"drain-{c}", secret=secret) for c in range(100)]
-    accepted = 0
+    signed_in = [auth.bearer(f"{customers}-{c}", secret=secret) for c in range(100)]
+    placed: dict[str, float] = {}
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=api, timeout=30.0) as client:
 
         async def one(i: int) -> None:
-            nonlocal accepted
+            if rate:
+                await asyncio.sleep(i / rate)
             body = {
                 "lines": [{"sku": SKUS[i % len(SKUS)], "quantity": 1}],
                 "payment_token": "tok_visa",
@@ -217,24 +227,12 @@ async def place_orders(api: str, count: int, concurrency: int = 16) -> int:
                 except httpx.HTTPError:
                     return
             if response.status_code == 202:
-                accepted += 1
-                if accepted % 100 == 0:
-                    console.print(f"    {accepted} orders placed")
+                placed[response.json()["order_id"]] = time.time()
+                if len(placed) % 100 == 0:
+                    console.print(f"    {len(placed)} orders placed")
 
         await asyncio.gather(*(one(i) for i in range(count)))
-    return accepted
-
-
-async def depths(channel: aio_pika.abc.AbstractChannel) -> dict[str, tuple[int, int]]:
-    """Ready messages and consumers of every Warren queue (passive declares)."""
-    from shared import topology
-
-    found = {}
-    for queue in topology.ALL_QUEUES_WITH_DLQ:
-        declared = await channel.declare_queue(queue.name, passive=True)
-        result = declared.declaration_result
-        found[queue.name] = (result.message_count, result.consumer_count)
-    return found
+    return placed
 
 
 async def wait_until(
@@ -270,7 +268,7 @@ async def drain_with(
         console.print(
             f"  [bold]{consumers} consumer(s)[/]: placing {orders} orders, payment stopped"
         )
-        drain.placed = await place_orders(system.api, orders)
+        drain.placed = len(await place_orders(system.api, orders))
         await wait_until(channel, drain.placed, "the backlog")
         console.print(
             f"    backlog: {drain.placed} messages in {QUEUE}; starting {len(replicas)} replica(s)"

@@ -34,14 +34,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import typer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from loadtests.drain import SKUS
-from shared import auth, topology
+from loadtests import counts
+from loadtests.drain import place_orders
+from shared import topology
 
 console = Console(width=130)
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/warren-ordering"
@@ -132,52 +134,18 @@ async def wait_for(probe: Any, done: Any, what: str, timeout: float = 300.0) -> 
     raise TimeoutError(f"{what}: not after {timeout:.0f} s")
 
 
-# --- placing orders --------------------------------------------------------------------------
-
-
-async def place(api: str, count: int, rate: float | None = None) -> dict[str, float]:
-    """``count`` orders through the API (at ``rate`` per second, or 16 at a time): order id ->
-    when its 202 came."""
-    secret = auth.configured_secret()
-    customers = [auth.bearer(f"ordering-{c}", secret=secret) for c in range(50)]
-    placed: dict[str, float] = {}
-    gate = asyncio.Semaphore(16)
-    async with httpx.AsyncClient(base_url=api, timeout=30.0) as client:
-
-        async def one(i: int) -> None:
-            if rate:
-                await asyncio.sleep(i / rate)
-            body = {
-                "lines": [{"sku": SKUS[i % len(SKUS)], "quantity": 1}],
-                "payment_token": "tok_visa",
-            }
-            headers = {"Idempotency-Key": str(uuid.uuid4()), **customers[i % len(customers)]}
-            async with gate:
-                response = await client.post("/orders", json=body, headers=headers)
-            if response.status_code == 202:
-                placed[response.json()["order_id"]] = time.time()
-
-        await asyncio.gather(*(one(i) for i in range(count)))
-    return placed
-
-
 # --- the two tests ---------------------------------------------------------------------------
 
+ORDER_EVENT_QUEUES = (
+    topology.NOTIFICATION_ORDER_EVENTS.name,
+    *(queue.name for queue in topology.NOTIFICATION_ORDER_PARTITIONS.partitions),
+)
 
-async def waiting(system: Any) -> dict[str, int]:
+
+async def waiting(channel: Any) -> dict[str, int]:
     """Ready messages in notification's order-events queues, both ways."""
-    import aio_pika
-
-    names = [topology.NOTIFICATION_ORDER_EVENTS.name]
-    names += [queue.name for queue in topology.NOTIFICATION_ORDER_PARTITIONS.partitions]
-    connection = await aio_pika.connect(system.env["RABBIT_URL"])
-    async with connection:
-        channel = await connection.channel()
-        found = {}
-        for name in names:
-            queue = await channel.declare_queue(name, passive=True)
-            found[name] = queue.declaration_result.message_count
-        return found
+    found = await counts.depths(channel)
+    return {name: found[name][0] for name in ORDER_EVENT_QUEUES}
 
 
 async def backlog(system: Any, db: Any, way: str, orders: int) -> Phase:
@@ -185,14 +153,17 @@ async def backlog(system: Any, db: Any, way: str, orders: int) -> Phase:
     for name in REPLICAS:
         system.restart(name, ORDER_EVENTS_VIA=way)  # binds this way to shop.events
     await asyncio.gather(*(asyncio.to_thread(system.stop, name) for name in REPLICAS))
-    placed = await place(system.api, orders)
+    placed = await place_orders(system.api, orders, customers="ordering")
     phase.orders = len(placed)
-    await wait_for(
-        lambda: waiting(system),
-        lambda now: sum(now.values()) >= 2 * len(placed),
-        "the orders' events waiting for notification",
-    )
-    phase.per_partition = {k: v for k, v in (await waiting(system)).items() if v}
+    connection = await aio_pika.connect(system.env["RABBIT_URL"])
+    async with connection:
+        channel = await connection.channel()
+        await wait_for(
+            lambda: waiting(channel),
+            lambda now: sum(now.values()) >= 2 * len(placed),
+            "the orders' events waiting for notification",
+        )
+        phase.per_partition = {k: v for k, v in (await waiting(channel)).items() if v}
     console.print(f"    {way}: {2 * len(placed)} events waiting: {phase.per_partition}")
     ids = list(placed)
     started = asyncio.gather(*(asyncio.to_thread(system.start, name) for name in REPLICAS))
@@ -208,7 +179,7 @@ async def backlog(system: Any, db: Any, way: str, orders: int) -> Phase:
 async def live(system: Any, db: Any, way: str, orders: int, rate: float) -> Phase:
     phase = Phase(way, "live")
     before = {name: replica_counts(system, name) for name in REPLICAS}
-    placed = await place(system.api, orders, rate)
+    placed = await place_orders(system.api, orders, customers="ordering", rate=rate)
     phase.orders = len(placed)
     ids = list(placed)
     await wait_for(lambda: emails(db, ids, "sent"), lambda n: n >= 2 * len(ids), "every email sent")

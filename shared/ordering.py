@@ -70,9 +70,6 @@ from shared import topology
 
 # --- partitions ------------------------------------------------------------------------------
 
-HASH_PROPERTY = topology.HASH_PROPERTY  # the order id
-PARTITION_WEIGHT = topology.PARTITION_WEIGHT  # equal weights: equal shares of the hash space
-
 
 @dataclass(frozen=True)
 class Partitions:
@@ -108,14 +105,9 @@ class Partitions:
         return tuple(self.queue(name) for name in self.queue_names)
 
     def queue(self, name: str) -> RabbitQueue:
-        """One partition queue, as every consumer of it must declare it."""
-        arguments = {
-            "x-single-active-consumer": True,
-            "x-delivery-limit": topology.DELIVERY_LIMIT,
-            "x-dead-letter-exchange": topology.DEAD_LETTER.name,
-            "x-dead-letter-routing-key": name,
-        }
-        return RabbitQueue(name, queue_type=QueueType.QUORUM, durable=True, arguments=arguments)
+        """One partition queue, as every consumer of it must declare it: a quorum queue with a
+        single active consumer, dead-lettering under its own name -- the topology's partition."""
+        return topology.ConsumerQueue(name, events=(), partition_of=self.name).queue
         # --8<-- [end:partitions]
 
     @property
@@ -144,7 +136,7 @@ async def declare_partitions(broker: Any, partitions: Partitions, *, shared: boo
     dlq = await broker.declare_queue(partitions.dlq)
     for queue in partitions.queues:
         declared = await broker.declare_queue(queue)
-        await declared.bind(hashed, routing_key=PARTITION_WEIGHT)
+        await declared.bind(hashed, routing_key=topology.PARTITION_WEIGHT)
         await dlq.bind(dead_letter, routing_key=queue.name)
 
 

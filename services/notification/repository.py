@@ -52,8 +52,10 @@ class NotificationRepository:
         them (an upgrade's first events): it has no ``after``. This version's always has one,
         None for an order's first email -- tested here, not with ``$exists``, which the MongoDB
         stand-in gets wrong on a null."""
-        cursor = self.notifications.find({"order_id": order_id}, {"after": 1})
-        return any(["after" not in note async for note in cursor])
+        async for note in self.notifications.find({"order_id": order_id}, {"after": 1}):
+            if "after" not in note:
+                return True
+        return False
 
     async def advance(self, order_id: str, stream: OrderStream) -> None:
         """Save ``stream`` unless the saved one is as far on already (a redelivery that comes
