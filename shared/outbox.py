@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -80,9 +83,13 @@ def broker_publisher(broker: Any) -> PublishFn:
     # --8<-- [end:publish-stored-event]
 
 
-def pending_fields(now: datetime) -> dict[str, Any]:
-    """The fields that put a just-saved event on the relay's path (due at once)."""
-    return {"outbox": PENDING, "outbox_next_at": now}
+def pending_fields(now: datetime, owner: str | None = None) -> dict[str, Any]:
+    """The fields that put a just-saved event on the path of the relay of replica ``owner``
+    (due at once)."""
+    fields: dict[str, Any] = {"outbox": PENDING, "outbox_next_at": now}
+    if owner is not None:
+        fields["outbox_owner"] = owner
+    return fields
 
 
 async def create_indexes(collection: AsyncCollection) -> None:
@@ -101,6 +108,8 @@ class OutboxRelay:
         collection: AsyncCollection,
         publish: PublishFn,
         *,
+        owner: str | None = None,
+        lease_seconds: float = 15.0,
         sweep_interval: float = 2.0,
         batch_size: int = 200,
         max_attempts: int = 10,
@@ -108,6 +117,12 @@ class OutboxRelay:
     ) -> None:
         self.collection = collection
         self.publish = publish
+        # Replicas share the outbox; each publishes the events it saved (its ``owner`` id),
+        # and holds a lease in ``<collection>_relays`` while it lives.
+        self.owner = owner or replica_id()
+        self.lease_seconds = lease_seconds
+        self._leases = collection.database[f"{collection.name}_relays"]
+        self._leased = False  # whether it has taken its lease once
         self.sweep_interval = sweep_interval
         self.batch_size = batch_size
         self.max_attempts = max_attempts
@@ -260,11 +275,14 @@ class OutboxRelay:
         return await self._publish(docs) if docs else 0
 
     async def publish_pending(self) -> int:
-        """Sweep: publish every pending event that is due, oldest first. Returns how many went out.
+        """Sweep: publish every pending event of this replica's that is due, oldest first.
+        Returns how many went out.
 
         An event that fails holds back the later events of *its* order only; other orders go
         on. If the broker was away, the relay stays on sweeps until one gets through everything.
         """
+        await self.renew_lease()
+        await self.adopt_orphans()
         now = datetime.now(UTC)
         # After push-back, one event probes whether the queues have room again, then more.
         limit = self._limit
@@ -276,8 +294,9 @@ class OutboxRelay:
                     {"outbox": PENDING, "outbox_next_at": {"$gt": now}}, {"order_id": 1}
                 )
             }
+            due = {"outbox": PENDING, "outbox_owner": self.owner, "outbox_next_at": {"$lte": now}}
             cursor = (
-                self.collection.find({"outbox": PENDING, "outbox_next_at": {"$lte": now}})
+                self.collection.find(due)
                 .sort([("outbox_next_at", ASCENDING), ("_id", ASCENDING)])
                 .limit(limit)
             )
@@ -296,7 +315,67 @@ class OutboxRelay:
             self._swept = {doc["_id"] for doc in batch}
             self._fresh = [doc for doc in self._fresh if doc["_id"] not in self._swept]
 
+    # --8<-- [start:lease]
+    async def renew_lease(self) -> None:
+        """Tell the other replicas this one is alive, for ``lease_seconds`` more.
+
+        If its lease had run out (the process stalled, or the database was away), another
+        replica may have adopted its events: it forgets the ones handed to it, and publishes
+        only what its sweep still finds under its name."""
+        now = time.time()  # wall clock, shared by the replicas (seconds, not a BSON date)
+        until = {"$set": {"until": now + self.lease_seconds}}
+        with suppress_instrumentation():
+            renewed = await self._leases.update_one(
+                {"_id": self.owner, "until": {"$gte": now}}, until
+            )
+            if renewed.matched_count:
+                return
+            await self._leases.update_one({"_id": self.owner}, until, upsert=True)
+        if self._leased:
+            log.warning("outbox relay: its lease had run out; other replicas may have adopted")
+            self._fresh.clear()
+        self._leased = True
+
+    async def adopt_orphans(self) -> int:
+        """Take over the pending events no live replica will publish: those of replicas whose
+        lease ran out (or that died before taking one), once they are ``lease_seconds`` old,
+        and those with no owner (saved by an older Warren, or put back by ``warren outbox
+        retry``).
+
+        Each event changes owner in one atomic update: when two replicas adopt at once, each
+        event goes to one of them -- never both."""
+        now = time.time()
+        old_enough = datetime.now(UTC) - timedelta(seconds=self.lease_seconds)
+        with suppress_instrumentation():
+            live = [doc["_id"] async for doc in self._leases.find({"until": {"$gte": now}})]
+            adopted = 0
+            for orphans in (
+                {"outbox_owner": {"$exists": False}},
+                {"outbox_owner": {"$nin": live}, "outbox_next_at": {"$lte": old_enough}},
+            ):
+                result = await self.collection.update_many(
+                    {"outbox": PENDING, **orphans}, {"$set": {"outbox_owner": self.owner}}
+                )
+                adopted += result.modified_count
+            await self._leases.delete_many({"until": {"$lt": now - self.lease_seconds}})
+        if adopted:
+            log.info("outbox relay adopted events no live replica publishes", events=adopted)
+        return adopted
+
+    async def release_lease(self) -> None:
+        """Stopping: another replica adopts what is left once it is ``lease_seconds`` old."""
+        with suppress_instrumentation():
+            await self._leases.delete_one({"_id": self.owner})
+        # --8<-- [end:lease]
+
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.release_lease()
+
+    async def _run(self) -> None:
         next_sweep = time.monotonic()
         while True:
             if self.pushed_back():
@@ -321,6 +400,12 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning("outbox relay failed; the next sweep retries", error=repr(exc))
         # --8<-- [end:relay]
+
+
+def replica_id() -> str:
+    """This process's name as an outbox owner: host, process id and a random part (a restarted
+    replica is a new owner)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def _order_of(doc: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from services.order.settings import OrderSettings
 from shared import topology
 from shared.contracts import Quote, QuoteRequest
 from shared.metrics import Sampled, outbox_gauges
-from shared.outbox import OutboxRelay, broker_publisher, outbox_stats
+from shared.outbox import OutboxRelay, broker_publisher, outbox_stats, replica_id
 from shared.rpc import RequestClient, RpcClient
 from shared.service import Lifecycle, bootstrap, lifespan
 
@@ -22,10 +22,14 @@ from shared.service import Lifecycle, bootstrap, lifespan
 def create_app(settings: OrderSettings | None = None) -> FastAPI:
     settings = settings or OrderSettings()
     runtime = bootstrap(settings)
-    store = EventStore(runtime.db)
+    # Each replica publishes the events it saves; the others adopt them if it dies.
+    replica = replica_id()
+    store = EventStore(runtime.db, outbox_owner=replica)
     relay = OutboxRelay(
         store.events,
         broker_publisher(runtime.broker),
+        owner=replica,
+        lease_seconds=settings.outbox_lease_seconds,
         sweep_interval=settings.outbox_sweep_seconds,
         max_attempts=settings.outbox_max_attempts,
     )

@@ -71,7 +71,7 @@ def to_events(docs: Sequence[dict[str, Any]]) -> list[OrderEvent]:
 
 
 def new_document(
-    envelope: Envelope, data: EventData, trace_context: dict[str, str]
+    envelope: Envelope, data: EventData, trace_context: dict[str, str], owner: str | None = None
 ) -> dict[str, Any]:
     """The stored form of an event: its envelope as it goes on the wire, the fields the store
     queries, and ``outbox``: whether the relay must publish it."""
@@ -85,7 +85,7 @@ def new_document(
         # The trace it was recorded in (W3C headers): its publication continues that trace.
         "trace_context": trace_context,
         **(
-            outbox.pending_fields(envelope.occurred_at)
+            outbox.pending_fields(envelope.occurred_at, owner)
             if is_published(data)
             else {"outbox": "internal"}
         ),
@@ -94,8 +94,9 @@ def new_document(
 
 # --8<-- [start:event-store]
 class EventStore:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase, *, outbox_owner: str | None = None) -> None:
         self.events = db["order_events"]
+        self.outbox_owner = outbox_owner  # the replica whose relay publishes what it saves
 
     async def create_indexes(self) -> None:
         # (order, version) is unique through _id; the outbox sweep has an index of its own,
@@ -165,7 +166,7 @@ class EventStore:
                 occurred_at=now,
             )
             previous = version if is_published(data) else previous
-            document = new_document(envelope, data, trace_context or {})
+            document = new_document(envelope, data, trace_context or {}, self.outbox_owner)
             if saga_deadline is not None and version == 1:
                 # In the same insert: an order never exists without its deadline.
                 document |= {"saga": SAGA_OPEN, "saga_deadline": saga_deadline}

@@ -69,6 +69,10 @@ class _AsyncCollection:
     def find(self, *args: Any, **kwargs: Any) -> _AsyncCursor:
         return _AsyncCursor(self._collection.find(*args, **kwargs))
 
+    @property
+    def database(self) -> AsyncMongomockDatabase:
+        return AsyncMongomockDatabase.wrapping(self._collection.database)
+
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._collection, name)
         if name not in self._ASYNC:
@@ -83,6 +87,12 @@ class _AsyncCollection:
 class AsyncMongomockDatabase:
     def __init__(self, name: str) -> None:
         self._db = mongomock.MongoClient(tz_aware=True)[name]
+
+    @classmethod
+    def wrapping(cls, db: mongomock.Database) -> AsyncMongomockDatabase:
+        wrapper = cls.__new__(cls)
+        wrapper._db = db
+        return wrapper
 
     def __getitem__(self, name: str) -> _AsyncCollection:
         return _AsyncCollection(self._db[name])
