@@ -48,27 +48,49 @@ test-unit: $(STAMP) ## Unit tests only (no broker needed)
 # 8022 ...; inventory 8001, 8011 ...), scraped by Prometheus and shown by `warren top`.
 PAYMENT_REPLICAS ?= 2
 INVENTORY_REPLICAS ?= 1
+ORDER_REPLICAS ?= 1
+NOTIFICATION_REPLICAS ?= 1
+EMAILS_REPLICAS ?= 1
+REPLICAS := ORDER_REPLICAS=$(ORDER_REPLICAS) INVENTORY_REPLICAS=$(INVENTORY_REPLICAS) \
+	PAYMENT_REPLICAS=$(PAYMENT_REPLICAS) NOTIFICATION_REPLICAS=$(NOTIFICATION_REPLICAS) \
+	EMAILS_REPLICAS=$(EMAILS_REPLICAS)
 
-run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it all; PAYMENT_REPLICAS, INVENTORY_REPLICAS)
+run: $(STAMP) ## Run the whole system locally without Docker (Ctrl-C stops it all; ORDER_REPLICAS, PAYMENT_REPLICAS ...)
 	@scripts/ensure-rabbitmq.sh
 	@mkdir -p .run
 	@echo ""
 	@echo "  Order API + docs   http://127.0.0.1:8000/docs"
 	@echo "  Health             http://127.0.0.1:8000/readyz (notification :8003, audit :8004; the replicas below)"
 	@# The Procfile with one line per replica, and their scrape targets (cli/replicas.py).
-	@$(BIN)/python -m cli.replicas --payment $(PAYMENT_REPLICAS) --inventory $(INVENTORY_REPLICAS) \
-		--output .run/Procfile
+	@$(BIN)/python -m cli.replicas --order $(ORDER_REPLICAS) --inventory $(INVENTORY_REPLICAS) \
+		--payment $(PAYMENT_REPLICAS) --notification $(NOTIFICATION_REPLICAS) \
+		--emails $(EMAILS_REPLICAS) --output .run/Procfile
 	@echo "  Emails (Maildir)   .run/mail/new      -- try: make demo"
 	@echo "  MongoDB stand-in   mongodb://127.0.0.1:27017"
-	@echo "  RabbitMQ           amqp://127.0.0.1:5672 (management UI, if enabled: http://127.0.0.1:15672)"
+	@echo "  RabbitMQ           $${RABBIT_URL:-amqp://127.0.0.1:5672} (management UI, if enabled: http://127.0.0.1:15672)"
 	@echo "  Traces             .run/spans.jsonl   -- try: warren traces show <order id>"
 	@echo "  Metrics, alerts    http://127.0.0.1:9090 (Prometheus; each service's own: :8000/metrics ...)"
 	@echo ""
 	@# One broker user per service (rabbitmqctl, as root); else every service is the operator.
 	eval "$$($(BIN)/warren topology provision --env)"; \
 	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=500 \
-	PAYMENT_REPLICAS=$(PAYMENT_REPLICAS) INVENTORY_REPLICAS=$(INVENTORY_REPLICAS) \
-		$(BIN)/honcho start -f .run/Procfile
+	$(REPLICAS) $(BIN)/honcho start -f .run/Procfile
+
+# Beyond one machine, on one machine (docs/18-scaling.md): a three-node RabbitMQ cluster of the
+# installed RabbitMQ, HAProxy in front (AMQP 5700, the order API 8088), and CLUSTER_REPLICAS of
+# every service. Ctrl-C stops the services; `make cluster-stop` stops the nodes and HAProxy.
+CLUSTER_REPLICAS ?= 2
+
+cluster: $(STAMP) ## Three RabbitMQ nodes + HAProxy, every service scaled out (CLUSTER_REPLICAS each; API on :8088)
+	@ORDER_REPLICAS=$(CLUSTER_REPLICAS) scripts/rabbitmq-cluster.sh start
+	@echo "  Order API (HAProxy) http://127.0.0.1:8088/docs  -- try: make demo WARREN_API=http://127.0.0.1:8088"
+	@eval "$$(scripts/rabbitmq-cluster.sh env)"; $(MAKE) --no-print-directory run \
+		ORDER_REPLICAS=$(CLUSTER_REPLICAS) INVENTORY_REPLICAS=$(CLUSTER_REPLICAS) \
+		PAYMENT_REPLICAS=$(CLUSTER_REPLICAS) NOTIFICATION_REPLICAS=$(CLUSTER_REPLICAS) \
+		EMAILS_REPLICAS=$(CLUSTER_REPLICAS)
+
+cluster-stop: ## Stop the local RabbitMQ cluster and HAProxy (`make cluster`); their data is kept
+	@scripts/rabbitmq-cluster.sh stop
 
 certs: $(STAMP) ## TLS: a development CA and the broker's and MongoDB's certificates in secrets/tls (for docker-compose.tls.yml)
 	$(BIN)/warren certs generate --readable --output secrets/tls

@@ -1,24 +1,29 @@
-"""`make run`'s replicas: the Procfile with as many payment (and inventory) lines as asked, and
+"""`make run`'s replicas: the Procfile with as many lines of each scaled service as asked, and
 the scrape targets of every replica, for Prometheus and ``warren top``.
 
-``make run PAYMENT_REPLICAS=4`` runs ``python -m cli.replicas --payment 4`` before honcho. It
-reads the ``Procfile``, replaces the lines of each scaled service with one line per replica --
-each on its own port, the first replica's port plus 10 for each replica after it (payment 8002,
-8012, 8022 ...; inventory 8001, 8011 ...) -- and writes ``.run/Procfile``, which honcho then
-starts. With the defaults (payment 2, inventory 1) that file holds exactly the Procfile's lines.
+``make run ORDER_REPLICAS=2 PAYMENT_REPLICAS=4`` runs ``python -m cli.replicas --order 2
+--payment 4`` before honcho. It reads the ``Procfile``, replaces the lines of each scaled
+process with one line per replica -- each HTTP service on its own port, the first replica's
+port plus 10 for each replica after it (order 8000, 8010 ...; inventory 8001, 8011 ...;
+payment 8002, 8012 ...; notification 8003, 8013 ...) -- and writes ``.run/Procfile``, which
+honcho then starts. With the defaults (payment 2, the others 1) that file holds exactly the
+Procfile's lines.
 
 honcho's own ``-c payment_1=3`` would not do: it starts the *same* command three times, and the
 three would fight over ``--port 8002``. honcho's ``$PORT`` (5000 + 100 x the line's place in the
 Procfile + the replica) would move every port away from the 8000-8004 that the docs, the tests
 and Prometheus know.
 
-Only services built as competing consumers scale here: payment and inventory (whose claims and
-leases make two deliveries of one order harmless). Not order: its outbox relay and its saga
-deadline sweep run in every process. Not notification: its sweeper runs in every process, and
-each replica reports the same email counts read from the database, which a sum would double;
-its Celery worker is what sends, and is what to scale (docs/15-backlog.md).
+What makes each one safe to run twice (docs/18-scaling.md): order's outbox relay publishes only
+the events its own replica saved, and adopts those of a replica that died (a lease); its saga
+deadline sweep appends with the order's version, so two replicas cancelling one order cannot
+both succeed. Inventory's claims and payment's idempotency keys make two deliveries of one
+order harmless. Notification's sweepers may both re-enqueue one stuck email; the email task's
+claim sends it once. The email workers (``emails``) are Celery's competing consumers. Several
+order replicas need a load balancer in front of the API: ``make cluster`` starts HAProxy on
+8088 for them.
 
-Each scaled service's targets go to ``.run/scrape/warren-<service>.json``, a ``file_sd`` file
+Each HTTP service's targets go to ``.run/scrape/warren-<service>.json``, a ``file_sd`` file
 that ``infra/prometheus/prometheus.local.yml`` reads (Prometheus re-reads it when it changes),
 and that ``warren top`` reads to find every replica.
 """
@@ -29,11 +34,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
 PORT_STEP = 10  # the replicas of a service: its port, +10, +20 ... (payment: 8002, 8012 ...)
-MAX_REPLICAS = 9  # so every replica stays under 8100, clear of the other services' ports
+MAX_REPLICAS = 8  # so every replica stays under 8080, clear of the load balancer's 8088
 SCRAPE_DIR = Path(".run/scrape")
 # Steps the Procfile runs before a service, that one replica does for all: the catalog.
 ONCE = "warren seed && "
@@ -46,6 +52,11 @@ class Line:
     command: str
 
     @property
+    def process(self) -> str:
+        """What make run scales it by: its name without the replica number (``payment``)."""
+        return re.sub(r"_\d+$", "", self.name)
+
+    @property
     def service(self) -> str | None:
         found = SERVICE_PORT.search(self.command)
         return found.group(1) if found else None
@@ -56,8 +67,10 @@ class Line:
         return int(found.group(2)) if found else None
 
 
-# The services make run may scale, and how many replicas it runs of each without being asked.
-DEFAULT_REPLICAS = {"payment": 2, "inventory": 1}
+# The processes make run may scale, and how many replicas it runs of each without being asked.
+DEFAULT_REPLICAS = {"order": 1, "inventory": 1, "payment": 2, "notification": 1, "emails": 1}
+# Those with an HTTP port (health, /metrics): Prometheus and warren top find their replicas.
+SCRAPED = ("order", "inventory", "payment", "notification")
 
 
 Entry = Line | str  # a process line, or a comment or blank line kept as it is
@@ -75,28 +88,33 @@ def parse(text: str) -> list[Entry]:
     return entries
 
 
+def _count(process: str, help: str) -> Any:
+    return typer.Option(DEFAULT_REPLICAS[process], min=1, max=MAX_REPLICAS, help=help)
+
+
 # --8<-- [start:replica-lines]
 def replica_lines(first: Line, count: int) -> list[Line]:
-    """``count`` copies of a service's first line, each named and on a port of its own.
+    """``count`` copies of a process's first line, each named and on a port of its own.
 
     Names: ``payment_1``, ``payment_2`` ... for a line named ``payment_1``; ``inventory``,
     ``inventory_2`` ... for one named ``inventory``. One-time steps stay with the first."""
     if not 1 <= count <= MAX_REPLICAS:
-        raise ValueError(f"{first.service}: 1 to {MAX_REPLICAS} replicas, not {count}")
+        raise ValueError(f"{first.process}: 1 to {MAX_REPLICAS} replicas, not {count}")
     stem, numbered = (first.name[:-2], True) if first.name.endswith("_1") else (first.name, False)
     port = first.port
     lines = []
     for i in range(1, count + 1):
         name = f"{stem}_{i}" if numbered or i > 1 else stem
         command = first.command if i == 1 else first.command.removeprefix(ONCE)
-        command = command.replace(f"--port {port}", f"--port {port + PORT_STEP * (i - 1)}")
+        if port is not None:
+            command = command.replace(f"--port {port}", f"--port {port + PORT_STEP * (i - 1)}")
         lines.append(Line(name, command))
     return lines
     # --8<-- [end:replica-lines]
 
 
 def scale(entries: list[Entry], replicas: dict[str, int]) -> list[Entry]:
-    """The Procfile's lines with each service of ``replicas`` at that many lines, where its
+    """The Procfile's lines with each process of ``replicas`` at that many lines, where its
     first line was; every other line as it is."""
     unknown = set(replicas) - set(DEFAULT_REPLICAS)
     if unknown:
@@ -104,13 +122,13 @@ def scale(entries: list[Entry], replicas: dict[str, int]) -> list[Entry]:
     scaled: list[Entry] = []
     done: set[str] = set()
     for entry in entries:
-        service = entry.service if isinstance(entry, Line) else None
-        if service not in replicas:
+        process = entry.process if isinstance(entry, Line) else None
+        if process not in replicas:
             scaled.append(entry)
-        elif service not in done:
+        elif process not in done:
             assert isinstance(entry, Line)
-            scaled.extend(replica_lines(entry, replicas[service]))
-            done.add(service)
+            scaled.extend(replica_lines(entry, replicas[process]))
+            done.add(process)
     return scaled
 
 
@@ -139,7 +157,7 @@ def write_targets(found: dict[str, list[str]], folder: Path) -> list[Path]:
     """One ``file_sd`` file per scaled service (``warren-<service>.json``), written whole."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for service in DEFAULT_REPLICAS:
+    for service in SCRAPED:
         path = folder / f"warren-{service}.json"
         # No labels: the job names the service, and a target label would rename the
         # services' own `service` label on every series (exported_service).
@@ -165,12 +183,11 @@ def read_targets(folder: Path = SCRAPE_DIR) -> dict[str, list[str]]:
 
 
 def main(
-    payment: int = typer.Option(
-        DEFAULT_REPLICAS["payment"], min=1, max=MAX_REPLICAS, help="Payment replicas."
-    ),
-    inventory: int = typer.Option(
-        DEFAULT_REPLICAS["inventory"], min=1, max=MAX_REPLICAS, help="Inventory replicas."
-    ),
+    order: int = _count("order", "Order replicas (the API: put a load balancer in front)."),
+    inventory: int = _count("inventory", "Inventory replicas."),
+    payment: int = _count("payment", "Payment replicas."),
+    notification: int = _count("notification", "Notification replicas."),
+    emails: int = _count("emails", "Celery email workers."),
     procfile: Path = typer.Option(Path("Procfile"), help="The Procfile to read."),
     output: Path = typer.Option(Path(".run/Procfile"), help="The Procfile to write."),
     scrape_dir: Path = typer.Option(SCRAPE_DIR, help="Where the scrape targets go."),
@@ -178,9 +195,17 @@ def main(
         False, "--targets-only", help="Write the scrape targets alone (no Procfile)."
     ),
 ) -> None:
-    """Write make run's Procfile with PAYMENT_REPLICAS and INVENTORY_REPLICAS lines, and the
-    scrape targets of every replica (Prometheus' file_sd, warren top)."""
-    scaled = scale(parse(procfile.read_text()), {"payment": payment, "inventory": inventory})
+    """Write make run's Procfile with ORDER_REPLICAS, INVENTORY_REPLICAS, PAYMENT_REPLICAS,
+    NOTIFICATION_REPLICAS and EMAILS_REPLICAS lines, and the scrape targets of every replica
+    (Prometheus' file_sd, warren top)."""
+    counts = {
+        "order": order,
+        "inventory": inventory,
+        "payment": payment,
+        "notification": notification,
+        "emails": emails,
+    }
+    scaled = scale(parse(procfile.read_text()), counts)
     if not targets_only:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(render(scaled))
@@ -188,9 +213,9 @@ def main(
     write_targets(found, scrape_dir)
     ports = ", ".join(
         f"{service} {' '.join(':' + t.rsplit(':', 1)[1] for t in found[service])}"
-        for service in DEFAULT_REPLICAS
+        for service in SCRAPED
     )
-    typer.echo(f"  Replicas (health)  {ports}")
+    typer.echo(f"  Replicas (health)  {ports}; email workers {emails}")
 
 
 app = typer.Typer(add_completion=False)

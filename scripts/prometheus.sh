@@ -6,11 +6,12 @@
 set -euo pipefail
 port="${PROMETHEUS_PORT:-9090}"
 # The replicas' scrape targets (.run/scrape, which prometheus.local.yml and `warren top` read):
-# make run wrote them with PAYMENT_REPLICAS/INVENTORY_REPLICAS and passes both on; a Procfile
+# make run wrote them with ORDER_REPLICAS, PAYMENT_REPLICAS ... and passes them on; a Procfile
 # started by hand (honcho start) runs the default replicas, and gets those.
 python -m cli.replicas --targets-only \
-  --payment "${PAYMENT_REPLICAS:-2}" --inventory "${INVENTORY_REPLICAS:-1}" >/dev/null \
-  || echo "could not write the scrape targets (.run/scrape): payment and inventory unscraped" >&2
+  --order "${ORDER_REPLICAS:-1}" --inventory "${INVENTORY_REPLICAS:-1}" \
+  --payment "${PAYMENT_REPLICAS:-2}" --notification "${NOTIFICATION_REPLICAS:-1}" >/dev/null \
+  || echo "could not write the scrape targets (.run/scrape): the services go unscraped" >&2
 if ! command -v prometheus >/dev/null; then
   echo "Prometheus is not installed: no metrics or alerts in this run." >&2
   echo "Install it (Debian: apt-get install prometheus) and start make run again." >&2

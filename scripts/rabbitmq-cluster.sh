@@ -14,7 +14,7 @@
 # The nodes: warren-c1@localhost, warren-c2@localhost, warren-c3@localhost; AMQP on 5701-5703,
 # Prometheus metrics on 15701-15703, distribution on 25701-25703. HAProxy listens on 5700 and
 # hands each new connection to a node that answers; a client whose node dies reconnects
-# through it to a survivor. It also balances the order API on 8080 over the order replicas
+# through it to a survivor. It also balances the order API on 8088 over the order replicas
 # (8000, 8010, 8020 ... those that answer /readyz) and serves its own statistics on 8404.
 # Beside the machine's own RabbitMQ on 5672, which it leaves alone.
 #
@@ -25,7 +25,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 state="${RABBITMQ_CLUSTER_DIR:-/var/lib/rabbitmq/warren-cluster}"
 lb_port="${RABBITMQ_CLUSTER_PORT:-5700}"
-api_port="${WARREN_API_LB_PORT:-8080}"
+api_port="${WARREN_API_LB_PORT:-8088}"
 api_replicas="${ORDER_REPLICAS:-2}"
 nodes=(1 2 3)
 
@@ -133,11 +133,14 @@ EOF
 
 start_haproxy() {
   local pidfile="$state/haproxy.pid"
-  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    log "HAProxy already running (pid $(cat "$pidfile"))"
-    return 0
-  fi
   command -v haproxy >/dev/null || { log "HAProxy is not installed: apt-get install -y haproxy"; exit 1; }
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if haproxy_config | cmp -s - "$state/haproxy.cfg"; then
+      log "HAProxy already running (pid $(cat "$pidfile"))"
+      return 0
+    fi
+    stop_haproxy  # another replica count: start it again with the new servers
+  fi
   haproxy_config >"$state/haproxy.cfg"
   haproxy -c -q -f "$state/haproxy.cfg"
   haproxy -D -p "$pidfile" -f "$state/haproxy.cfg"

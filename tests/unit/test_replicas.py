@@ -1,4 +1,4 @@
-"""make run's replicas (cli/replicas.py): PAYMENT_REPLICAS and INVENTORY_REPLICAS -> a Procfile
+"""make run's replicas (cli/replicas.py): ORDER_REPLICAS, PAYMENT_REPLICAS ... -> a Procfile
 with one line per replica, each on a port of its own, and the scrape targets of every replica."""
 
 from __future__ import annotations
@@ -69,9 +69,26 @@ def test_a_replica_count_out_of_range_is_refused(count: int) -> None:
         scaled(payment=count)
 
 
-def test_order_is_not_scaled_here() -> None:
-    with pytest.raises(ValueError, match="does not scale order"):
-        replicas.scale(replicas.parse(PROCFILE), {"order": 2})
+def test_the_traces_collector_is_not_scaled_here() -> None:
+    with pytest.raises(ValueError, match="does not scale traces"):
+        replicas.scale(replicas.parse(PROCFILE), {"traces": 2})
+
+
+def test_every_service_of_the_saga_scales_each_replica_on_a_port_of_its_own() -> None:
+    counts = {"order": 2, "inventory": 2, "payment": 2, "notification": 2, "emails": 2}
+    lines = replicas.processes(replicas.scale(replicas.parse(PROCFILE), counts))
+    names = [line.name for line in lines]
+    for process in ("order", "inventory", "notification", "emails"):
+        assert names.count(process) == 1 and names.count(f"{process}_2") == 1, names
+    assert replicas.targets(lines) == {
+        "order": ["127.0.0.1:8000", "127.0.0.1:8010"],
+        "inventory": ["127.0.0.1:8001", "127.0.0.1:8011"],
+        "payment": ["127.0.0.1:8002", "127.0.0.1:8012"],
+        "notification": ["127.0.0.1:8003", "127.0.0.1:8013"],
+        "audit": ["127.0.0.1:8004"],
+    }
+    [second_worker] = [line for line in lines if line.name == "emails_2"]
+    assert "services.notification.worker" in second_worker.command  # no port: none to move
 
 
 def test_the_targets_of_every_replica_are_written_for_prometheus_and_read_back(
@@ -85,8 +102,10 @@ def test_the_targets_of_every_replica_are_written_for_prometheus_and_read_back(
         {"targets": ["127.0.0.1:8002", "127.0.0.1:8012", "127.0.0.1:8022"], "labels": {}}
     ]
     assert replicas.read_targets(tmp_path) == {
+        "order": ["127.0.0.1:8000"],
         "inventory": ["127.0.0.1:8001"],
         "payment": ["127.0.0.1:8002", "127.0.0.1:8012", "127.0.0.1:8022"],
+        "notification": ["127.0.0.1:8003"],
     }
 
 
@@ -101,7 +120,7 @@ def test_prometheus_reads_the_files_make_run_writes() -> None:
     }
     assert files == {
         f"warren-{service}": (REPO / replicas.SCRAPE_DIR / f"warren-{service}.json").resolve()
-        for service in replicas.DEFAULT_REPLICAS
+        for service in replicas.SCRAPED
     }
 
 
