@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -62,6 +63,10 @@ SKUS = ["RABBIT-PLUSH", "CARROT-MUG", "WARREN-MAP", "CLOVER-TEA", "HOP-SOCKS", "
 
 # Short enough for a 20-minute suite, with the same proportions as the shipped defaults:
 # the inventory lease < the saga deadline < the retry budget (31 s).
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_SCRIPT = REPO / "scripts" / "rabbitmq-cluster.sh"
+CLUSTER_URL = "amqp://guest:guest@127.0.0.1:5700/"  # HAProxy in front of the three nodes
+
 FAST_ENV = {
     "RETRY_DELAYS_SECONDS": "[1, 2, 4, 8, 16]",
     "DECISION_LEASE_SECONDS": "5",
@@ -104,8 +109,13 @@ class Shoppers:
     """Places ``orders`` at ``rate`` per second, each retried with its own key until accepted
     (503, 5xx, a dropped connection) or given up on after ``patience`` seconds."""
 
-    def __init__(self, api: str, orders: int, rate: float, patience: float = 60.0) -> None:
-        self.api, self.orders, self.rate, self.patience = api, orders, rate, patience
+    def __init__(
+        self, api: str | list[str], orders: int, rate: float, patience: float = 60.0
+    ) -> None:
+        # Several order replicas: each order goes to the next, and each retry to the one after
+        # (a client-side balancer: a replica that died costs a retry, not the order).
+        self.apis = [api] if isinstance(api, str) else api
+        self.orders, self.rate, self.patience = orders, rate, patience
         self.accepted: list[str] = []
         self.offered = 0
         self.refusals: Counter[str] = Counter()
@@ -115,7 +125,7 @@ class Shoppers:
 
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=100)
-        async with httpx.AsyncClient(base_url=self.api, timeout=10.0, limits=limits) as client:
+        async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
             started = time.monotonic()
             tasks = []
             for n in range(self.orders):
@@ -132,9 +142,12 @@ class Shoppers:
         }
         headers = {"Idempotency-Key": key, **self.signed_in[n % 50]}
         deadline = time.monotonic() + self.patience
+        tries = 0
         while time.monotonic() < deadline:
+            api = self.apis[(n + tries) % len(self.apis)]
+            tries += 1
             try:
-                response = await client.post("/orders", json=body, headers=headers)
+                response = await client.post(f"{api}/orders", json=body, headers=headers)
             except httpx.HTTPError as exc:
                 self.refusals[type(exc).__name__] += 1
             else:
@@ -156,6 +169,21 @@ class Faults:
     def __init__(self, system: Any, rabbit_url: str, log: Callable[[str], None]) -> None:
         self.system, self.rabbit_url, self.log = system, rabbit_url, log
         self.copies = 0  # events the duplicating tap delivered twice
+        self.events: list[tuple[str, float]] = []  # (what, wall-clock time it happened)
+
+    def mark(self, what: str) -> None:
+        self.log(what)
+        self.events.append((what, time.time()))
+
+    async def cluster(self, *args: str) -> None:
+        """scripts/rabbitmq-cluster.sh (stop-node N, start-node N)."""
+        await asyncio.to_thread(
+            subprocess.run,
+            [str(CLUSTER_SCRIPT), *args],
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
 
     def pid(self, name: str) -> int:
         return int(self.system.processes[name].process.pid)
@@ -349,6 +377,9 @@ class Scenario:
     env: dict[str, str] = field(default_factory=lambda: dict(FAST_ENV))
     recover_within: float = 180.0
     needs_root_broker: bool = False
+    # On the local three-node cluster (scripts/rabbitmq-cluster.sh, through HAProxy), with two
+    # replicas of every service.
+    cluster: bool = False
 
 
 async def _broker_restart(faults: Faults, _: dict[str, Any]) -> str:
@@ -364,6 +395,28 @@ async def _kill_each(faults: Faults, _: dict[str, Any]) -> str:
         await faults.kill_email_worker_mid_send()
         await asyncio.sleep(2)
     return "inventory, payment, notification, order, inventory again; 3 email pool children"
+
+
+async def _cluster_nodes(faults: Faults, _: dict[str, Any]) -> str:
+    """Node 1 stops, comes back; then node 2. Each time two of three nodes keep the quorum."""
+    for node in (1, 2):
+        faults.log(f"stopping node {node}")
+        await faults.cluster("stop-node", str(node))
+        faults.mark(f"node {node} down")
+        await asyncio.sleep(10)
+        await faults.cluster("start-node", str(node))
+        faults.mark(f"node {node} back")
+        await asyncio.sleep(5)
+    return "node 1 down 10 s, then node 2 down 10 s"
+
+
+async def _cluster_replicas(faults: Faults, _: dict[str, Any]) -> str:
+    """SIGKILL one replica of each service while its twin carries on; each comes back."""
+    for name in ("order", "inventory", "payment_1", "notification", "emails"):
+        faults.mark(f"{name} killed")
+        await faults.kill(name)
+        await asyncio.sleep(3)
+    return "one replica each of order, inventory, payment, notification, the email worker"
 
 
 async def _database_killed(faults: Faults, _: dict[str, Any]) -> str:
@@ -445,6 +498,23 @@ SCENARIOS = [
         fault_after=0,
     ),
     Scenario(
+        "cluster-nodes",
+        "cluster: one RabbitMQ node stopped, back, then another (two replicas of everything)",
+        _cluster_nodes,
+        orders=900,  # 45 s of load: both node stops land while orders flow
+        rate=20,
+        fault_after=5,
+        cluster=True,
+    ),
+    Scenario(
+        "cluster-replicas",
+        "cluster: one replica of each service SIGKILLed while its twin carries on",
+        _cluster_replicas,
+        orders=600,
+        rate=20,
+        cluster=True,
+    ),
+    Scenario(
         "database-down-120s",
         "the database down for 120 s (longer than the old 31 s retry budget)",
         _database_down_long,
@@ -512,9 +582,16 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
         console.print(f"  [dim]{time.monotonic() - started:6.1f}s[/] {message}")
 
     orders = max(60, scenario.orders // 4) if quick else scenario.orders
+    env = {"LOG_LEVEL": "WARNING", "PAYMENT_LATENCY_MS": "20", **scenario.env}
+    if scenario.cluster:
+        log("starting the local cluster (scripts/rabbitmq-cluster.sh start)")
+        await asyncio.to_thread(
+            subprocess.run, [str(CLUSTER_SCRIPT), "start"], check=True, capture_output=True
+        )
+        rabbit_url = CLUSTER_URL
+        os.environ["WARREN_RABBITMQCTL"] = env["WARREN_RABBITMQCTL"] = f"{CLUSTER_SCRIPT} ctl"
     database = mongo_standin(run_dir / scenario.name / "mongo")
     database.start()
-    env = {"LOG_LEVEL": "WARNING", "PAYMENT_LATENCY_MS": "20", **scenario.env}
     async with running_system(
         rabbit_url,
         mongo_url_of(database),
@@ -524,10 +601,18 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
         database=database,
     ) as system:
         # A second inventory: a duplicate has a consumer to go to while the first is frozen.
-        system.processes["inventory_2"] = _second_inventory(system, free_port())
-        system.start("inventory_2")
+        # On the cluster, a second replica of every service.
+        apis = [system.api]
+        for service in (
+            ("inventory", "order", "notification", "emails") if scenario.cluster else ("inventory",)
+        ):
+            port = None if service == "emails" else free_port()
+            system.processes[f"{service}_2"] = _second(system, service, port)
+            system.start(f"{service}_2")
+            if service == "order":
+                apis.append(f"http://127.0.0.1:{port}")
         log(f"system up; {orders} orders at {scenario.rate:g}/s")
-        shoppers = Shoppers(system.api, orders, scenario.rate)
+        shoppers = Shoppers(apis, orders, scenario.rate)
         state: dict[str, Any] = {}
         faults = Faults(system, rabbit_url, log)
 
@@ -582,6 +667,13 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
             [] if checks else ["the ledger never answered"]
         )
         await count_effects(system, shoppers.accepted, result)
+        if faults.events:
+            back = await confirming_again(system, faults.events)
+            cancelled = int(back.pop("(cancelled orders)"))
+            result.notes += (
+                f"; {cancelled} cancelled; new orders confirm again after: "
+                + ", ".join(f"{what} {seconds:.1f} s" for what, seconds in back.items())
+            )
     verdict = "[green]pass[/]" if result.passed else "[red]FAIL[/]"
     log(
         f"{verdict}: lost {result.lost}, duplicated {result.duplicated}, "
@@ -590,17 +682,41 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
     return result
 
 
-def _second_inventory(system: Any, port: int) -> Any:
+def _second(system: Any, service: str, port: int | None) -> Any:
+    """A second replica of ``service`` (``emails``: the Celery worker), as its own broker user."""
     import sys
 
     from shared.testing.system import service_url
 
+    module = "services.notification.worker" if service == "emails" else f"services.{service}"
+    user = "notification" if service == "emails" else service
     return system._executor(
-        "inventory_2",
-        [sys.executable, "-m", "services.inventory", "--port", str(port)],
+        f"{service}_2",
+        [sys.executable, "-m", module, *(["--port", str(port)] if port else [])],
         health_port=port,
-        env=service_url(system, "inventory"),  # as inventory's own broker user, like the first
+        env=service_url(system, user),
     )
+
+
+async def confirming_again(system: Any, events: list[tuple[str, float]]) -> dict[str, float]:
+    """For each fault event: seconds from it until the first order placed after it was
+    confirmed (from the event store: each order's order.placed and order.confirmed times)."""
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient = AsyncMongoClient(system.env["MONGO_URL"], tz_aware=True)
+    try:
+        store = client[system.database("order")]["order_events"]
+        placed, confirmed = {}, {}
+        async for doc in store.find({"type": {"$in": [OrderPlaced.TYPE, OrderConfirmed.TYPE]}}):
+            times = placed if doc["type"] == OrderPlaced.TYPE else confirmed
+            times[doc["order_id"]] = doc["occurred_at"].timestamp()
+    finally:
+        await client.close()
+    back = {"(cancelled orders)": float(len(placed) - len(confirmed))}
+    for what, at in events:
+        later = [confirmed[o] for o, t in placed.items() if t >= at and o in confirmed]
+        back[what] = round(min(later) - at, 1) if later else float("nan")
+    return back
 
 
 async def _wait_for_dead_letters(
@@ -680,6 +796,11 @@ def main(
         console.rule(f"[{n}/{len(chosen)}] {scenario.name}: {scenario.fault}")
         if scenario.needs_root_broker and not _local_broker(rabbit_url):
             console.print("  skipped: needs the local RabbitMQ and rabbitmqctl as root")
+            continue
+        if scenario.cluster and (os.geteuid() != 0 or not shutil.which("haproxy")):
+            console.print(
+                "  skipped: the local cluster needs root and HAProxy (apt-get install haproxy)"
+            )
             continue
         results.append(asyncio.run(run_scenario(scenario, rabbit_url, run_dir, quick)))
     markdown = render(results)

@@ -88,10 +88,19 @@ def retry_queue(delay_seconds: int) -> RabbitQueue:
 
     A per-queue TTL (not per-message) keeps expiry in arrival order, and works the same on
     RabbitMQ 3.10 and 4.x without the delayed-message plugin.
+
+    A quorum queue, like the queues it feeds: on a cluster it lives on every node, so a retry
+    waiting here survives the loss of any one (a classic queue lives on one node, and while
+    that node is down a retry routed to it is dropped -- measured: orders stalled until their
+    saga deadline cancelled them, docs/18-scaling.md). Dead-lettering stays at-most-once: the
+    queues it goes back to are quorum queues, available while a majority of nodes is, and they
+    take a dead letter even past their length limit. (At-least-once would hold a retry here
+    until a full queue had room -- but RabbitMQ's dead-letter worker tries again only after
+    its 3-minute confirm timeout: measured, docs/18-scaling.md.)
     """
     return RabbitQueue(
         f"shop.retry.{delay_seconds}s",
-        queue_type=QueueType.CLASSIC,
+        queue_type=QueueType.QUORUM,
         durable=True,
         arguments={
             "x-message-ttl": delay_seconds * 1000,
@@ -116,7 +125,8 @@ class ConsumerQueue:
 
     name: str
     events: tuple[type[EventData], ...]
-    # Quorum queues replicate and survive broker restarts; classic is for disposable traffic.
+    # Quorum queues replicate and survive broker restarts (every queue of Warren's consumers is
+    # one; classic stays possible for a queue whose messages are worth nothing after a restart).
     quorum: bool = True
     # A failed message is retried after each of the RETRY_DELAYS_SECONDS, then dead-lettered.
     # Off: one failure goes to the DLQ (a request nobody waits for any more is not retried).
@@ -278,7 +288,8 @@ QUOTE_TTL_MS = 10_000
 INVENTORY_QUOTES = ConsumerQueue(
     "inventory.quotes",
     events=(),  # requests come through the default exchange
-    quorum=False,
+    # Quorum although each request is worth seconds: on a cluster, a classic queue lives on one
+    # node, and while that node is down no order can be placed (measured: docs/18-scaling.md).
     retried=False,  # a quote is answered now or never: the caller is waiting
     # A quote nobody picked up within the TTL is worthless: the caller has already given up
     # (and answered its client 503). Expired requests are dropped, not dead-lettered; a
