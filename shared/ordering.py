@@ -64,7 +64,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
-from faststream.rabbit import QueueType, RabbitExchange, RabbitQueue
+from faststream.rabbit import RabbitExchange, RabbitQueue
 
 from shared import topology
 
@@ -113,8 +113,8 @@ class Partitions:
     @property
     def dlq(self) -> RabbitQueue:
         """Where every partition dead-letters, ``<name>.dlq``."""
-        # Classic, like the consumer queues' DLQs (shared/topology.py says why).
-        return RabbitQueue(f"{self.name}.dlq", queue_type=QueueType.CLASSIC, durable=True)
+        # A quorum queue, like the consumer queues' DLQs (shared/topology.py says why).
+        return topology.dead_letter_queue(f"{self.name}.dlq")
 
 
 async def declare_partitions(broker: Any, partitions: Partitions, *, shared: bool = True) -> None:

@@ -180,11 +180,27 @@ class ConsumerQueue:
 
     @property
     def dlq(self) -> RabbitQueue:
-        # Classic, durable: the DLQ tool browses it by taking messages and handing them back,
-        # which must not count towards a quorum queue's delivery limit (20 by default on
-        # RabbitMQ 4), past which the message would be dropped.
-        return RabbitQueue(self.dlq_name, queue_type=QueueType.CLASSIC, durable=True)
+        return dead_letter_queue(self.dlq_name)
         # --8<-- [end:consumer-queue]
+
+
+# A DLQ's delivery limit: never reached. The DLQ tool browses a DLQ by taking its messages and
+# handing them back, and each hand-back counts as a delivery (RabbitMQ 4 drops a message past
+# its queue's limit, 20 unless set; 3.10 has none unless set).
+DLQ_DELIVERY_LIMIT = 1_000_000
+
+
+def dead_letter_queue(name: str) -> RabbitQueue:
+    """A DLQ: a quorum queue, like the queues that dead-letter into it. On a cluster a classic
+    queue lives on one node: while that node is down, dead letters for it are dropped, and
+    every service that declares it at (re)connection fails to connect -- measured,
+    docs/18-scaling.md."""
+    return RabbitQueue(
+        name,
+        queue_type=QueueType.QUORUM,
+        durable=True,
+        arguments={"x-delivery-limit": DLQ_DELIVERY_LIMIT},
+    )
 
 
 # --- partitions: one order's events to one consumer, in publish order -------------------------
