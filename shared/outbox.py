@@ -402,9 +402,14 @@ class OutboxRelay:
         # --8<-- [end:relay]
 
 
-def replica_id() -> str:
-    """This process's name as an outbox owner: host, process id and a random part (a restarted
-    replica is a new owner)."""
+def replica_id(slot: str | None = None) -> str:
+    """This process's name as an outbox owner. With a ``slot`` (the order service passes its
+    HTTP port), host and slot: no two live processes share it, and a replica restarted in place
+    (``warren supervise``, a container's restart) takes its own pending events back at its
+    first sweep, instead of leaving them to be adopted a lease later. Without, host, process
+    id and a random part."""
+    if slot is not None:
+        return f"{socket.gethostname()}:{slot}"
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 

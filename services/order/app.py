@@ -22,8 +22,9 @@ from shared.service import Lifecycle, bootstrap, lifespan
 def create_app(settings: OrderSettings | None = None) -> FastAPI:
     settings = settings or OrderSettings()
     runtime = bootstrap(settings)
-    # Each replica publishes the events it saves; the others adopt them if it dies.
-    replica = replica_id()
+    # Each replica publishes the events it saves; the others adopt them if it dies. Named by
+    # host and port: restarted in place, it takes its own events back at once.
+    replica = replica_id(str(settings.port))
     store = EventStore(runtime.db, outbox_owner=replica)
     relay = OutboxRelay(
         store.events,
