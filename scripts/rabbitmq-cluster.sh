@@ -53,9 +53,10 @@ write_config() {
   local n=$1 dir="$state/c$1"
   mkdir -p "$dir/log"
   cat >"$dir/rabbitmq.conf" <<EOF
-listeners.tcp.default = $(amqp_port "$n")
+# This machine only: HAProxy and the tools connect over loopback (guest may, from there).
+listeners.tcp.default = 127.0.0.1:$(amqp_port "$n")
+prometheus.tcp.ip = 127.0.0.1
 prometheus.tcp.port = $((15700 + n))
-loopback_users = none
 # A node that loses its peers pauses rather than diverge (the usual choice for three nodes).
 cluster_partition_handling = pause_minority
 EOF
@@ -63,17 +64,21 @@ EOF
   chown -R rabbitmq:rabbitmq "$state"
 }
 
-start_node() {
+launch_node() {  # start node N in the background (it may wait for its peers to boot)
   local n=$1 dir="$state/c$1"
   if running "$n"; then log "$(node_name "$n") already running"; return 0; fi
   write_config "$n"
-  log "starting $(node_name "$n") (AMQP $(amqp_port "$n"))"
+  log "starting $(node_name "$n") (AMQP 127.0.0.1:$(amqp_port "$n"))"
   RABBITMQ_NODENAME="$(node_name "$n")" RABBITMQ_NODE_PORT="$(amqp_port "$n")" \
   RABBITMQ_DIST_PORT=$((25700 + n)) RABBITMQ_MNESIA_BASE="$dir/mnesia" \
   RABBITMQ_LOG_BASE="$dir/log" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
   RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_PID_FILE="$dir/pid" \
     rabbitmq-server -detached >/dev/null
-  wait_for "$(node_name "$n")" 90 started "$n"
+}
+
+start_node() {
+  launch_node "$1"
+  wait_for "$(node_name "$1")" 90 started "$1"
 }
 
 joined() {  # whether node N is in node 1's cluster
@@ -119,7 +124,8 @@ listen api
     timeout server 30s
     balance roundrobin
     option httpchk GET /readyz
-    # A replica that stops answering is out within 2 s; its in-flight requests fail over.
+    # A replica that stops answering is out within 2 s; a connection that cannot reach its
+    # server is sent to another one.
     option redispatch
     default-server inter 1s fall 2 rise 2
 $api_servers
@@ -151,7 +157,9 @@ start_haproxy() {
 stop_haproxy() {
   local pidfile="$state/haproxy.pid"
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    kill "$(cat "$pidfile")"
+    local pid; pid=$(cat "$pidfile")
+    kill "$pid"
+    wait_for "HAProxy to stop" 10 sh -c "! kill -0 $pid 2>/dev/null"  # its ports free again
     log "HAProxy stopped"
   fi
   rm -f "$pidfile"
@@ -159,7 +167,10 @@ stop_haproxy() {
 
 start() {
   mkdir -p "$state"
-  for n in "${nodes[@]}"; do start_node "$n"; done
+  # All three before waiting for any: a node restarted after its peers went down waits for
+  # them at boot (the last one stopped must come back first, or all together).
+  for n in "${nodes[@]}"; do launch_node "$n"; done
+  for n in "${nodes[@]}"; do wait_for "$(node_name "$n")" 120 started "$n"; done
   for n in 2 3; do join "$n"; done
   start_haproxy
   status
@@ -201,5 +212,5 @@ case "${1:-}" in
   env)
     echo "export RABBIT_URL=amqp://guest:guest@127.0.0.1:$lb_port/"
     echo "export WARREN_RABBITMQCTL=\"$here/scripts/rabbitmq-cluster.sh ctl\"" ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -52,7 +52,7 @@ from opentelemetry.trace import SpanKind
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from shared.clock import utcnow_iso
+from shared.clock import DatabaseClock, utcnow_iso
 from shared.contracts import Envelope
 from shared.messaging import is_push_back, publish_event
 
@@ -110,6 +110,7 @@ class OutboxRelay:
         *,
         owner: str | None = None,
         lease_seconds: float = 15.0,
+        clock: DatabaseClock | None = None,
         sweep_interval: float = 2.0,
         batch_size: int = 200,
         max_attempts: int = 10,
@@ -122,7 +123,10 @@ class OutboxRelay:
         self.owner = owner or replica_id()
         self.lease_seconds = lease_seconds
         self._leases = collection.database[f"{collection.name}_relays"]
+        self.clock = clock or DatabaseClock()
+        self._token = uuid.uuid4().hex  # this process's, in its lease document
         self._leased = False  # whether it has taken its lease once
+        self._valid_until = 0.0  # monotonic: when its lease runs out unless renewed
         self.sweep_interval = sweep_interval
         self.batch_size = batch_size
         self.max_attempts = max_attempts
@@ -266,6 +270,8 @@ class OutboxRelay:
     async def publish_fresh(self) -> int:
         """Publish the events handed over by :meth:`wake`, in the order written."""
         docs, self._fresh = self._fresh, []
+        if not self.leased():
+            return 0  # a stall outlived the lease: they may be adopted; the sweep decides
         # Saved and swept before it was handed over (a slow multi-event append): done already.
         docs = [doc for doc in docs if doc["_id"] not in self._swept]
         if self._degraded:
@@ -281,7 +287,8 @@ class OutboxRelay:
         An event that fails holds back the later events of *its* order only; other orders go
         on. If the broker was away, the relay stays on sweeps until one gets through everything.
         """
-        await self.renew_lease()
+        if not self.leased() and not await self.renew_lease():
+            return 0  # not sure this replica's events are still its own: no sweep
         await self.adopt_orphans()
         now = datetime.now(UTC)
         # After push-back, one event probes whether the queues have room again, then more.
@@ -316,25 +323,42 @@ class OutboxRelay:
             self._fresh = [doc for doc in self._fresh if doc["_id"] not in self._swept]
 
     # --8<-- [start:lease]
-    async def renew_lease(self) -> None:
-        """Tell the other replicas this one is alive, for ``lease_seconds`` more.
+    async def renew_lease(self) -> bool:
+        """Tell the other replicas this one is alive, for ``lease_seconds`` more; False if it
+        cannot (the database is away, or another live process holds its name).
 
-        If its lease had run out (the process stalled, or the database was away), another
-        replica may have adopted its events: it forgets the ones handed to it, and publishes
-        only what its sweep still finds under its name."""
-        now = time.time()  # wall clock, shared by the replicas (seconds, not a BSON date)
-        until = {"$set": {"until": now + self.lease_seconds}}
+        The lease document carries a token of this process's own: a process that took the same
+        name by mistake cannot renew, nor release, the other's lease. Times are the database's
+        clock (:class:`~shared.clock.DatabaseClock`), the one clock every replica shares."""
+        now = self.clock.now()
+        renewal = {"$set": {"until": now + self.lease_seconds, "token": self._token}}
         with suppress_instrumentation():
             renewed = await self._leases.update_one(
-                {"_id": self.owner, "until": {"$gte": now}}, until
+                {"_id": self.owner, "token": self._token, "until": {"$gte": now}}, renewal
             )
-            if renewed.matched_count:
-                return
-            await self._leases.update_one({"_id": self.owner}, until, upsert=True)
-        if self._leased:
-            log.warning("outbox relay: its lease had run out; other replicas may have adopted")
-            self._fresh.clear()
+            if not renewed.matched_count:
+                held = await self._leases.find_one({"_id": self.owner, "until": {"$gte": now}})
+                if held is not None:
+                    log.error("outbox relay: another live process has this name", owner=self.owner)
+                    return False
+                await self._leases.update_one({"_id": self.owner}, renewal, upsert=True)
+                if self._leased:
+                    log.warning("outbox relay: its lease had run out; others may have adopted")
         self._leased = True
+        self._valid_until = time.monotonic() + self.lease_seconds
+        return True
+
+    def leased(self) -> bool:
+        """Whether its lease still holds, by this process's own monotonic clock: after a stall
+        longer than the lease, another replica may have adopted what it holds."""
+        return time.monotonic() < self._valid_until
+
+    async def keep_lease(self) -> None:
+        """Renew the lease three times per lease, whatever the publishing is doing."""
+        while True:
+            with contextlib.suppress(Exception):  # the database is away: the lease runs out
+                await self.renew_lease()
+            await asyncio.sleep(self.lease_seconds / 3)
 
     async def adopt_orphans(self) -> int:
         """Take over the pending events no live replica will publish: those of replicas whose
@@ -343,9 +367,10 @@ class OutboxRelay:
         retry``).
 
         Each event changes owner in one atomic update: when two replicas adopt at once, each
-        event goes to one of them -- never both."""
-        now = time.time()
-        old_enough = datetime.now(UTC) - timedelta(seconds=self.lease_seconds)
+        event goes to one of them -- never both. (Its old owner, if it was only stalled, may
+        still have it in flight: that copy is what the consumers' idempotency is for.)"""
+        now = self.clock.now()
+        old_enough = datetime.fromtimestamp(now - self.lease_seconds, UTC)
         with suppress_instrumentation():
             live = [doc["_id"] async for doc in self._leases.find({"until": {"$gte": now}})]
             adopted = 0
@@ -365,13 +390,15 @@ class OutboxRelay:
     async def release_lease(self) -> None:
         """Stopping: another replica adopts what is left once it is ``lease_seconds`` old."""
         with suppress_instrumentation():
-            await self._leases.delete_one({"_id": self.owner})
+            await self._leases.delete_one({"_id": self.owner, "token": self._token})
         # --8<-- [end:lease]
 
     async def run(self) -> None:
+        lease = asyncio.create_task(self.keep_lease())
         try:
             await self._run()
         finally:
+            lease.cancel()
             with contextlib.suppress(Exception):
                 await self.release_lease()
 
@@ -402,14 +429,9 @@ class OutboxRelay:
         # --8<-- [end:relay]
 
 
-def replica_id(slot: str | None = None) -> str:
-    """This process's name as an outbox owner. With a ``slot`` (the order service passes its
-    HTTP port), host and slot: no two live processes share it, and a replica restarted in place
-    (``warren supervise``, a container's restart) takes its own pending events back at its
-    first sweep, instead of leaving them to be adopted a lease later. Without, host, process
-    id and a random part."""
-    if slot is not None:
-        return f"{socket.gethostname()}:{slot}"
+def replica_id() -> str:
+    """This process's name as an outbox owner: host, process id and a random part. A restarted
+    replica is a new owner; what the old one left is adopted a lease later."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
@@ -444,7 +466,7 @@ async def retry_parked(collection: AsyncCollection, keys: Sequence[str] | None =
         query,
         {
             "$set": {**pending_fields(datetime.fromtimestamp(0, UTC)), "outbox_attempts": 0},
-            "$unset": {"parked_at": ""},
+            "$unset": {"parked_at": "", "outbox_owner": ""},  # whichever replica sweeps first
         },
     )
     return result.modified_count

@@ -29,8 +29,6 @@ def run_service(factory: str, settings: type[WarrenSettings], *, description: st
             help=f"HTTP port (health checks, API) (default: PORT, else {fields['port'].default}).",
         ),
     ) -> None:
-        if port is not None:
-            os.environ["PORT"] = str(port)  # the app's own settings see the port it serves on
         configured = settings()
         # log_config=None: our structlog set-up (done by the factory) formats uvicorn's logs too.
         uvicorn.run(

@@ -12,6 +12,7 @@ from services.order.handlers import HANDLERS, OrderDeps, QuoteUnavailableError
 from services.order.repository import EventStore, IdempotencyKeys, OrderViews
 from services.order.settings import OrderSettings
 from shared import topology
+from shared.clock import DatabaseClock
 from shared.contracts import Quote, QuoteRequest
 from shared.metrics import Sampled, outbox_gauges
 from shared.outbox import OutboxRelay, broker_publisher, outbox_stats, replica_id
@@ -22,15 +23,16 @@ from shared.service import Lifecycle, bootstrap, lifespan
 def create_app(settings: OrderSettings | None = None) -> FastAPI:
     settings = settings or OrderSettings()
     runtime = bootstrap(settings)
-    # Each replica publishes the events it saves; the others adopt them if it dies. Named by
-    # host and port: restarted in place, it takes its own events back at once.
-    replica = replica_id(str(settings.port))
+    # Each replica publishes the events it saves; the others adopt them if it dies.
+    replica = replica_id()
+    clock = DatabaseClock()  # the relays' leases on the database's clock, synced at start-up
     store = EventStore(runtime.db, outbox_owner=replica)
     relay = OutboxRelay(
         store.events,
         broker_publisher(runtime.broker),
         owner=replica,
         lease_seconds=settings.outbox_lease_seconds,
+        clock=clock,
         sweep_interval=settings.outbox_sweep_seconds,
         max_attempts=settings.outbox_max_attempts,
     )
@@ -60,7 +62,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     outbox_gauges(settings.service_name, backlog)
     deadlines = functools.partial(handlers.watch_deadlines, deps, every=settings.saga_sweep_seconds)
     lifecycle = Lifecycle(
-        on_startup=[deps.create_indexes],
+        on_startup=[deps.create_indexes, functools.partial(clock.sync, runtime.client)],
         background=[
             relay.run,
             deadlines,

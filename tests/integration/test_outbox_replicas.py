@@ -3,8 +3,8 @@ out once -- not once per replica that happens to sweep while it is still pending
 
 Each test provisions a vhost of its own, runs two (or three) real relays against the real broker
 and the database, and counts the copies of each event in ``audit.events`` (bound to every event
-type). Before each relay kept to its own events, the first test measured 20-40 events out of
-100 published twice."""
+type). Before each relay kept to its own events, the first test measured 40 events out of 100
+published twice (and two whole order services, 31-42)."""
 
 from __future__ import annotations
 
@@ -101,10 +101,8 @@ async def arrived(broker: Broker, expected: int) -> Counter[str]:
             return copies.total()
 
         await eventually(take, until=lambda n: n >= expected, what=f"{expected} events")
-        settled_at = copies.total()
-        await asyncio.sleep(0.5)  # several sweeps of both replicas: any late copy shows
+        await asyncio.sleep(0.5)  # ten sweeps of each replica: a late copy would show
         await take()
-        assert copies.total() >= settled_at
     return copies
 
 
