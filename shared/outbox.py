@@ -269,9 +269,9 @@ class OutboxRelay:
 
     async def publish_fresh(self) -> int:
         """Publish the events handed over by :meth:`wake`, in the order written."""
+        if not self.leased() and not await self.renew_lease():
+            return 0  # another process has its name: the sweep will not publish either
         docs, self._fresh = self._fresh, []
-        if not self.leased():
-            return 0  # a stall outlived the lease: they may be adopted; the sweep decides
         # Saved and swept before it was handed over (a slow multi-event append): done already.
         docs = [doc for doc in docs if doc["_id"] not in self._swept]
         if self._degraded:
@@ -343,14 +343,17 @@ class OutboxRelay:
                     return False
                 await self._leases.update_one({"_id": self.owner}, renewal, upsert=True)
                 if self._leased:
+                    # A stall outlived the lease: what it was handed may have been adopted.
                     log.warning("outbox relay: its lease had run out; others may have adopted")
+                    self._fresh.clear()
         self._leased = True
         self._valid_until = time.monotonic() + self.lease_seconds
         return True
 
     def leased(self) -> bool:
-        """Whether its lease still holds, by this process's own monotonic clock: after a stall
-        longer than the lease, another replica may have adopted what it holds."""
+        """Whether its lease still holds, by this process's own monotonic clock. If not, the
+        relay renews it before publishing: after a stall longer than the lease, another
+        replica may have adopted what it holds, and the renewal finds out."""
         return time.monotonic() < self._valid_until
 
     async def keep_lease(self) -> None:

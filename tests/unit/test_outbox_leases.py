@@ -75,9 +75,12 @@ async def test_a_replica_whose_lease_lapsed_publishes_nothing_it_was_handed() ->
     store_a, relay_a, published_a = replica(db, "a", clock)
     await relay_a.renew_lease()
     relay_a.wake(await save(store_a, "o1"))
-    relay_a._valid_until = 0.0  # the stall: its own clock says the lease is over
+    relay_a._valid_until = 0.0  # the stall: its own clock says the lease is over ...
+    clock.at += LEASE + 1  # ... and so does the database's
     assert await relay_a.publish_fresh() == 0
     assert published_a == []
+    await relay_a.publish_pending()  # the sweep publishes it, if it is still a's
+    assert published_a == ["o1:000001"]
 
 
 async def test_a_second_process_with_the_same_name_neither_renews_nor_releases_the_lease() -> None:
