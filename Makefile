@@ -43,9 +43,10 @@ test-rabbitmq4: $(STAMP) ## The broker tests against RabbitMQ 4.x with 4.3's def
 test-unit: $(STAMP) ## Unit tests only (no broker needed)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-# Replicas of the services built as competing consumers (docs/15-backlog.md, "Scaling
-# consumers"): `make run PAYMENT_REPLICAS=4`. Each replica has its own port (payment 8002, 8012,
-# 8022 ...; inventory 8001, 8011 ...), scraped by Prometheus and shown by `warren top`.
+# Replicas of every service (docs/15-backlog.md, "Scaling consumers"; docs/18-scaling.md):
+# `make run PAYMENT_REPLICAS=4 ORDER_REPLICAS=2`. Each replica has its own port (order 8000,
+# 8010 ...; inventory 8001, 8011 ...; payment 8002, 8012 ...; notification 8003, 8013 ...),
+# scraped by Prometheus and shown by `warren top`; the email workers have none.
 PAYMENT_REPLICAS ?= 2
 INVENTORY_REPLICAS ?= 1
 ORDER_REPLICAS ?= 1

@@ -64,6 +64,11 @@ class Reading:
     def total(self, name: str, **match: str) -> float:
         return sum(v for _, labels, v in self.samples.get(name, []) if _matches(labels, match))
 
+    def highest(self, name: str, **match: str) -> float:
+        """The largest of a gauge that every replica reads from the same database."""
+        found = [v for _, labels, v in self.samples.get(name, []) if _matches(labels, match)]
+        return max(found, default=0.0)
+
     def by(self, name: str, label: str, **match: str) -> dict[str, float]:
         found: dict[str, float] = defaultdict(float)
         for _, labels, value in self.samples.get(name, []):
@@ -186,9 +191,10 @@ def saga_table(now: Reading, before: Reading | None) -> Table:
 
 
 def outbox_line(now: Reading) -> str:
-    pending = now.total("warren_outbox_pending")
-    oldest = now.total("warren_outbox_oldest_pending_age_seconds")
-    parked = now.total("warren_outbox_parked")
+    # Every order replica reads the same outbox: the largest reading, not their sum.
+    pending = now.highest("warren_outbox_pending")
+    oldest = now.highest("warren_outbox_oldest_pending_age_seconds")
+    parked = now.highest("warren_outbox_parked")
     return f"outbox: {pending:.0f} pending (oldest {oldest:.1f} s), {parked:.0f} parked"
 
 
