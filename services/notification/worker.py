@@ -378,8 +378,11 @@ def make_celery(settings: NotificationSettings) -> Celery:
         try:
             return deliver(notification_id, settings, task_id=self.request.id or "")
         except EarlierEmailPendingError as exc:
-            # Waiting is not failing: no retry used up (waits_for_earlier bounds the wait).
-            raise self.retry(exc=exc, countdown=1, max_retries=None) from exc
+            # Waiting is not failing: a wait never runs out of retries (waits_for_earlier bounds
+            # it by ORDER_WAIT_SECONDS). Not max_retries=None: to Celery that means "the task's
+            # default", and the ninth wait dead-lettered the email. (Celery counts one retry
+            # number for both: a real failure after many waits has fewer of its 8 left.)
+            raise self.retry(exc=exc, countdown=1, max_retries=self.request.retries + 1) from exc
 
     return app
     # --8<-- [end:make-celery]

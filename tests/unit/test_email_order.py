@@ -195,3 +195,39 @@ async def test_emails_are_recorded_in_event_order_whatever_the_delivery_order(
         kinds = [note["event_type"] async for note in notes.sort("created_at", 1)]
         assert kinds[0] == "order.placed" and len(kinds) == 2, kinds
     assert shop.bus.dead_letters == []
+
+
+def test_an_email_waiting_for_the_previous_one_never_runs_out_of_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's side: the task waits for the order's previous email by retrying every
+    second, for up to ``order_wait_seconds`` (60). Each wait must not count as a failure:
+    Celery's ``retry(max_retries=None)`` means "the task's default" (8), and the ninth wait
+    dead-lettered the email (found by `make chaos`: a pool child killed while sending an order's
+    first email, its second email in notification.emails.dlq)."""
+    from celery.exceptions import Retry
+
+    from services.notification import worker
+    from services.notification.settings import NotificationSettings
+
+    def waiting(notification_id: str, *_: object, **__: object) -> str:
+        raise worker.EarlierEmailPendingError(f"{notification_id} goes out after its previous")
+
+    class Requeued:
+        def __init__(self) -> None:
+            self.times = 0
+
+        def apply_async(self) -> None:
+            self.times += 1
+
+    requeued = Requeued()
+    task = worker.make_celery(NotificationSettings()).tasks[worker.TASK_NAME]
+    monkeypatch.setattr(worker, "deliver", waiting)
+    monkeypatch.setattr(task, "signature_from_request", lambda *_, **__: requeued)
+    task.push_request(id="t-1", retries=50, called_directly=False, is_eager=False)
+    try:
+        with pytest.raises(Retry):
+            task.run("n-2")
+    finally:
+        task.pop_request()
+    assert requeued.times == 1  # back in the queue, to wait another second
