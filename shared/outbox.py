@@ -127,6 +127,7 @@ class OutboxRelay:
         self._token = uuid.uuid4().hex  # this process's, in its lease document
         self._leased = False  # whether it has taken its lease once
         self._valid_until = 0.0  # monotonic: when its lease runs out unless renewed
+        self._renewing = asyncio.Lock()
         self.sweep_interval = sweep_interval
         self.batch_size = batch_size
         self.max_attempts = max_attempts
@@ -325,30 +326,54 @@ class OutboxRelay:
     # --8<-- [start:lease]
     async def renew_lease(self) -> bool:
         """Tell the other replicas this one is alive, for ``lease_seconds`` more; False if it
-        cannot (the database is away, or another live process holds its name).
+        cannot (another live process holds its name).
 
         The lease document carries a token of this process's own: a process that took the same
         name by mistake cannot renew, nor release, the other's lease. Times are the database's
         clock (:class:`~shared.clock.DatabaseClock`), the one clock every replica shares."""
-        now = self.clock.now()
-        renewal = {"$set": {"until": now + self.lease_seconds, "token": self._token}}
-        with suppress_instrumentation():
-            renewed = await self._leases.update_one(
-                {"_id": self.owner, "token": self._token, "until": {"$gte": now}}, renewal
+        async with self._renewing:  # the lease task and a publish may both renew
+            sent, now = time.monotonic(), self.clock.now()
+            renewal = {"$set": {"until": now + self.lease_seconds, "token": self._token}}
+            with suppress_instrumentation():
+                renewed = await self._leases.update_one(
+                    {"_id": self.owner, "token": self._token, "until": {"$gte": now}}, renewal
+                )
+                if not renewed.matched_count:
+                    mine = {
+                        "_id": self.owner,
+                        "until": {"$gte": now},
+                        "token": {"$ne": self._token},
+                    }
+                    if await self._leases.find_one(mine) is not None:
+                        log.error(
+                            "outbox relay: another live process has its name", owner=self.owner
+                        )
+                        self._fresh.clear()  # they are that process's to publish
+                        return False
+                    await self._leases.update_one({"_id": self.owner}, renewal, upsert=True)
+                    if self._leased:
+                        await self._keep_only_own_fresh()
+            self._leased = True
+            # Held by its own clock from before it asked, a little less: never longer than the
+            # database holds it.
+            self._valid_until = sent + self.lease_seconds * 0.9
+            return True
+
+    async def _keep_only_own_fresh(self) -> None:
+        """The lease had run out (a stall, the database away): of the events it was handed, keep
+        those still its own -- another replica may have adopted the others."""
+        ids = [doc["_id"] for doc in self._fresh]
+        still = {
+            doc["_id"]
+            async for doc in self.collection.find(
+                {"_id": {"$in": ids}, "outbox_owner": self.owner, "outbox": PENDING}, {"_id": 1}
             )
-            if not renewed.matched_count:
-                held = await self._leases.find_one({"_id": self.owner, "until": {"$gte": now}})
-                if held is not None:
-                    log.error("outbox relay: another live process has this name", owner=self.owner)
-                    return False
-                await self._leases.update_one({"_id": self.owner}, renewal, upsert=True)
-                if self._leased:
-                    # A stall outlived the lease: what it was handed may have been adopted.
-                    log.warning("outbox relay: its lease had run out; others may have adopted")
-                    self._fresh.clear()
-        self._leased = True
-        self._valid_until = time.monotonic() + self.lease_seconds
-        return True
+        }
+        if len(still) < len(ids):
+            log.warning(
+                "outbox relay: its lease had run out; others adopted", events=len(ids) - len(still)
+            )
+        self._fresh = [doc for doc in self._fresh if doc["_id"] in still]
 
     def leased(self) -> bool:
         """Whether its lease still holds, by this process's own monotonic clock. If not, the
@@ -358,9 +383,18 @@ class OutboxRelay:
 
     async def keep_lease(self) -> None:
         """Renew the lease three times per lease, whatever the publishing is doing."""
+        failing = False
         while True:
-            with contextlib.suppress(Exception):  # the database is away: the lease runs out
+            try:
                 await self.renew_lease()
+            except Exception as exc:  # the database is away: the lease runs out meanwhile
+                if not failing:
+                    log.warning("outbox relay cannot renew its lease", error=repr(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("outbox relay renews its lease again")
+                failing = False
             await asyncio.sleep(self.lease_seconds / 3)
 
     async def adopt_orphans(self) -> int:
@@ -402,6 +436,9 @@ class OutboxRelay:
             await self._run()
         finally:
             lease.cancel()
+            # A renewal in flight must not take the lease again after it is released.
+            with contextlib.suppress(BaseException):
+                await lease
             with contextlib.suppress(Exception):
                 await self.release_lease()
 

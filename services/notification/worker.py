@@ -378,11 +378,17 @@ def make_celery(settings: NotificationSettings) -> Celery:
         try:
             return deliver(notification_id, settings, task_id=self.request.id or "")
         except EarlierEmailPendingError as exc:
-            # Waiting is not failing: a wait never runs out of retries (waits_for_earlier bounds
-            # it by ORDER_WAIT_SECONDS). Not max_retries=None: to Celery that means "the task's
-            # default", and the ninth wait dead-lettered the email. (Celery counts one retry
-            # number for both: a real failure after many waits has fewer of its 8 left.)
-            raise self.retry(exc=exc, countdown=1, max_retries=self.request.retries + 1) from exc
+            # Waiting is not failing: the email goes back to the queue as a new task, a second
+            # later, and this one is done. Not self.retry(): every wait would use up one of the
+            # 8 retries kept for real failures (max_retries=None means "the task's default" to
+            # Celery: the ninth wait dead-lettered the email), and a max_retries of its own
+            # would stay set on the task object for the worker's next tasks. waits_for_earlier
+            # bounds the waiting (ORDER_WAIT_SECONDS).
+            log.info(
+                "email waits for the previous one", notification_id=notification_id, why=str(exc)
+            )
+            self.apply_async(args=(notification_id,), countdown=1)
+            return "waiting"
 
     return app
     # --8<-- [end:make-celery]
@@ -399,15 +405,20 @@ def _instrument_worker(**_: Any) -> None:
 
 
 def main(
-    ping: bool = typer.Option(False, "--ping", help="Exit 0 if a worker answers a ping, else 1."),
+    ping: bool = typer.Option(
+        False, "--ping", help="Exit 0 if this host's worker answers a ping, else 1."
+    ),
 ) -> None:
     """Run a Celery worker that delivers notification emails (queue notification.emails)."""
     settings = NotificationSettings()
     setup_observability("notification-worker", level=settings.log_level, fmt=settings.log_format)
     app = make_celery(settings)
     if ping:
+        # Only a worker of this host (container, pod) counts: a twin's answer would hide a hung
+        # worker here.
+        mine = f"emails@{os.uname().nodename}."
         replies = app.control.ping(timeout=2.0)
-        sys.exit(0 if replies else 1)
+        sys.exit(0 if any(name.startswith(mine) for r in replies for name in r) else 1)
     # --8<-- [start:connect-worker-init]
     signals.worker_process_init.connect(_instrument_worker, weak=False)
     # --8<-- [end:connect-worker-init]

@@ -197,37 +197,60 @@ async def test_emails_are_recorded_in_event_order_whatever_the_delivery_order(
     assert shop.bus.dead_letters == []
 
 
-def test_an_email_waiting_for_the_previous_one_never_runs_out_of_retries(
+def test_an_email_waiting_for_the_previous_one_goes_back_to_the_queue_using_no_retry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The worker's side: the task waits for the order's previous email by retrying every
-    second, for up to ``order_wait_seconds`` (60). Each wait must not count as a failure:
-    Celery's ``retry(max_retries=None)`` means "the task's default" (8), and the ninth wait
+    """The worker's side: the task waits for the order's previous email, a second at a time, for
+    up to ``order_wait_seconds`` (60). A wait must not count as a failure. It did: the wait was
+    ``self.retry(max_retries=None)`` -- "the task's default" (8) to Celery -- and the ninth wait
     dead-lettered the email (found by `make chaos`: a pool child killed while sending an order's
-    first email, its second email in notification.emails.dlq)."""
-    from celery.exceptions import Retry
-
+    first email, its second email in notification.emails.dlq). A ``max_retries`` of its own
+    would stay set on the task object for the worker's next tasks. So a wait is a new task."""
     from services.notification import worker
     from services.notification.settings import NotificationSettings
 
     def waiting(notification_id: str, *_: object, **__: object) -> str:
         raise worker.EarlierEmailPendingError(f"{notification_id} goes out after its previous")
 
-    class Requeued:
-        def __init__(self) -> None:
-            self.times = 0
-
-        def apply_async(self) -> None:
-            self.times += 1
-
-    requeued = Requeued()
+    requeued: list[tuple[tuple[str, ...], float]] = []
     task = worker.make_celery(NotificationSettings()).tasks[worker.TASK_NAME]
     monkeypatch.setattr(worker, "deliver", waiting)
-    monkeypatch.setattr(task, "signature_from_request", lambda *_, **__: requeued)
+    monkeypatch.setattr(
+        task, "apply_async", lambda args, countdown: requeued.append((args, countdown))
+    )
     task.push_request(id="t-1", retries=50, called_directly=False, is_eager=False)
     try:
-        with pytest.raises(Retry):
-            task.run("n-2")
+        assert task.run("n-2") == "waiting"  # done: no retry, no failure
     finally:
         task.pop_request()
-    assert requeued.times == 1  # back in the queue, to wait another second
+    assert requeued == [(("n-2",), 1)]  # a new task, a second later
+    assert getattr(task, "override_max_retries", None) is None  # nothing left for the next task
+
+
+def test_a_real_failure_after_a_wait_still_has_its_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import smtplib
+
+    from celery.exceptions import Retry
+
+    from services.notification import worker
+    from services.notification.settings import NotificationSettings
+
+    def failing(*_: object, **__: object) -> str:
+        raise smtplib.SMTPServerDisconnected("the mail system went away")
+
+    retried: list[object] = []
+
+    class Signature:
+        def apply_async(self) -> None:
+            retried.append(self)
+
+    task = worker.make_celery(NotificationSettings()).tasks[worker.TASK_NAME]
+    monkeypatch.setattr(worker, "deliver", failing)
+    monkeypatch.setattr(task, "signature_from_request", lambda *_, **__: Signature())
+    task.push_request(id="t-2", retries=3, called_directly=False, is_eager=False)
+    try:
+        with pytest.raises(Retry):  # retried (the 4th of 8), not dead-lettered
+            task("n-3")
+    finally:
+        task.pop_request()
+    assert len(retried) == 1
