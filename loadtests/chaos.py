@@ -736,7 +736,10 @@ async def confirming_again(
     for what, at in events:
         later = [confirmed[o] for o, t in placed.items() if t >= at and o in confirmed]
         first = min(later) - at if later else float("nan")
-        window = [at, *(c for c in confirmations if at < c <= at + PAUSE_WINDOW)]
+        # Closed at the window's end (or the last confirmation): no confirmation at all in
+        # it, or none at its end, is a pause too.
+        end = min(at + PAUSE_WINDOW, max(confirmations, default=at))
+        window = [at, *(c for c in confirmations if at < c <= end), end]
         pause = max((b - a for a, b in itertools.pairwise(window)), default=0.0)
         back[what] = (round(first, 1), round(pause, 1))
     return back

@@ -159,7 +159,7 @@ stop_haproxy() {
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     local pid; pid=$(cat "$pidfile")
     kill "$pid"
-    wait_for "HAProxy to stop" 10 sh -c "! kill -0 $pid 2>/dev/null"  # its ports free again
+    wait_for "HAProxy to stop" 10 sh -c "! kill -0 $pid 2>/dev/null" || true  # its ports free
     log "HAProxy stopped"
   fi
   rm -f "$pidfile"
@@ -212,5 +212,5 @@ case "${1:-}" in
   env)
     echo "export RABBIT_URL=amqp://guest:guest@127.0.0.1:$lb_port/"
     echo "export WARREN_RABBITMQCTL=\"$here/scripts/rabbitmq-cluster.sh ctl\"" ;;
-  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

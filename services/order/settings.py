@@ -14,8 +14,8 @@ class OrderSettings(WarrenSettings, TokenSettings):
     quote_timeout_seconds: float = Field(default=2.0, gt=0)
     # The outbox relay is woken after every write; this sweep catches anything missed.
     outbox_sweep_seconds: float = Field(default=2.0, gt=0)
-    # Replicas share the outbox: each publishes the events it saved, and renews a lease at
-    # every sweep. Events of a replica silent this long are adopted by another.
+    # Replicas share the outbox: each publishes the events it saved, and renews a lease three
+    # times per lease. Events of a replica silent this long are adopted by another.
     outbox_lease_seconds: float = Field(default=15.0, gt=0)
     # An event the broker refuses this many times (unroutable, nacked) is parked for an operator.
     outbox_max_attempts: int = Field(default=10, ge=1)
