@@ -167,6 +167,13 @@ class Shoppers:
 # --- faults -----------------------------------------------------------------------------------
 
 
+async def cluster_script(*args: str) -> None:
+    """scripts/rabbitmq-cluster.sh (start, stop-node N, start-node N), off the event loop."""
+    await asyncio.to_thread(
+        subprocess.run, [str(CLUSTER_SCRIPT), *args], check=True, capture_output=True, timeout=300
+    )
+
+
 class Faults:
     """What a scenario can do to the running system."""
 
@@ -178,16 +185,6 @@ class Faults:
     def mark(self, what: str) -> None:
         self.log(what)
         self.events.append((what, time.time()))
-
-    async def cluster(self, *args: str) -> None:
-        """scripts/rabbitmq-cluster.sh (stop-node N, start-node N)."""
-        await asyncio.to_thread(
-            subprocess.run,
-            [str(CLUSTER_SCRIPT), *args],
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
 
     def pid(self, name: str) -> int:
         return int(self.system.processes[name].process.pid)
@@ -405,10 +402,10 @@ async def _cluster_nodes(faults: Faults, _: dict[str, Any]) -> str:
     """Node 1 stops, comes back; then node 2. Each time two of three nodes keep the quorum."""
     for node in (1, 2):
         faults.log(f"stopping node {node}")
-        await faults.cluster("stop-node", str(node))
+        await cluster_script("stop-node", str(node))
         faults.mark(f"node {node} down")
         await asyncio.sleep(10)
-        await faults.cluster("start-node", str(node))
+        await cluster_script("start-node", str(node))
         faults.mark(f"node {node} back")
         await asyncio.sleep(5)
     return "node 1 down 10 s, then node 2 down 10 s"
@@ -580,7 +577,13 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
     from cli import dlq
     from cli.ledger import run_checks
     from shared.settings import WarrenSettings
-    from shared.testing.system import free_port, mongo_standin, mongo_url_of, running_system
+    from shared.testing.system import (
+        free_port,
+        mongo_standin,
+        mongo_url_of,
+        running_system,
+        service_process,
+    )
 
     result = Result(scenario.name, scenario.fault)
     started = time.monotonic()
@@ -592,9 +595,7 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
     env = {"LOG_LEVEL": "WARNING", "PAYMENT_LATENCY_MS": "20", **scenario.env}
     if scenario.cluster:
         log("starting the local cluster (scripts/rabbitmq-cluster.sh start)")
-        await asyncio.to_thread(
-            subprocess.run, [str(CLUSTER_SCRIPT), "start"], check=True, capture_output=True
-        )
+        await cluster_script("start")
         rabbit_url = CLUSTER_URL
         os.environ["WARREN_RABBITMQCTL"] = env["WARREN_RABBITMQCTL"] = f"{CLUSTER_SCRIPT} ctl"
     database = mongo_standin(run_dir / scenario.name / "mongo")
@@ -614,7 +615,7 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
             ("inventory", "order", "notification", "emails") if scenario.cluster else ("inventory",)
         ):
             port = None if service == "emails" else free_port()
-            system.processes[f"{service}_2"] = _second(system, service, port)
+            system.processes[f"{service}_2"] = service_process(system, f"{service}_2", port)
             system.start(f"{service}_2")
             if service == "order":
                 apis.append(f"http://127.0.0.1:{port}")
@@ -688,22 +689,6 @@ async def run_scenario(scenario: Scenario, rabbit_url: str, run_dir: Path, quick
         f"recovered in {result.recovery_s} s"
     )
     return result
-
-
-def _second(system: Any, service: str, port: int | None) -> Any:
-    """A second replica of ``service`` (``emails``: the Celery worker), as its own broker user."""
-    import sys
-
-    from shared.testing.system import service_url
-
-    module = "services.notification.worker" if service == "emails" else f"services.{service}"
-    user = "notification" if service == "emails" else service
-    return system._executor(
-        f"{service}_2",
-        [sys.executable, "-m", module, *(["--port", str(port)] if port else [])],
-        health_port=port,
-        env=service_url(system, user),
-    )
 
 
 PAUSE_WINDOW = 20.0  # seconds after a fault event in which the longest pause is looked for

@@ -210,14 +210,13 @@ async def run(url: str, orders: int, live_orders: int, rate: float) -> list[Phas
     from pymongo import AsyncMongoClient
 
     from shared.testing.system import (
-        BIN,
         build_system,
         free_port,
         mongo_standin,
         mongo_url_of,
         reset_broker,
         seed_catalog,
-        service_url,
+        service_process,
         start_everything,
     )
 
@@ -227,13 +226,7 @@ async def run(url: str, orders: int, live_orders: int, rate: float) -> list[Phas
     database.start()
     extra = {"LOG_LEVEL": "WARNING", "PAYMENT_LATENCY_MS": "0"}
     system = build_system(url, mongo_url_of(database), run_dir, f"ord{uuid.uuid4().hex[:6]}", extra)
-    port = system.ports["notification_2"] = free_port()
-    system.processes["notification_2"] = system._executor(
-        "notification_2",
-        [str(BIN / "python"), "-m", "services.notification", "--port", str(port)],
-        health_port=port,
-        env=service_url(system, "notification"),
-    )
+    system.processes["notification_2"] = service_process(system, "notification_2", free_port())
     console.print(f"system: {run_dir} (logs in {run_dir / 'logs'})")
     client: AsyncMongoClient = AsyncMongoClient(mongo_url_of(database), tz_aware=True)
     db = client[system.database("notification")]

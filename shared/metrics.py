@@ -20,13 +20,11 @@ for, so a slow bucket on a dashboard links to the trace of one request that fell
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import structlog
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_attribute
@@ -45,7 +43,7 @@ from prometheus_client.samples import Exemplar, Sample
 from starlette.requests import Request
 from starlette.responses import Response
 
-log = structlog.get_logger(__name__)
+from shared.periodic import every
 
 ObservableCallback = Callable[[CallbackOptions], Iterable[Observation]]
 
@@ -112,20 +110,14 @@ class Sampled:
         """The sampling loop (a service's background loop). While a read fails (the database
         is away) the numbers are withheld -- a stale gauge would say all is well -- and the
         failure is logged once, and again when it ends."""
-        failing = False
-        while True:
-            try:
-                self.values = await self.read()
-            except Exception as exc:
-                self.values = {}
-                if not failing:
-                    log.warning("metrics: cannot read the numbers to sample", error=repr(exc))
-                failing = True
-            else:
-                if failing:
-                    log.info("metrics: sampling again")
-                failing = False
-            await asyncio.sleep(self.every)
+        await every(self.every, self._sample, what="read the numbers to sample (metrics)")
+
+    async def _sample(self) -> None:
+        try:
+            self.values = await self.read()
+        except Exception:
+            self.values = {}
+            raise
 
     def observe(self, key: str, labels: dict[str, str]) -> ObservableCallback:
         def callback(_: CallbackOptions) -> Iterable[Observation]:

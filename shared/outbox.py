@@ -55,6 +55,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from shared.clock import DatabaseClock, utcnow_iso
 from shared.contracts import Envelope
 from shared.messaging import is_push_back, publish_event
+from shared.periodic import every
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -382,20 +383,9 @@ class OutboxRelay:
         return time.monotonic() < self._valid_until
 
     async def keep_lease(self) -> None:
-        """Renew the lease three times per lease, whatever the publishing is doing."""
-        failing = False
-        while True:
-            try:
-                await self.renew_lease()
-            except Exception as exc:  # the database is away: the lease runs out meanwhile
-                if not failing:
-                    log.warning("outbox relay cannot renew its lease", error=repr(exc))
-                failing = True
-            else:
-                if failing:
-                    log.info("outbox relay renews its lease again")
-                failing = False
-            await asyncio.sleep(self.lease_seconds / 3)
+        """Renew the lease three times per lease, whatever the publishing is doing (the
+        database away: the lease runs out meanwhile)."""
+        await every(self.lease_seconds / 3, self.renew_lease, what="renew the outbox relay's lease")
 
     async def adopt_orphans(self) -> int:
         """Take over the pending events no live replica will publish: those of replicas whose

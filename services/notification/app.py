@@ -6,11 +6,9 @@ Its handler records each email and hands it to the Celery workers
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 
-import structlog
 from starlette.applications import Starlette
 
 from services.notification.delivery import EmailTasks, sweep_stuck_notifications
@@ -21,23 +19,17 @@ from services.notification.worker import make_celery
 from shared import topology
 from shared.clock import DatabaseClock
 from shared.metrics import Sampled, email_counters
+from shared.periodic import every
 from shared.service import Lifecycle, bootstrap, service_app
 
-log = structlog.get_logger(__name__)
 
-
-async def keep_routed(route: Callable[[], Awaitable[None]], *, every: float) -> None:
-    """Route the order events again, every ``every`` seconds. The definitions bind the single
+async def keep_routed(route: Callable[[], Awaitable[None]], *, every_seconds: float) -> None:
+    """Route the order events again, every ``every_seconds``. The definitions bind the single
     queue: a `warren topology provision`, the compose broker's next boot, or a service that
     declares the whole topology binds it again while this one takes the partitions. Until this
     puts it right, events go both ways: the second copy finds its email recorded (a duplicate,
     counted), nothing is sent twice."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await route()
-        except Exception as exc:  # the broker is away: next round
-            log.warning("could not route the order events", error=repr(exc))
+    await every(every_seconds, route, what="route the order events", wait_first=True)
 
 
 def create_app(settings: NotificationSettings | None = None) -> Starlette:
@@ -72,7 +64,7 @@ def create_app(settings: NotificationSettings | None = None) -> Starlette:
         partitions=settings.order_events_via == "partitions",
     )
     keep_routing = functools.partial(
-        keep_routed, route_order_events, every=settings.order_events_route_check_seconds
+        keep_routed, route_order_events, every_seconds=settings.order_events_route_check_seconds
     )
     return service_app(
         runtime,

@@ -354,21 +354,27 @@ def build_system(
         ports=ports,
     )
     _plumbing(system, ports)
-    python = str(BIN / "python")
     for name in ("inventory", *payment_replicas(payments), "notification", "audit", "order"):
-        service = name.split("_")[0]
-        system.processes[name] = system._executor(
-            name,
-            [python, "-m", f"services.{service}", "--port", str(ports[name])],
-            health_port=ports[name],
-            env=service_url(system, service),
-        )
-    system.processes["emails"] = system._executor(
-        "emails",
-        [python, "-m", "services.notification.worker"],
-        env=service_url(system, "notification"),
-    )
+        system.processes[name] = service_process(system, name, ports[name])
+    system.processes["emails"] = service_process(system, "emails")
     return system
+
+
+def service_process(system: System, name: str, port: int | None = None) -> Executor:
+    """The process ``name`` -- a service or a replica of one (``payment_2``), or ``emails``
+    (the Celery worker) -- on ``port`` (its health checked there), connected as its service's
+    broker user. Not started."""
+    process = name.split("_")[0]
+    module, user = (
+        ("services.notification.worker", "notification")
+        if process == "emails"
+        else (f"services.{process}", process)
+    )
+    command = [str(BIN / "python"), "-m", module]
+    if port is not None:
+        command += ["--port", str(port)]
+        system.ports[name] = port
+    return system._executor(name, command, health_port=port, env=service_url(system, user))
 
 
 def provision_broker(system: System) -> None:

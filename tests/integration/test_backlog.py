@@ -11,6 +11,7 @@ import contextlib
 import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 
 import aio_pika
 import pytest
@@ -19,13 +20,14 @@ from pymongo import AsyncMongoClient
 from services.order.repository import EventStore
 from shared import messaging, topology
 from shared.contracts import Envelope, OrderPlaced, StockReserved
-from shared.outbox import OutboxRelay, broker_publisher, outbox_stats
+from shared.outbox import OutboxRelay, outbox_stats
 from shared.rpc import RpcClient, RpcUnavailableError
 from shared.settings import WarrenSettings
 from shared.testing.system import rabbitmqctl_command
 from tests.support.broker_users import Broker, provisioned_vhost
 from tests.support.events import order_placed
 from tests.support.polling import eventually
+from tests.support.relay import relay_as_order as running_relay
 
 pytestmark = pytest.mark.skipif(
     rabbitmqctl_command() is None, reason="provisioning limits needs rabbitmqctl (as root)"
@@ -52,21 +54,9 @@ async def store(mongo_client: AsyncMongoClient, run_id: str) -> AsyncIterator[Ev
     await mongo_client.drop_database(name)
 
 
-@contextlib.asynccontextmanager
-async def relay_as_order(broker: Broker, store: EventStore) -> AsyncIterator[OutboxRelay]:
+def relay_as_order(broker: Broker, store: EventStore) -> AbstractAsyncContextManager[OutboxRelay]:
     """The order service's relay, connected as the order user, running in the background."""
-    settings = WarrenSettings(rabbit_url=broker.url("order"), service_name="order")
-    amqp = messaging.make_broker(settings)
-    await amqp.connect()
-    relay = OutboxRelay(store.events, broker_publisher(amqp), sweep_interval=0.2, max_backoff=1.0)
-    running = asyncio.create_task(relay.run())
-    try:
-        yield relay
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        await amqp.stop()
+    return running_relay(broker, store, sweep_interval=0.2, max_backoff=1.0)
 
 
 def settled(relay: OutboxRelay, store: EventStore) -> Callable[[], Awaitable[bool]]:

@@ -19,13 +19,12 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from services.order.repository import EventStore
-from shared import messaging
-from shared.outbox import OutboxRelay, broker_publisher, outbox_stats
-from shared.settings import WarrenSettings
+from shared.outbox import OutboxRelay, outbox_stats
 from shared.testing.system import rabbitmqctl_command
 from tests.support.broker_users import Broker, provisioned_vhost
 from tests.support.events import order_placed
 from tests.support.polling import eventually
+from tests.support.relay import relay_as_order
 
 pytestmark = pytest.mark.skipif(
     rabbitmqctl_command() is None, reason="provisioning a vhost needs rabbitmqctl (as root)"
@@ -53,23 +52,12 @@ async def replica(
 ) -> AsyncIterator[tuple[EventStore, OutboxRelay]]:
     """One order replica's event store and relay (sweeping every 50 ms, to make the race with
     the other replica's sweeps as likely as it can be), running in the background."""
-    settings = WarrenSettings(rabbit_url=broker.url("order"), service_name="order")
-    amqp = messaging.make_broker(settings)
-    await amqp.connect()
     owner = f"replica-{uuid.uuid4().hex[:6]}"
     store = EventStore(client[database], outbox_owner=owner)
     await store.create_indexes()
-    relay = OutboxRelay(
-        store.events, broker_publisher(amqp), owner=owner, sweep_interval=0.05, lease_seconds=lease
-    )
-    running = asyncio.create_task(relay.run())
-    try:
+    options = {"owner": owner, "sweep_interval": 0.05, "lease_seconds": lease}
+    async with relay_as_order(broker, store, **options) as relay:
         yield store, relay
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        await amqp.stop()
 
 
 async def place(store: EventStore, relay: OutboxRelay | None, count: int) -> list[str]:
