@@ -163,6 +163,20 @@ compose-rehearsal: $(STAMP) ## Run docker-compose.yml's app containers locally a
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python scripts/compose_rehearsal.py
 
+# The profile cluster of docker-compose.yml (docs/18-scaling.md, "Compose"): the services reach
+# the broker through HAProxy, and two of each run. Needs a Docker engine.
+COMPOSE_CLUSTER := BROKER_HOST=haproxy INVENTORY_REPLICAS=2 PAYMENT_REPLICAS=2 \
+	NOTIFICATION_REPLICAS=2 EMAILS_REPLICAS=2
+
+compose-cluster: ## docker compose --profile cluster: 3 broker nodes, 3 MongoDB members, HAProxy, 2 of each service
+	$(COMPOSE_CLUSTER) docker compose --profile cluster up --build --wait
+
+compose-cluster-rehearsal: $(STAMP) ## The profile cluster's broker config on three RabbitMQ 4.x nodes here: they cluster, queues grow to 3
+	scripts/compose-cluster-rehearsal.sh
+
+compose-cluster-down: ## Stop the profile cluster (its volumes are kept; `docker compose --profile cluster down -v` drops them)
+	$(COMPOSE_CLUSTER) docker compose --profile cluster down
+
 secrets: $(STAMP) ## Write ./secrets (compose's secret files) from .env, after changing a secret there
 	$(BIN)/warren secrets write
 
@@ -189,4 +203,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench drain ordering-compare labs-compare chaos seed compose-rehearsal secrets compose-check docs tutorial-check lint constraints clean
+.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench drain ordering-compare labs-compare chaos seed compose-rehearsal compose-cluster compose-cluster-rehearsal compose-cluster-down secrets compose-check docs tutorial-check lint constraints clean

@@ -63,9 +63,13 @@ console = Console()
 # The addresses compose publishes on this machine, from .env (docker-compose.yml's `ports:`).
 # MongoDB as the operator (infra/mongo/init-users.js): its password goes in MONGO_PASSWORD, which
 # the settings put into MONGO_URL, URL-quoted, as a container's secret file mongo_password.
+# directConnection: compose's MongoDB is a replica set whose members are named mongo, mongo-2 ...,
+# names this machine cannot resolve; so the tools talk to the published member alone (the
+# primary, unless a failover moved it: then `docker compose run --rm warren ...`).
 COMPOSE_ADDRESSES = {
     "RABBIT_URL": "amqp://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@127.0.0.1:{HOST_PORT_RABBITMQ}/",
-    "MONGO_URL": "mongodb://operator@127.0.0.1:{HOST_PORT_MONGO}/?authSource=admin",
+    "MONGO_URL": "mongodb://operator@127.0.0.1:{HOST_PORT_MONGO}/?authSource=admin"
+    "&directConnection=true",
     "MONGO_PASSWORD": "{MONGO_PASSWORD_OPERATOR}",
     "MAIL_API_URL": "http://127.0.0.1:{HOST_PORT_MAILPIT}",
     "WARREN_API": "http://127.0.0.1:{HOST_PORT_API}",
@@ -77,7 +81,7 @@ COMPOSE_TLS_ADDRESSES = {
     "RABBIT_URL": "amqps://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@localhost:{HOST_PORT_RABBITMQ_TLS}"
     "/?cafile={WARREN_TLS_CA}",
     "MONGO_URL": "mongodb://operator@localhost:{HOST_PORT_MONGO}/?authSource=admin"
-    "&tls=true&tlsCAFile={WARREN_TLS_CA}",
+    "&directConnection=true&tls=true&tlsCAFile={WARREN_TLS_CA}",
 }
 
 

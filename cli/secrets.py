@@ -22,10 +22,12 @@ from rich.console import Console
 
 # The variables of .env that are secrets: the operator's and each service's broker password,
 # MongoDB's root password and each of its users' (every service's, the operator's), the private
-# keys that open payment tokens, the key that signs the API's bearer tokens.
+# keys that open payment tokens, the key that signs the API's bearer tokens; and what the members
+# of a cluster prove themselves with: RabbitMQ's Erlang cookie, MongoDB's replica set key.
 SECRET_VARIABLES = re.compile(
     r"RABBITMQ_PASSWORD|BROKER_PASSWORD_[A-Z0-9_]+|MONGO_ROOT_PASSWORD|MONGO_PASSWORD_[A-Z0-9_]+"
     r"|PAYMENT_TOKEN_KEYS|API_TOKEN_SECRET|GRAFANA_ADMIN_PASSWORD"
+    r"|BROKER_ERLANG_COOKIE|MONGO_REPLICA_SET_KEY"
 )
 
 app = typer.Typer(help="The secret files compose gives the containers.", no_args_is_help=True)

@@ -39,7 +39,9 @@ misspelled, a wrong port, a command that does not exist, a secret missing or lea
 cannot rehearse: the images themselves (the Dockerfile's build, Python 3.12 instead of this
 machine's, its user: the processes run as root without capabilities, not as uid 10001), the
 infrastructure containers' own commands, healthchecks and hardening (MongoDB's users and its
-authentication among them: infra/mongo/init-users.js never runs here), one namespace per
+authentication among them: infra/mongo/init-users.js never runs here; and its replica set:
+the stand-in is a lone server, so MONGO_URL loses replicaSet=), the profile cluster (its nodes,
+members and HAProxy: tests/unit/test_compose_cluster.py), one namespace per
 container and the two networks (the app processes share one namespace, which has no route out
 at all), a read-only root filesystem beyond the working folder and HOME (a write to /tmp goes
 to this machine's), and replicas (one payment process, not two: both would listen on the same
@@ -359,10 +361,11 @@ class Rehearsal:
             self.mongo_logins[name] = parts.username
             log(
                 f"{name}: logs in to MongoDB as {parts.username} (password: its secret file); "
-                "the stand-in has no authentication, so it connects without"
+                "the stand-in has no authentication, so it connects without, and is no replica "
+                "set, so without replicaSet="
             )
         host = parts.netloc.rpartition("@")[2]
-        return {**env, "MONGO_URL": parts._replace(netloc=host).geturl()}
+        return {**env, "MONGO_URL": without_replica_set(parts._replace(netloc=host).geturl())}
 
     def in_container(self, service: dict[str, Any], argv: list[str]) -> list[str]:
         """``argv`` as compose runs it in the service's container: in the namespace (with
@@ -615,6 +618,16 @@ class Rehearsal:
                     "under compose (read_only: true), so that write would fail there"
                 )
         log(f"read-only: {', '.join(names)} wrote nothing into their working folder or HOME")
+
+
+def without_replica_set(url: str) -> str:
+    """``url`` without ``replicaSet=``: compose's MongoDB is the replica set rs0 (made by the job
+    mongo-replica-set, infra/mongo/replica-set.js), the stand-in a lone server, which a client
+    that asks for a set never selects. The write concern (w=majority, journal) stays: a lone
+    server takes it. The replica set itself is checked in tests/unit/test_mongo_replica_set.py."""
+    parts = urlsplit(url)
+    query = "&".join(o for o in parts.query.split("&") if o and not o.startswith("replicaSet="))
+    return parts._replace(query=query).geturl()
 
 
 def confinement(service: dict[str, Any]) -> list[str]:

@@ -322,12 +322,14 @@ def test_the_definitions_hold_the_audit_queues_but_no_binding_to_the_broker_even
 def test_the_audit_runs_wherever_the_services_run() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     audit = compose["services"]["audit"]
-    assert audit["environment"]["RABBIT_URL"] == "amqp://audit@rabbitmq:5672/"
+    assert audit["environment"]["RABBIT_URL"] == "amqp://audit@${BROKER_HOST:?set it in .env}:5672/"
     assert {"source": "broker_password_audit", "target": "rabbit_password"} in audit["secrets"]
     assert "8004/healthz" in " ".join(audit["healthcheck"]["test"])
-    # Compose's broker loads the event exchange plugin, and keeps the image's own two.
-    mounts = compose["services"]["rabbitmq"]["volumes"]
-    assert "./infra/rabbitmq/enabled_plugins:/etc/rabbitmq/enabled_plugins:ro" in mounts
+    # Compose's broker loads the event exchange plugin, and keeps the image's own two: every
+    # node of the profile cluster too (each publishes its own events).
+    for node in ("rabbitmq", "rabbitmq-2", "rabbitmq-3"):
+        mounts = compose["services"][node]["volumes"]
+        assert "./infra/rabbitmq/enabled_plugins:/etc/rabbitmq/enabled_plugins:ro" in mounts
     plugins = (REPO / "infra/rabbitmq/enabled_plugins").read_text()
     listed = re.search(r"^\[(.*)\]\.$", plugins, re.MULTILINE)
     assert listed is not None

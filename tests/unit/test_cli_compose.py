@@ -31,6 +31,8 @@ def test_compose_addresses_come_from_env_as_compose_publishes_them(
     # MongoDB as the operator (infra/mongo/init-users.js), its password from .env.
     assert os.environ["MONGO_URL"] == (
         f"mongodb://operator@127.0.0.1:{env['HOST_PORT_MONGO']}/?authSource=admin"
+        # the published member alone: the replica set names its members by compose's names
+        "&directConnection=true"
     )
     assert os.environ["MONGO_PASSWORD"] == env["MONGO_PASSWORD_OPERATOR"]
     assert os.environ["MAIL_API_URL"] == f"http://127.0.0.1:{env['HOST_PORT_MAILPIT']}"
@@ -60,7 +62,8 @@ def test_compose_commands_log_in_to_mongodb_as_the_operator_with_a_quoted_passwo
     settings = WarrenSettings()
     port = dotenv_values(REPO / ".env")["HOST_PORT_MONGO"]
     assert (
-        settings.mongo_url == f"mongodb://operator:op%2Fer%40tor@127.0.0.1:{port}/?authSource=admin"
+        settings.mongo_url
+        == f"mongodb://operator:op%2Fer%40tor@127.0.0.1:{port}/?authSource=admin&directConnection=true"
     )
 
 

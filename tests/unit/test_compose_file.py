@@ -40,7 +40,14 @@ TOOLS = "warren"
 # Containers that run once and exit. A healthcheck means nothing for them. Their dependents wait
 # for `service_completed_successfully`, and they must never be restarted. (The tools run one
 # command each time `docker compose run` starts them.)
-ONE_SHOT = {"seed", "broker-definitions", TOOLS}
+ONE_SHOT = {"seed", "broker-definitions", "mongo-replica-set", "mongo-members", TOOLS}
+
+# The profile cluster (`make compose-cluster`): two more broker nodes, two more MongoDB
+# members and the job that adds them, HAProxy in front, a second order replica.
+CLUSTER = {"rabbitmq-2", "rabbitmq-3", "mongo-2", "mongo-3", "mongo-members", "haproxy", "order-2"}
+
+# A second replica named apart (it has no host port), and the service it is a copy of.
+REPLICA_OF = {"order-2": "order"}
 
 # Modules the app image runs with `python -m`, relative to the repository root.
 APP_MODULES = [
@@ -54,11 +61,23 @@ APP_MODULES = [
 
 # A service's MONGO_URL: its own user, no password (that is its secret file mongo_password),
 # users in `admin` (infra/mongo/init-users.js creates them there).
-_MONGO_URL = re.compile(r"mongodb://([a-z]+)@mongo:27017/\?authSource=admin")
+# And the replica set's options (tests/unit/test_mongo_replica_set.py: what each one is for).
+_MONGO_URL = re.compile(
+    r"mongodb://([a-z]+)@mongo:27017/\?authSource=admin"
+    r"&replicaSet=rs0&w=majority&journal=true&retryWrites=true"
+)
 
 # The MongoDB user of each app container whose user is not named after it: the seed job loads
 # inventory's catalogue, the Celery worker is notification's, the tools are the operator's.
-MONGO_USER_OF = {"seed": "inventory", "celery-worker": "notification", TOOLS: "operator"}
+MONGO_USER_OF = {
+    "seed": "inventory",
+    "celery-worker": "notification",
+    TOOLS: "operator",
+    **REPLICA_OF,
+}
+
+# Every broker URL's host: BROKER_HOST, rabbitmq or HAProxy in front of the cluster profile's nodes.
+BROKER = "${BROKER_HOST:?set it in .env}:5672"
 
 # ${VAR}, ${VAR:?msg}, ${VAR:-default}, ${VAR-default}, ... but not the escaped $${VAR}.
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[?\-+][^}]*)?\}")
@@ -134,20 +153,20 @@ def test_compose_file_has_no_obsolete_version_key() -> None:
 def test_yaml_anchors_resolve_into_every_app_service() -> None:
     services = _app_services()
     expected = {"seed", "order", "inventory", "payment", "notification", "celery-worker", "audit"}
-    assert set(services) == expected | {"broker-definitions", TOOLS}
-    for name in expected:
+    assert set(services) == expected | {"broker-definitions", TOOLS, *REPLICA_OF}
+    for name in expected | set(REPLICA_OF):
         svc = services[name]
         assert "<<" not in svc, f"{name}: merge key left unresolved"
         assert svc["env_file"] == ".env", name
         env = svc["environment"]
         assert "<<" not in env, f"{name}: environment merge key left unresolved"
-        assert env["RABBIT_URL"].endswith("@rabbitmq:5672/"), name
+        assert env["RABBIT_URL"].endswith(f"@{BROKER}/"), name
         assert _MONGO_URL.fullmatch(env["MONGO_URL"]), (name, env["MONGO_URL"])
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name
         assert env["LOG_FORMAT"] == "json", name
         # The Celery worker's traces say whose work it does, as in the local run.
-        expected = "notification-worker" if name == "celery-worker" else name
-        assert env["OTEL_SERVICE_NAME"] == expected, name
+        traced_as = "notification-worker" if name == "celery-worker" else name
+        assert env["OTEL_SERVICE_NAME"] == REPLICA_OF.get(name, traced_as), name
 
 
 def _secrets_of(svc: dict[str, Any]) -> dict[str, str]:
@@ -187,16 +206,42 @@ def test_only_order_and_locust_get_the_key_that_signs_api_tokens() -> None:
     for name, svc in _app_services().items():
         env = svc.get("environment") or {}
         assert env.get("API_TOKEN_SECRET") == "", f"{name} would get the token key from env_file"
-    assert _holders("api_token_secret") == {"order", "locust"}
+    assert _holders("api_token_secret") == {"order", "order-2", "locust"}
     locust = _services()["locust"]
     assert locust["environment"]["API_TOKEN_SECRET_FILE"] == "/run/secrets/api_token_secret"
 
 
+def _replicas(svc: dict[str, Any]) -> int:
+    """deploy.replicas with ${VAR} filled in from .env, as compose does."""
+    value = str(svc.get("deploy", {}).get("replicas", 1))
+    return int(_INTERPOLATION.sub(lambda m: dotenv_values(ENV_FILE)[m.group(1)] or "", value))
+
+
 def test_payment_runs_two_competing_consumers_without_fixed_names_or_host_ports() -> None:
     payment = _services()["payment"]
-    assert payment["deploy"]["replicas"] == 2
+    assert _replicas(payment) == 2
     assert "container_name" not in payment
     assert "ports" not in payment
+
+
+@pytest.mark.parametrize(
+    ("service", "variable"),
+    [
+        ("inventory", "INVENTORY_REPLICAS"),
+        ("payment", "PAYMENT_REPLICAS"),
+        ("notification", "NOTIFICATION_REPLICAS"),
+        ("celery-worker", "EMAILS_REPLICAS"),
+    ],
+)
+def test_the_consumers_replica_counts_are_env_variables_named_as_make_run_names_them(
+    service: str, variable: str
+) -> None:
+    svc = _services()[service]
+    assert svc["deploy"]["replicas"] == f"${{{variable}:?set it in .env}}", service
+    assert svc["deploy"]["resources"]["limits"]["memory"], service  # deploy: replaced, not merged
+    assert "ports" not in svc and "container_name" not in svc, service
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert re.search(rf"^{variable} \?= \d+$", makefile, re.MULTILINE), variable
 
 
 # --- (b) healthchecks and start-up order ---------------------------------------------------------
@@ -302,7 +347,7 @@ def test_every_published_port_comes_from_env_and_binds_to_localhost() -> None:
 
 def test_every_long_running_service_has_a_memory_limit() -> None:
     for name, svc in _services().items():
-        if name in ONE_SHOT or "profiles" in svc:
+        if name in ONE_SHOT or ("profiles" in svc and name not in CLUSTER):
             continue
         assert svc["deploy"]["resources"]["limits"]["memory"], name
 
@@ -399,7 +444,17 @@ WRITABLE_ROOT: dict[str, str] = {}
 
 # Infrastructure images that start as root and step down themselves (chown, gosu): compose starts
 # them as their own user instead, since they have no capability to step down with.
-IMAGE_USERS = {"rabbitmq": "rabbitmq", "mongo": "mongodb", "mailpit": "65534:65534"}
+IMAGE_USERS = {
+    "rabbitmq": "rabbitmq",
+    "rabbitmq-2": "rabbitmq",
+    "rabbitmq-3": "rabbitmq",
+    "mongo": "mongodb",
+    "mongo-2": "mongodb",
+    "mongo-3": "mongodb",
+    "mongo-replica-set": "mongodb",
+    "mongo-members": "mongodb",
+    "mailpit": "65534:65534",
+}
 
 
 def _networks_of(svc: dict[str, Any]) -> set[str]:
@@ -462,6 +517,7 @@ def test_only_services_on_the_frontend_publish_ports_and_each_of_them_is_on_it()
         "prometheus",
         "alertmanager",
         "grafana",
+        "haproxy",
     }
 
 
@@ -538,7 +594,8 @@ def test_each_service_gets_its_own_broker_password_and_no_other_secret() -> None
         assert secrets.pop("rabbit_password") == f"broker_password_{user}", name
         # The same user on both: its MongoDB password (test below) and nothing else of another.
         assert secrets.pop("mongo_password") == f"mongo_password_{user}", name
-        assert set(secrets) == set(secrets.values()) == others.get(name, set()), name
+        expected = others.get(REPLICA_OF.get(name, name), set())
+        assert set(secrets) == set(secrets.values()) == expected, name
         assert env["WARREN_SECRETS_DIR"] == "/run/secrets", name
     # seed uses no broker: inventory's MongoDB password alone.
     assert _secrets_of(_services()["seed"]) == {"mongo_password": "mongo_password_inventory"}
@@ -558,8 +615,11 @@ def test_mongodb_starts_with_authentication_and_creates_the_users_at_first_start
     password_file = env["MONGO_INITDB_ROOT_PASSWORD_FILE"]
     assert password_file == "/run/secrets/mongo_root_password"
     assert secrets["mongo_root_password"] == "mongo_root_password"
-    # The image's own command (mongod): nothing that turns authentication off.
-    assert "command" not in mongo and "entrypoint" not in mongo
+    # The image's own entrypoint and command (mongod), after the replica set's key is copied
+    # (tests/unit/test_mongo_replica_set.py): a key file turns authentication on too.
+    assert mongo["command"] == ["mongod"]
+    assert 'exec docker-entrypoint.sh "$$@" --replSet rs0 --keyFile' in mongo["entrypoint"][2]
+    assert not {"--noauth", "--transitionToAuth"} & set(" ".join(mongo["entrypoint"]).split())
     assert env["MONGO_DB_PREFIX"] == "${MONGO_DB_PREFIX:?set it in .env}"
     assert (
         "./infra/mongo/init-users.js:/docker-entrypoint-initdb.d/init-users.js:ro"
@@ -567,7 +627,15 @@ def test_mongodb_starts_with_authentication_and_creates_the_users_at_first_start
     )
     # The script reads every user's password: the container gets each one, and no other secret.
     users = {name.lower() for name in _secret_variables() if name.startswith("MONGO_PASSWORD_")}
-    assert set(secrets) == set(secrets.values()) == users | {"mongo_root_password"}
+    assert (
+        set(secrets)
+        == set(secrets.values())
+        == users
+        | {
+            "mongo_root_password",
+            "mongo_replica_set_key",
+        }
+    )
 
 
 def test_the_mongodb_healthcheck_logs_in_as_nobody() -> None:
@@ -608,7 +676,8 @@ def test_each_mongodb_password_reaches_its_own_service_and_the_database_alone() 
     # The operator's is for the tools container and `warren --compose` on this machine, root's
     # for an administrator.
     assert _holders("mongo_password_operator") == {"mongo", TOOLS}
-    assert _holders("mongo_root_password") == {"mongo"}
+    # (and the jobs that make the replica set, which log in as root)
+    assert _holders("mongo_root_password") == {"mongo", "mongo-replica-set", "mongo-members"}
     assert not _secrets_of(_services()["broker-definitions"]).keys() & {"mongo_password"}
     assert "MONGO_URL" not in _services()["broker-definitions"]["environment"]
 
@@ -641,13 +710,13 @@ def test_the_tools_run_warren_as_the_operator_and_only_when_asked() -> None:
     assert "depends_on" not in tools  # for a running stack; `--help` needs nothing
     env = tools["environment"]
     # The operator's broker user, the one broker-definitions makes from RABBITMQ_USER ...
-    assert env["RABBIT_URL"] == "amqp://${RABBITMQ_USER:?set it in .env}@rabbitmq:5672/"
+    assert env["RABBIT_URL"] == f"amqp://${{RABBITMQ_USER:?set it in .env}}@{BROKER}/"
     definitions_user = _services()["broker-definitions"]["environment"]["RABBITMQ_USER"]
     assert definitions_user == "${RABBITMQ_USER:?set it in .env}"
     # ... and MongoDB's operator (infra/mongo/init-users.js), with their passwords as the files
     # the settings read, and no other secret (not the API's token key: demo and token stay in
     # the order container).
-    assert env["MONGO_URL"] == "mongodb://operator@mongo:27017/?authSource=admin"
+    assert _MONGO_URL.fullmatch(env["MONGO_URL"]).group(1) == "operator"
     assert _secrets_of(tools) == {
         "rabbit_password": "rabbitmq_password",
         "mongo_password": "mongo_password_operator",

@@ -30,10 +30,13 @@ def load(path: Path) -> dict[str, Any]:
 
 
 base, tls = load(BASE), load(TLS)
+# The clients of the one-node stack: the profile cluster's (order-2) are not covered, since the
+# certificates name rabbitmq and mongo alone (the profile's header says so).
 CLIENTS = sorted(
     name
     for name, service in base["services"].items()
     if {"RABBIT_URL", "MONGO_URL"} & set(service.get("environment") or {})
+    and "cluster" not in service.get("profiles", [])
 )
 
 
@@ -114,6 +117,19 @@ def test_the_certificates_name_the_hosts_the_clients_dial() -> None:
             if url:
                 host = urlsplit(_url(url)).hostname
                 assert host in SERVERS and host in SERVERS[host], url
+
+
+def test_the_replica_set_job_logs_in_over_tls() -> None:
+    job = tls["services"]["mongo-replica-set"]
+    assert job["entrypoint"][:5] == ["mongosh", "--quiet", "--tls", "--tlsCAFile", CA]
+    assert job["entrypoint"][5:] == base["services"]["mongo-replica-set"]["entrypoint"][2:]
+    assert job["secrets"] == [{"source": "tls_ca", "target": "tls_ca"}]
+
+
+def test_the_profile_keeps_the_replica_set_options_of_every_member() -> None:
+    # docker-compose.yml's entrypoint adds --replSet and --keyFile to whatever command runs.
+    assert tls["services"]["mongo"]["command"][0] == "mongod"
+    assert "entrypoint" not in tls["services"]["mongo"]
 
 
 def test_the_operators_tools_go_over_tls_as_the_operator() -> None:
