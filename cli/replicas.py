@@ -169,6 +169,27 @@ def write_targets(found: dict[str, list[str]], folder: Path) -> list[Path]:
     return written
 
 
+def write_broker_targets(targets: list[str], folder: Path) -> Path:
+    """The broker's metrics endpoints (``rabbitmq.json``): the machine's RabbitMQ, or each node
+    of ``make cluster``'s (RABBITMQ_METRICS_TARGETS). Each queue's series come from the node
+    that leads it, so Prometheus and ``warren top`` add the nodes up."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "rabbitmq.json"
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps([{"targets": targets, "labels": {}}], indent=2) + "\n")
+    partial.replace(path)
+    return path
+
+
+def read_broker_targets(folder: Path = SCRAPE_DIR) -> list[str]:
+    """What :func:`write_broker_targets` wrote (``[]`` without a file)."""
+    try:
+        groups = json.loads((folder / "rabbitmq.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [target for group in groups for target in group.get("targets", [])]
+
+
 def read_targets(folder: Path = SCRAPE_DIR) -> dict[str, list[str]]:
     """What :func:`write_targets` wrote (``{}`` without a file): ``warren top``'s replicas."""
     found: dict[str, list[str]] = {}
@@ -194,6 +215,11 @@ def main(
     targets_only: bool = typer.Option(
         False, "--targets-only", help="Write the scrape targets alone (no Procfile)."
     ),
+    broker_metrics: str = typer.Option(
+        "127.0.0.1:15692",
+        envvar="RABBITMQ_METRICS_TARGETS",
+        help="The broker's metrics endpoints, host:port,... (make cluster: its three nodes).",
+    ),
 ) -> None:
     """Write make run's Procfile with ORDER_REPLICAS, INVENTORY_REPLICAS, PAYMENT_REPLICAS,
     NOTIFICATION_REPLICAS and EMAILS_REPLICAS lines, and the scrape targets of every replica
@@ -211,6 +237,7 @@ def main(
         output.write_text(render(scaled))
     found = targets(processes(scaled))
     write_targets(found, scrape_dir)
+    write_broker_targets([target for target in broker_metrics.split(",") if target], scrape_dir)
     ports = ", ".join(
         f"{service} {' '.join(':' + t.rsplit(':', 1)[1] for t in found[service])}"
         for service in SCRAPED

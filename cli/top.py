@@ -26,7 +26,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from cli.replicas import read_targets
+from cli.replicas import read_broker_targets, read_targets
 from shared import topology
 
 console = Console()
@@ -42,6 +42,8 @@ LOCAL_TARGETS = {
     "notification": "http://127.0.0.1:8003",
     "audit": "http://127.0.0.1:8004",
 }
+# The broker's metrics endpoint; under `make cluster`, one per node (the targets make run wrote
+# for Prometheus, .run/scrape/rabbitmq.json), added up: each queue is reported by its leader.
 BROKER_METRICS = "http://127.0.0.1:15692"
 QUEUE_FAMILIES = "family=queue_coarse_metrics&family=queue_consumer_count"
 
@@ -102,10 +104,20 @@ def local_targets(replicas: dict[str, list[str]]) -> dict[str, str]:
     return found
 
 
-async def read(broker: str, services: dict[str, str], vhost: str) -> Reading:
+def broker_endpoints(option: str | None) -> list[str]:
+    """``--broker`` (comma-separated), else the targets make run wrote, else the machine's."""
+    if option:
+        return [url for url in option.split(",") if url]
+    return [f"http://{target}" for target in read_broker_targets()] or [BROKER_METRICS]
+
+
+async def read(brokers: list[str], services: dict[str, str], vhost: str) -> Reading:
     reading = Reading(at=time.monotonic())
     urls = {
-        "broker": f"{broker}/metrics/detailed?{QUEUE_FAMILIES}",
+        **{
+            ("broker" if i == 1 else f"broker-{i}"): f"{broker}/metrics/detailed?{QUEUE_FAMILIES}"
+            for i, broker in enumerate(brokers, start=1)
+        },
         **{name: f"{url}/metrics" for name, url in services.items()},
     }
     async with httpx.AsyncClient(timeout=2.0) as client:
@@ -209,19 +221,22 @@ def top(
     once: bool = typer.Option(False, "--once", help="Print one screen and exit."),
     interval: float = typer.Option(1.0, min=0.2, help="Seconds between refreshes."),
     broker: str = typer.Option(
-        BROKER_METRICS,
+        None,
         envvar="RABBITMQ_METRICS_URL",
-        help="RabbitMQ's Prometheus endpoint (rabbitmq_prometheus).",
+        help="RabbitMQ's Prometheus endpoint (rabbitmq_prometheus), or several, comma-separated "
+        f"(a cluster's nodes). Default: those make run wrote, else {BROKER_METRICS}.",
+        show_default=False,
     ),
     vhost: str = typer.Option("/", envvar="WARREN_VHOST", help="The vhost to show."),
 ) -> None:
     """Live view of the queues, sagas and outbox of a running Warren (make run)."""
     services = targets()
+    brokers = broker_endpoints(broker)
 
     async def loop(live: Live | None) -> None:
         before: Reading | None = None
         while True:
-            now = await read(broker, services, vhost)
+            now = await read(brokers, services, vhost)
             if live is None and before is not None:
                 console.print(screen(now, before))
                 return

@@ -211,6 +211,8 @@ case "${1:-}" in
   ctl) shift; n=$(first_running); rabbitmqctl -n "$(node_name "$n")" "$@" ;;
   env)
     echo "export RABBIT_URL=amqp://guest:guest@127.0.0.1:$lb_port/"
-    echo "export WARREN_RABBITMQCTL=\"$here/scripts/rabbitmq-cluster.sh ctl\"" ;;
+    echo "export WARREN_RABBITMQCTL=\"$here/scripts/rabbitmq-cluster.sh ctl\""
+    # Prometheus and `warren top` read every node's metrics (make run writes them as targets).
+    echo "export RABBITMQ_METRICS_TARGETS=$(for n in "${nodes[@]}"; do printf '127.0.0.1:%s,' $((15700 + n)); done | sed 's/,$//')" ;;
   *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -118,9 +119,14 @@ def test_prometheus_reads_the_files_make_run_writes() -> None:
         for sd in job.get("file_sd_configs", [])
         for path in sd["files"]
     }
+    broker = (REPO / replicas.SCRAPE_DIR / "rabbitmq.json").resolve()
     assert files == {
-        f"warren-{service}": (REPO / replicas.SCRAPE_DIR / f"warren-{service}.json").resolve()
-        for service in replicas.SCRAPED
+        **{
+            f"warren-{service}": (REPO / replicas.SCRAPE_DIR / f"warren-{service}.json").resolve()
+            for service in replicas.SCRAPED
+        },
+        "rabbitmq": broker,
+        "rabbitmq-queues": broker,
     }
 
 
@@ -148,6 +154,32 @@ def test_the_command_writes_the_procfile_and_the_targets(tmp_path: Path) -> None
     assert "payment :8002 :8012 :8022" in result.output
     assert "payment_3:" in (tmp_path / "Procfile").read_text()
     assert (tmp_path / "scrape" / "warren-payment.json").exists()
+
+
+def test_the_broker_targets_are_the_machines_rabbitmq_or_each_node_of_make_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--output", str(tmp_path / "Procfile"), "--scrape-dir", str(tmp_path / "scrape")]
+    args += ["--procfile", str(REPO / "Procfile")]
+    monkeypatch.delenv("RABBITMQ_METRICS_TARGETS", raising=False)
+    assert CliRunner().invoke(replicas.app, args).exit_code == 0
+    assert replicas.read_broker_targets(tmp_path / "scrape") == ["127.0.0.1:15692"]
+    cluster = subprocess.run(
+        [str(REPO / "scripts" / "rabbitmq-cluster.sh"), "env"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    nodes = re.search(r"^export RABBITMQ_METRICS_TARGETS=(\S+)$", cluster, re.MULTILINE)
+    assert nodes
+    monkeypatch.setenv("RABBITMQ_METRICS_TARGETS", nodes.group(1))
+    assert CliRunner().invoke(replicas.app, args).exit_code == 0
+    written = replicas.read_broker_targets(tmp_path / "scrape")
+    assert written == ["127.0.0.1:15701", "127.0.0.1:15702", "127.0.0.1:15703"]
+    # warren top reads the same ones, each node's endpoint, and adds them up.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".run").mkdir()
+    (tmp_path / "scrape").rename(tmp_path / ".run" / "scrape")
+    assert top.broker_endpoints(None) == [f"http://{target}" for target in written]
+    assert top.broker_endpoints("http://a:1,http://b:2") == ["http://a:1", "http://b:2"]
 
 
 def test_the_command_refuses_a_count_out_of_range(tmp_path: Path) -> None:
