@@ -163,19 +163,19 @@ compose-rehearsal: $(STAMP) ## Run docker-compose.yml's app containers locally a
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python scripts/compose_rehearsal.py
 
-# The profile cluster of docker-compose.yml (docs/18-scaling.md, "Compose"): the services reach
-# the broker through HAProxy, and two of each run. Needs a Docker engine.
-COMPOSE_CLUSTER := BROKER_HOST=haproxy INVENTORY_REPLICAS=2 PAYMENT_REPLICAS=2 \
-	NOTIFICATION_REPLICAS=2 EMAILS_REPLICAS=2
+# The profile cluster of docker-compose.yml (docs/18-scaling.md, "Compose"): cluster.env, read
+# after .env, starts the profile, points the services at HAProxy and runs two of each. Needs a
+# Docker engine.
+COMPOSE_CLUSTER := docker compose --env-file .env --env-file cluster.env
 
-compose-cluster: ## docker compose --profile cluster: 3 broker nodes, 3 MongoDB members, HAProxy, 2 of each service
-	$(COMPOSE_CLUSTER) docker compose --profile cluster up --build --wait
+compose-cluster: ## docker compose with cluster.env: 3 broker nodes, 3 MongoDB members, HAProxy, 2 of each service
+	$(COMPOSE_CLUSTER) up --build --wait
 
 compose-cluster-rehearsal: $(STAMP) ## The profile cluster's broker config on three RabbitMQ 4.x nodes here: they cluster, queues grow to 3
 	scripts/compose-cluster-rehearsal.sh
 
-compose-cluster-down: ## Stop the profile cluster (its volumes are kept; `docker compose --profile cluster down -v` drops them)
-	$(COMPOSE_CLUSTER) docker compose --profile cluster down
+compose-cluster-down: ## Stop the profile cluster, keeping its data (back to one node of each: add -v, see cluster.env)
+	$(COMPOSE_CLUSTER) down
 
 secrets: $(STAMP) ## Write ./secrets (compose's secret files) from .env, after changing a secret there
 	$(BIN)/warren secrets write

@@ -364,8 +364,8 @@ class Rehearsal:
                 "the stand-in has no authentication, so it connects without, and is no replica "
                 "set, so without replicaSet="
             )
-        host = parts.netloc.rpartition("@")[2]
-        return {**env, "MONGO_URL": without_replica_set(parts._replace(netloc=host).geturl())}
+        hosts = parts.netloc.rpartition("@")[2]
+        return {**env, "MONGO_URL": without_replica_set(parts._replace(netloc=hosts).geturl())}
 
     def in_container(self, service: dict[str, Any], argv: list[str]) -> list[str]:
         """``argv`` as compose runs it in the service's container: in the namespace (with
@@ -621,13 +621,15 @@ class Rehearsal:
 
 
 def without_replica_set(url: str) -> str:
-    """``url`` without ``replicaSet=``: compose's MongoDB is the replica set rs0 (made by the job
-    mongo-replica-set, infra/mongo/replica-set.js), the stand-in a lone server, which a client
-    that asks for a set never selects. The write concern (w=majority, journal) stays: a lone
+    """``url`` with its first member alone and without ``replicaSet=``: compose's MongoDB is the
+    replica set rs0 (made by the job mongo-replica-set, infra/mongo/replica-set.js; its members
+    mongo, mongo-2, mongo-3), the stand-in a lone server, which a client that asks for a set, or
+    is given several, never selects. The write concern (w=majority, journal) stays: a lone
     server takes it. The replica set itself is checked in tests/unit/test_mongo_replica_set.py."""
     parts = urlsplit(url)
+    login, at, hosts = parts.netloc.rpartition("@")
     query = "&".join(o for o in parts.query.split("&") if o and not o.startswith("replicaSet="))
-    return parts._replace(query=query).geturl()
+    return parts._replace(netloc=login + at + hosts.split(",")[0], query=query).geturl()
 
 
 def confinement(service: dict[str, Any]) -> list[str]:

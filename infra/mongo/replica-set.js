@@ -5,7 +5,8 @@
 //   1. not a replica set yet (a new volume, or one from before Warren had a replica set):
 //      rs.initiate with the first member;
 //   2. each member of MONGO_MEMBERS not in the set yet: rs.add, one at a time (MongoDB adds a
-//      voting member at a time; a new member votes once it has copied the data);
+//      voting member at a time; a new member votes once it has copied the data), again while
+//      the primary is busy with another reconfiguration;
 //   3. wait until the set has a primary: only then can the services write.
 //
 // Run again, it finds everything in place and only waits. It connects to mongo directly (the
@@ -54,6 +55,29 @@ function waitFor(what, done) {
 
 const hasPrimary = () => rs.status().members.some((member) => member.stateStr === "PRIMARY");
 
+// rs.add is one reconfiguration, which the primary refuses while another is under way (its own,
+// say, when a member added a moment ago has copied the data and gets its vote): try again.
+const RECONFIGURING = [
+  "ConfigurationInProgress",
+  "CurrentConfigNotCommittedYet",
+  "NewReplicaSetConfigurationIncompatible",
+];
+
+function add(host) {
+  waitFor(`room to add ${host}`, () => {
+    try {
+      rs.add({ host });
+      return true;
+    } catch (error) {
+      if (RECONFIGURING.includes(error.codeName)) {
+        return false;
+      }
+      throw error;
+    }
+  });
+  print(`warren: replica set ${SET}: ${host} added`);
+}
+
 db.getSiblingDB("admin").auth("root", rootPassword());
 
 if (!initiated()) {
@@ -64,8 +88,7 @@ waitFor("primary", hasPrimary);
 
 for (const host of MEMBERS) {
   if (!rs.conf().members.some((member) => member.host === host)) {
-    rs.add({ host });
-    print(`warren: replica set ${SET}: ${host} added`);
+    add(host);
   }
 }
 waitFor("primary", hasPrimary);

@@ -4,7 +4,7 @@ Three RabbitMQ nodes that find each other (infra/rabbitmq/cluster.conf) and shar
 cookie, HAProxy in front of them and of the two order replicas (infra/haproxy/haproxy.cfg),
 MongoDB's two more members (their replica set: tests/unit/test_mongo_replica_set.py), and
 `make compose-cluster`, which sets the variables the profile needs. The broker configuration's
-cluster settings are run for real against RabbitMQ 4.x by scripts/compose_cluster_rehearsal.py
+cluster settings are run for real against RabbitMQ 4.x by scripts/compose-cluster-rehearsal.sh
 (docs/18-scaling.md); here, that the files and the compose file agree.
 """
 
@@ -154,18 +154,48 @@ def test_the_services_reach_the_broker_at_broker_host() -> None:
             assert "@${BROKER_HOST:?set it in .env}:5672/" in url, name
 
 
-def test_make_compose_cluster_sets_what_the_profile_needs() -> None:
-    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
-    settings = re.search(r"^COMPOSE_CLUSTER := (.*?)\n\n", makefile, re.MULTILINE | re.DOTALL)
-    assert settings
-    values = dict(re.findall(r"(\w+)=(\S+)", settings.group(1).replace("\\\n", " ")))
-    assert values["BROKER_HOST"] == "haproxy"
-    for variable in (
+def test_cluster_env_starts_the_profile_behind_haproxy_with_two_of_each() -> None:
+    """cluster.env, read after .env: the profile, HAProxy for the broker, two replicas of each
+    consumer; and make compose-cluster reads it for every command."""
+    cluster = dotenv_values(REPO / "cluster.env")
+    assert cluster["COMPOSE_PROFILES"] == "cluster"
+    assert cluster["BROKER_HOST"] == "haproxy"
+    replicas = [name for name in cluster if name.endswith("_REPLICAS")]
+    assert set(replicas) == {
         "INVENTORY_REPLICAS",
         "PAYMENT_REPLICAS",
         "NOTIFICATION_REPLICAS",
         "EMAILS_REPLICAS",
-    ):
-        assert int(values[variable]) >= 2, variable
-        assert variable in ENV, variable
-    assert "$(COMPOSE_CLUSTER) docker compose --profile cluster up --build --wait" in makefile
+    }
+    for name in replicas:
+        assert int(cluster[name] or 0) >= 2, name
+    # Everything it sets is a variable of .env (so the compose file reads it) or compose's own.
+    assert set(cluster) - {"COMPOSE_PROFILES"} <= set(ENV)
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert "COMPOSE_CLUSTER := docker compose --env-file .env --env-file cluster.env" in makefile
+    assert "\t$(COMPOSE_CLUSTER) up --build --wait" in makefile
+
+
+def _started_by_up(profile: str | None) -> set[str]:
+    return {
+        name
+        for name, svc in SERVICES.items()
+        if not svc.get("profiles") or profile in svc.get("profiles", [])
+    }
+
+
+@pytest.mark.parametrize("profile", [None, "cluster"])
+def test_up_wait_sees_every_one_shot_job_that_up_starts_finish(profile: str | None) -> None:
+    """`docker compose up --wait` treats a container that exited as a failure unless a service
+    waits for it to complete: every job `up` starts needs one such dependent in the profile."""
+    started = _started_by_up(profile)
+    jobs = {name for name in started if SERVICES[name].get("restart") == "no"}
+    assert {"broker-definitions", "seed", "mongo-replica-set"} <= jobs
+    for job in jobs:
+        dependents = [
+            name
+            for name in started
+            if (SERVICES[name].get("depends_on") or {}).get(job, {}).get("condition")
+            == "service_completed_successfully"
+        ]
+        assert dependents, f"{job} (profile {profile}): nothing waits for it to complete"

@@ -63,7 +63,7 @@ APP_MODULES = [
 # users in `admin` (infra/mongo/init-users.js creates them there).
 # And the replica set's options (tests/unit/test_mongo_replica_set.py: what each one is for).
 _MONGO_URL = re.compile(
-    r"mongodb://([a-z]+)@mongo:27017/\?authSource=admin"
+    r"mongodb://([a-z]+)@mongo:27017,mongo-2:27017,mongo-3:27017/\?authSource=admin"
     r"&replicaSet=rs0&w=majority&journal=true&retryWrites=true"
 )
 

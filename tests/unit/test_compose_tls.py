@@ -136,4 +136,4 @@ def test_the_operators_tools_go_over_tls_as_the_operator() -> None:
     assert TOOLS in CLIENTS  # and so through every test above
     secured = tls["services"][TOOLS]["environment"]
     assert urlsplit(_url(secured["RABBIT_URL"])).username == "RABBITMQ_USER"
-    assert secured["MONGO_URL"].startswith("mongodb://operator@mongo:27017/")
+    assert secured["MONGO_URL"].startswith("mongodb://operator@mongo:27017,")

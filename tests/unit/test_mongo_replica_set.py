@@ -44,7 +44,7 @@ pytestmark = pytest.mark.skipif(
 HARNESS = r"""
 const vm = require("vm");
 const input = JSON.parse(require("fs").readFileSync(0, "utf8"));
-const state = { set: null, polls: 0, calls: [], logins: [], printed: [] };
+const state = { set: null, polls: 0, calls: [], logins: [], printed: [], busy: input.busy };
 const primary = () =>
   state.set !== null && input.primary_after !== null && state.polls >= state.set.since + input.primary_after;
 const rs = {
@@ -70,6 +70,13 @@ const rs = {
   conf: () => ({ _id: state.set.id, members: state.set.members }),
   add: (member) => {
     if (!primary()) throw new Error("NotWritablePrimary: rs.add on a member that is not primary");
+    if (state.busy > 0) {
+      state.busy -= 1;
+      state.calls.push(["refused", member]);
+      const error = new Error("a reconfiguration is already in progress");
+      error.codeName = "ConfigurationInProgress";
+      throw error;
+    }
     state.calls.push(["add", member]);
     state.set.members.push({ _id: state.set.members.length, ...member });
   },
@@ -98,14 +105,16 @@ process.stdout.write(JSON.stringify({ ...state, failure }));
 """
 
 
-def run_script(*runs: str, primary_after: int | None = 3) -> dict[str, Any]:
-    """Run the script once per entry of ``runs`` (its MONGO_MEMBERS), on one recorded set."""
+def run_script(*runs: str, primary_after: int | None = 3, busy: int = 0) -> dict[str, Any]:
+    """Run the script once per entry of ``runs`` (its MONGO_MEMBERS), on one recorded set whose
+    primary refuses the first ``busy`` rs.add calls (another reconfiguration under way)."""
     files = {"/run/secrets/mongo_root_password": f"{ROOT_PASSWORD}\n"}
     payload = {
         "script": SCRIPT.read_text(encoding="utf-8"),
         "runs": list(runs),
         "files": files,
         "primary_after": primary_after,
+        "busy": busy,
     }
     result = subprocess.run(
         [str(NODE), "-e", HARNESS],
@@ -152,6 +161,16 @@ def test_members_are_added_once_the_new_set_has_its_primary() -> None:
     assert state["polls"] >= 5
 
 
+def test_a_member_refused_during_another_reconfiguration_is_added_again() -> None:
+    state = run_script(ONE, THREE, busy=2)
+    assert state["failure"] is None
+    assert [call[0] for call in state["calls"]] == ["initiate", "refused", "refused", "add", "add"]
+    assert [call[1]["host"] for call in state["calls"] if call[0] == "add"] == [
+        "mongo-2:27017",
+        "mongo-3:27017",
+    ]
+
+
 def test_a_second_run_changes_nothing() -> None:
     state = run_script(ONE, THREE, ONE, THREE)
     assert [call[0] for call in state["calls"]] == ["initiate", "add", "add"]
@@ -170,7 +189,7 @@ def test_no_root_password_fails_before_touching_the_set() -> None:
     result = subprocess.run(
         [str(NODE), "-e", HARNESS],
         input=json.dumps(
-            {"script": payload_script, "runs": [ONE], "files": {}, "primary_after": 0}
+            {"script": payload_script, "runs": [ONE], "files": {}, "primary_after": 0, "busy": 0}
         ),
         capture_output=True,
         text=True,
