@@ -111,7 +111,7 @@ def _without_in_service(compose: str, service: str, text: str) -> str:
 
 def test_the_rehearsal_fails_when_compose_loses_a_variable(rabbit_url: str, tmp_path: Path) -> None:
     compose = (REPO / "docker-compose.yml").read_text()
-    line = "      MONGO_URL: mongodb://inventory@mongo:27017/?authSource=admin&replicaSet=rs0&w=majority&journal=true&retryWrites=true\n"
+    line = "      MONGO_URL: mongodb://inventory@mongo:27017,mongo-2:27017,mongo-3:27017/?authSource=admin&replicaSet=rs0&w=majority&journal=true&retryWrites=true\n"
     result = _rehearse(_project(tmp_path, _without_in_service(compose, "seed", line)), rabbit_url)
     assert result.returncode == 1, result.stdout[-2000:]
     assert "FAILED: seed exited with 1" in result.stdout, result.stdout[-2000:]
