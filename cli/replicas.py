@@ -153,53 +153,53 @@ def targets(lines: list[Line]) -> dict[str, list[str]]:
     return found
 
 
-def write_targets(found: dict[str, list[str]], folder: Path) -> list[Path]:
-    """One ``file_sd`` file per scaled service (``warren-<service>.json``), written whole."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for service in SCRAPED:
-        path = folder / f"warren-{service}.json"
-        # No labels: the job names the service, and a target label would rename the
-        # services' own `service` label on every series (exported_service).
-        groups = [{"targets": found.get(service, []), "labels": {}}]
-        partial = path.with_suffix(".json.tmp")  # Prometheus must never read half a file
-        partial.write_text(json.dumps(groups, indent=2) + "\n")
-        partial.replace(path)
-        written.append(path)
-    return written
-
-
-def write_broker_targets(targets: list[str], folder: Path) -> Path:
-    """The broker's metrics endpoints (``rabbitmq.json``): the machine's RabbitMQ, or each node
-    of ``make cluster``'s (RABBITMQ_METRICS_TARGETS). Each queue's series come from the node
-    that leads it, so Prometheus and ``warren top`` add the nodes up."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "rabbitmq.json"
+def write_file_sd(path: Path, targets: list[str]) -> Path:
+    """A ``file_sd`` file of one group, written whole: Prometheus must never read half a file.
+    No labels: the job names the service, and a target label would rename the services' own
+    `service` label on every series (exported_service)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".json.tmp")
     partial.write_text(json.dumps([{"targets": targets, "labels": {}}], indent=2) + "\n")
     partial.replace(path)
     return path
 
 
+def read_file_sd(path: Path) -> list[str] | None:
+    """The targets of a ``file_sd`` file (None without one, or with a half-written one)."""
+    try:
+        groups = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return [target for group in groups for target in group.get("targets", [])]
+
+
+def write_targets(found: dict[str, list[str]], folder: Path) -> list[Path]:
+    """One ``file_sd`` file per scaled service (``warren-<service>.json``)."""
+    return [
+        write_file_sd(folder / f"warren-{service}.json", found.get(service, []))
+        for service in SCRAPED
+    ]
+
+
+def write_broker_targets(targets: list[str], folder: Path) -> Path:
+    """The broker's metrics endpoints (``rabbitmq.json``): the machine's RabbitMQ, or each node
+    of ``make cluster``'s (RABBITMQ_METRICS_TARGETS). Each queue's series come from the node
+    that leads it, so Prometheus and ``warren top`` add the nodes up."""
+    return write_file_sd(folder / "rabbitmq.json", targets)
+
+
 def read_broker_targets(folder: Path = SCRAPE_DIR) -> list[str]:
     """What :func:`write_broker_targets` wrote (``[]`` without a file)."""
-    try:
-        groups = json.loads((folder / "rabbitmq.json").read_text())
-    except (OSError, ValueError):
-        return []
-    return [target for group in groups for target in group.get("targets", [])]
+    return read_file_sd(folder / "rabbitmq.json") or []
 
 
 def read_targets(folder: Path = SCRAPE_DIR) -> dict[str, list[str]]:
     """What :func:`write_targets` wrote (``{}`` without a file): ``warren top``'s replicas."""
     found: dict[str, list[str]] = {}
     for path in sorted(folder.glob("warren-*.json")):
-        try:
-            groups = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        service = path.stem.removeprefix("warren-")
-        found[service] = [target for group in groups for target in group.get("targets", [])]
+        targets = read_file_sd(path)
+        if targets is not None:
+            found[path.stem.removeprefix("warren-")] = targets
     return found
 
 

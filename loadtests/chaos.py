@@ -64,12 +64,12 @@ console = Console()
 
 SKUS = ["RABBIT-PLUSH", "CARROT-MUG", "WARREN-MAP", "CLOVER-TEA", "HOP-SOCKS", "LETTUCE-BAG"]
 
-# Short enough for a 20-minute suite, with the same proportions as the shipped defaults:
-# the inventory lease < the saga deadline < the retry budget (31 s).
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = REPO / "scripts" / "rabbitmq-cluster.sh"
 CLUSTER_URL = "amqp://guest:guest@127.0.0.1:5700/"  # HAProxy in front of the three nodes
 
+# Short enough for a 20-minute suite, with the same proportions as the shipped defaults:
+# the inventory lease < the saga deadline < the retry budget (31 s).
 FAST_ENV = {
     "RETRY_DELAYS_SECONDS": "[1, 2, 4, 8, 16]",
     "DECISION_LEASE_SECONDS": "5",

@@ -23,14 +23,13 @@
 #
 # Ports 5711-5713 (AMQP), 15711-15713 (management), 15721-15723 (metrics), 25711-25713
 # (distribution); state in $WARREN_CACHE_DIR/compose-cluster (default ~/.cache/warren),
-# deleted at the end. Every node it started is stopped, whatever happens.
+# deleted at the end. Every node it started is stopped, whatever happens -- unless KEEP_STATE=1,
+# which leaves the three nodes running to look at (stop each with `rabbitmqctl -n warren-kN@localhost
+# stop`, HOME=<state>/kN).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-cache="${WARREN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/warren}"
-erlang="$cache/rabbitmq4/erlang"
-server="$cache/rabbitmq4/server"
-state="$cache/compose-cluster"
+state="${WARREN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/warren}/compose-cluster"
 grow_seconds="${GROW_SECONDS:-120}"
 nodes=(1 2 3)
 started=()
@@ -40,12 +39,12 @@ node_name() { echo "warren-k$1@localhost"; }
 compose_name() { if [ "$1" = 1 ]; then echo "rabbit@rabbitmq"; else echo "rabbit@rabbitmq-$1"; fi; }
 
 case "${1:-}" in
-  -h|--help|help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help|help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 esac
 
 "$here/scripts/rabbitmq4.sh" build
-export PATH="$erlang/bin:$server/usr/lib/rabbitmq/bin:$PATH"
-plugins_dir=$(echo "$server"/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins)
+eval "$("$here/scripts/rabbitmq4.sh" paths)"  # RABBITMQ4_TOOLS, RABBITMQ4_PLUGINS_DIR
+export PATH="$RABBITMQ4_TOOLS:$PATH"
 
 ctl() {  # ctl N ARGS: rabbitmqctl as node N's CLI (its HOME holds its cookie)
   local n=$1; shift
@@ -96,7 +95,7 @@ launch() {
     RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" RABBITMQ_CONFIG_FILES="$dir/conf.d" \
     RABBITMQ_MNESIA_BASE="$dir/mnesia" \
     RABBITMQ_LOG_BASE="$dir/log" RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
-    RABBITMQ_PLUGINS_DIR="$plugins_dir" RABBITMQ_PID_FILE="$dir/pid" \
+    RABBITMQ_PLUGINS_DIR="$RABBITMQ4_PLUGINS_DIR" RABBITMQ_PID_FILE="$dir/pid" \
     rabbitmq-server -detached >/dev/null)
   started+=("$n")
 }

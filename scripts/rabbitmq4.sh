@@ -8,6 +8,7 @@
 #   scripts/rabbitmq4.sh ctl ARGS  rabbitmqctl against the 4.x node (e.g. `ctl list_queues`)
 #   scripts/rabbitmq4.sh plugins ARGS  rabbitmq-plugins against it (e.g. `plugins list -e`)
 #   scripts/rabbitmq4.sh env       print RABBIT_URL and WARREN_RABBITMQCTL for this node
+#   scripts/rabbitmq4.sh paths     print where the build's tools and plugins are
 #
 # Why a build: Debian 12 packages RabbitMQ 3.10 only. Debian 13 (trixie) packages RabbitMQ 4.0,
 # which is architecture-independent and runs on any Erlang/OTP >= 26, but trixie's Erlang binaries
@@ -92,9 +93,13 @@ build() {
   log "built: Erlang in $erlang, RabbitMQ in $server"
 }
 
+# Where the build put the tools (rabbitmq-server, rabbitmqctl, erl ...) and the plugins.
+tools_path="$erlang/bin:$server/usr/lib/rabbitmq/bin"
+plugins_dir() { echo "$server"/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins; }
+
 # The environment every rabbitmq-* script of the 4.x node needs.
 node_env() {
-  export PATH="$erlang/bin:$server/usr/lib/rabbitmq/bin:$PATH"
+  export PATH="$tools_path:$PATH"
   export RABBITMQ_NODENAME="$node" RABBITMQ_NODE_PORT="$port" RABBITMQ_DIST_PORT="$dist_port"
   export RABBITMQ_MNESIA_BASE="$state/mnesia" RABBITMQ_LOG_BASE="$state/log"
   export RABBITMQ_CONFIG_FILE="$state/rabbitmq.conf" RABBITMQ_ENABLED_PLUGINS_FILE="$state/enabled_plugins"
@@ -136,7 +141,7 @@ start() {
     if [ -z "$tls_dir" ] || { answers "$tls_port" && [ "$(cat "$state/tls-dir" 2>/dev/null)" = "$(tls_marker)" ]; }; then
       log "already running on 127.0.0.1:$port"
       # A node started by an older checkout may lack a plugin added since: enabled at once.
-      RABBITMQ_PLUGINS_DIR=$(echo "$server"/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins) \
+      RABBITMQ_PLUGINS_DIR=$(plugins_dir) \
         rabbitmq-plugins -q -n "$node" enable $plugins >/dev/null
       version; return
     fi
@@ -189,14 +194,18 @@ case "${1:-}" in
   plugins)
     shift; node_env
     # The node finds its plugins beside its own code; the CLI must be told.
-    RABBITMQ_PLUGINS_DIR=$(echo "$server"/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins)
+    RABBITMQ_PLUGINS_DIR=$(plugins_dir)
     export RABBITMQ_PLUGINS_DIR
     exec rabbitmq-plugins -n "$node" "$@"
+    ;;
+  paths)  # for another script's nodes of the same build (scripts/compose-cluster-rehearsal.sh)
+    echo "RABBITMQ4_TOOLS=$tools_path"
+    echo "RABBITMQ4_PLUGINS_DIR=$(plugins_dir)"
     ;;
   env)
     echo "RABBIT_URL=amqp://guest:guest@127.0.0.1:$port/"
     echo "WARREN_RABBITMQCTL='$here/scripts/rabbitmq4.sh ctl'"
     ;;
-  -h|--help|help|"") sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help|"") sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "unknown command: $1 (try --help)" >&2; exit 2 ;;
 esac

@@ -271,7 +271,7 @@ class OutboxRelay:
 
     async def publish_fresh(self) -> int:
         """Publish the events handed over by :meth:`wake`, in the order written."""
-        if not self.leased() and not await self.renew_lease():
+        if not await self._may_publish():
             return 0  # another process has its name: the sweep will not publish either
         docs, self._fresh = self._fresh, []
         # Saved and swept before it was handed over (a slow multi-event append): done already.
@@ -289,7 +289,7 @@ class OutboxRelay:
         An event that fails holds back the later events of *its* order only; other orders go
         on. If the broker was away, the relay stays on sweeps until one gets through everything.
         """
-        if not self.leased() and not await self.renew_lease():
+        if not await self._may_publish():
             return 0  # not sure this replica's events are still its own: no sweep
         await self.adopt_orphans()
         now = datetime.now(UTC)
@@ -339,26 +339,26 @@ class OutboxRelay:
                 renewed = await self._leases.update_one(
                     {"_id": self.owner, "token": self._token, "until": {"$gte": now}}, renewal
                 )
-                if not renewed.matched_count:
-                    mine = {
-                        "_id": self.owner,
-                        "until": {"$gte": now},
-                        "token": {"$ne": self._token},
-                    }
-                    if await self._leases.find_one(mine) is not None:
-                        log.error(
-                            "outbox relay: another live process has its name", owner=self.owner
-                        )
-                        self._fresh.clear()  # they are that process's to publish
-                        return False
-                    await self._leases.update_one({"_id": self.owner}, renewal, upsert=True)
-                    if self._leased:
-                        await self._keep_only_own_fresh()
+                if not renewed.matched_count and not await self._take_lease(now, renewal):
+                    return False
             self._leased = True
             # Held by its own clock from before it asked, a little less: never longer than the
             # database holds it.
             self._valid_until = sent + self.lease_seconds * 0.9
             return True
+
+    async def _take_lease(self, now: float, renewal: dict[str, Any]) -> bool:
+        """No live lease of this process's: take one -- unless another live process holds this
+        name. If its own had run out, keep only the handed-over events still its own."""
+        taken = {"_id": self.owner, "until": {"$gte": now}, "token": {"$ne": self._token}}
+        if await self._leases.find_one(taken) is not None:
+            log.error("outbox relay: another live process has its name", owner=self.owner)
+            self._fresh.clear()  # they are that process's to publish
+            return False
+        await self._leases.update_one({"_id": self.owner}, renewal, upsert=True)
+        if self._leased:
+            await self._keep_only_own_fresh()
+        return True
 
     async def _keep_only_own_fresh(self) -> None:
         """The lease had run out (a stall, the database away): of the events it was handed, keep
@@ -375,6 +375,10 @@ class OutboxRelay:
                 "outbox relay: its lease had run out; others adopted", events=len(ids) - len(still)
             )
         self._fresh = [doc for doc in self._fresh if doc["_id"] in still]
+
+    async def _may_publish(self) -> bool:
+        """Whether its lease holds, or a renewal takes it again."""
+        return self.leased() or await self.renew_lease()
 
     def leased(self) -> bool:
         """Whether its lease still holds, by this process's own monotonic clock. If not, the

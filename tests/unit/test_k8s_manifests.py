@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from shared import topology
+from tests.support.deployment import MONGO_URL_OPTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -242,13 +243,7 @@ def test_each_service_is_its_own_broker_and_database_user_and_writes_to_a_majori
         assert (broker.username, broker.password) == (user, None), name
         assert (database.username, database.password) == (user, None), name
         options = {k: v[0] for k, v in parse_qs(database.query).items()}
-        assert options == {
-            "authSource": "admin",
-            "replicaSet": "rs0",
-            "w": "majority",
-            "journal": "true",
-            "retryWrites": "true",
-        }, name
+        assert options == MONGO_URL_OPTIONS, name
         assert database.netloc.count(",") == 2, name  # the three members
 
 

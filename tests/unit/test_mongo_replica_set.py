@@ -14,9 +14,7 @@ says what was and was not run.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,14 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
+from tests.support.deployment import MONGO_URL_OPTIONS
+from tests.support.node import NODE, harness_state
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "infra" / "mongo" / "replica-set.js"
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES = COMPOSE["services"]
 ROOT_PASSWORD = dotenv_values(REPO / ".env")["MONGO_ROOT_PASSWORD"]
-NODE = shutil.which("node")
 ONE = "mongo:27017"
 THREE = "mongo:27017,mongo-2:27017,mongo-3:27017"
 
@@ -116,16 +116,7 @@ def run_script(*runs: str, primary_after: int | None = 3, busy: int = 0) -> dict
         "primary_after": primary_after,
         "busy": busy,
     }
-    result = subprocess.run(
-        [str(NODE), "-e", HARNESS],
-        input=json.dumps(payload),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return harness_state(HARNESS, payload)
 
 
 def test_the_script_parses() -> None:
@@ -186,17 +177,10 @@ def test_no_root_password_fails_before_touching_the_set() -> None:
     payload_script = SCRIPT.read_text(encoding="utf-8").replace(
         "/run/secrets/mongo_root_password", "/run/secrets/missing"
     )
-    result = subprocess.run(
-        [str(NODE), "-e", HARNESS],
-        input=json.dumps(
-            {"script": payload_script, "runs": [ONE], "files": {}, "primary_after": 0, "busy": 0}
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    state = harness_state(
+        HARNESS,
+        {"script": payload_script, "runs": [ONE], "files": {}, "primary_after": 0, "busy": 0},
     )
-    state = json.loads(result.stdout)
     assert "ENOENT" in state["failure"] and state["calls"] == []
 
 
@@ -262,10 +246,4 @@ def test_every_mongo_url_asks_for_the_set_and_majority_journaled_retryable_write
     assert len(urls) >= 8
     for name, url in urls.items():
         options = dict(re.findall(r"[?&]([^=&]+)=([^&]*)", url))
-        assert options == {
-            "authSource": "admin",
-            "replicaSet": "rs0",
-            "w": "majority",
-            "journal": "true",
-            "retryWrites": "true",
-        }, name
+        assert options == MONGO_URL_OPTIONS, name

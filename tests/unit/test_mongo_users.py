@@ -12,9 +12,7 @@ command in docs/14-security.md shows it under compose.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,11 +25,11 @@ from services.audit.repository import AuditTrail
 from shared import topology
 from shared.settings import WarrenSettings
 from shared.testing.memory_mongo import AsyncMongomockDatabase
+from tests.support.node import NODE, harness_state, run_harness
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "infra" / "mongo" / "init-users.js"
 ENV = dotenv_values(REPO / ".env")
-NODE = shutil.which("node")
 SERVICE_USERS = [access.user for access in topology.SERVICES]  # one per service
 OPERATOR = "operator"
 
@@ -111,16 +109,9 @@ def _dev_passwords() -> dict[str, str]:
 def run_init_script(*runs: dict[str, Any]) -> dict[str, Any]:
     """Run the script once per ``runs`` entry ({"files": {path: text}, "env": {...}}), on one
     recorded server; what it holds afterwards."""
-    result = subprocess.run(
-        [str(NODE), "-e", HARNESS],
-        input=json.dumps({"script": SCRIPT.read_text(encoding="utf-8"), "runs": list(runs)}),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    return harness_state(
+        HARNESS, {"script": SCRIPT.read_text(encoding="utf-8"), "runs": list(runs)}
     )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -251,15 +242,9 @@ def test_every_password_comes_from_its_secret_file_never_from_the_script(
 def test_a_missing_secret_file_stops_the_script() -> None:
     files = _secret_files(_dev_passwords())
     del files["/run/secrets/mongo_password_payment"]
-    result = subprocess.run(
-        [str(NODE), "-e", HARNESS],
-        input=json.dumps(
-            {"script": SCRIPT.read_text(encoding="utf-8"), "runs": [{"files": files, "env": {}}]}
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    result = run_harness(
+        HARNESS,
+        {"script": SCRIPT.read_text(encoding="utf-8"), "runs": [{"files": files, "env": {}}]},
     )
     assert result.returncode != 0
     assert "mongo_password_payment" in result.stderr
