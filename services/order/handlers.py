@@ -223,8 +223,11 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
     Returns nothing to publish directly: the order's own events leave through the outbox.
     """
     order_id = incoming.order_id
+    # This process's copy of the stream first (no read: usually it placed the order and took
+    # its last step); the database's whenever the copy may be behind. See EventStore.load.
+    recent = True
     for _ in range(10):
-        events = await deps.store.load(order_id)
+        events = await deps.store.load(order_id, recent=recent)
         if not events:
             log.warning("saga event for an unknown order", order_id=order_id, type=envelope.type)
             return []
@@ -232,10 +235,16 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
         try:
             decided = react(order, incoming)
         except TooEarlyError as exc:
+            if recent:
+                recent = False  # early for the copy: perhaps not for the database
+                continue
             raise HeldBackError(str(exc)) from exc  # round the delay queue, no attempt used
         if not decided:
             if envelope.id in order.answered:
                 handled_before()  # acted on before: a duplicate (a late reply is not one)
+            elif recent:
+                recent = False  # nothing to do for the copy: perhaps not for the database
+                continue
             break
         try:
             appended = await deps.store.append(
@@ -247,7 +256,8 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
                 published_before=order.last_published,
             )
         except ConcurrencyError:
-            continue  # someone else moved the order on: decide again from the new state
+            recent = False  # someone else moved the order on: decide again from the new state
+            continue
         deps.wake_relay(appended)
         for event in to_events(appended):
             order.apply(event)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +46,8 @@ class ConcurrencyError(Exception):
 
 # Versions are read in batches of exact keys: an order has a handful of events.
 _LOAD_BATCH = 8
+# How many orders' streams a process keeps in memory (``EventStore.load(recent=True)``).
+RECENT_STREAMS = 10_000
 
 
 def event_key(order_id: str, version: int) -> str:
@@ -94,9 +97,15 @@ def new_document(
 
 # --8<-- [start:event-store]
 class EventStore:
-    def __init__(self, db: AsyncDatabase, *, outbox_owner: str | None = None) -> None:
+    def __init__(
+        self, db: AsyncDatabase, *, outbox_owner: str | None = None, recent: int = RECENT_STREAMS
+    ) -> None:
         self.events = db["order_events"]
         self.outbox_owner = outbox_owner  # the replica whose relay publishes what it saves
+        # The streams this process read or appended to lately (the most recent last): a hint,
+        # not the truth -- another replica may have appended since. See load(recent=True).
+        self._recent: OrderedDict[str, list[OrderEvent]] = OrderedDict()
+        self._recent_limit = recent
 
     async def create_indexes(self) -> None:
         # (order, version) is unique through _id; the outbox sweep has an index of its own,
@@ -172,14 +181,50 @@ class EventStore:
                 document |= {"saga": SAGA_OPEN, "saga_deadline": saga_deadline}
             try:
                 await self.events.insert_one(document)
-            except DuplicateKeyError as exc:
-                raise ConcurrencyError(f"order {order_id} moved past {version - 1}") from exc
+            except BaseException as exc:
+                self._recent.pop(order_id, None)  # part of it may be stored: read it next time
+                if isinstance(exc, DuplicateKeyError):
+                    raise ConcurrencyError(f"order {order_id} moved past {version - 1}") from exc
+                raise
             appended.append(document)
+        self._extend_recent(order_id, expected_version, to_events(appended))
         return appended
         # --8<-- [end:event-store]
 
-    async def load(self, order_id: str) -> list[OrderEvent]:
-        """The order's stream, version 1 onwards, read by exact keys."""
+    # --8<-- [start:recent-streams]
+    async def load(self, order_id: str, *, recent: bool = False) -> list[OrderEvent]:
+        """The order's stream, version 1 onwards, read by exact keys.
+
+        ``recent=True`` takes this process's own copy instead, if it has one: the stream as it
+        last read it or appended to it, with no database command. The copy may be behind --
+        another replica may have appended since -- so a decision taken from it must be
+        checked: an append at its version collides on the event's key (ConcurrencyError), and
+        a decision to do nothing is only trusted once the database has been read.
+        """
+        if recent and (known := self._recent.get(order_id)) is not None:
+            self._recent.move_to_end(order_id)
+            return list(known)
+        events = await self._read(order_id)
+        if events:
+            self._remember(order_id, events)
+        return events
+
+    def _extend_recent(self, order_id: str, after: int, appended: list[OrderEvent]) -> None:
+        """Keep the copy current with what this process appended (after version ``after``)."""
+        known = [] if after == 0 else self._recent.get(order_id)
+        if known is not None and len(known) == after:
+            self._remember(order_id, known + appended)
+        else:  # appended to a stream it has no copy of: it reads it next time
+            self._recent.pop(order_id, None)
+
+    def _remember(self, order_id: str, events: list[OrderEvent]) -> None:
+        self._recent[order_id] = list(events)
+        self._recent.move_to_end(order_id)
+        while len(self._recent) > self._recent_limit:
+            self._recent.popitem(last=False)  # the least recently used
+            # --8<-- [end:recent-streams]
+
+    async def _read(self, order_id: str) -> list[OrderEvent]:
         events: list[OrderEvent] = []
         while True:
             first = len(events) + 1
@@ -203,7 +248,8 @@ class EventStore:
         return [doc["order_id"] async for doc in cursor]
 
     async def close_saga(self, order_id: str) -> None:
-        """The order is final: its deadline no longer matters."""
+        """The order is final: its deadline no longer matters (nor this process's copy)."""
+        self._recent.pop(order_id, None)
         await self.events.update_one(
             {"_id": event_key(order_id, 1), "saga": SAGA_OPEN}, {"$set": {"saga": "closed"}}
         )
