@@ -103,6 +103,8 @@ class IncomingTraceMiddleware(BaseMiddleware):
     """
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        if propagate.get_global_textmap().fields <= _FASTSTREAM_FIELDS:
+            return await call_next(msg)  # W3C (the default): already what FastStream reads
         incoming = propagate.extract(_text(msg.headers), context=Context())
         headers = {k: v for k, v in msg.headers.items() if k not in _FASTSTREAM_TRACE.fields}
         _FASTSTREAM_TRACE.inject(headers, context=incoming)
