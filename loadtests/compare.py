@@ -1,0 +1,136 @@
+"""Before and after a change: the benchmark run from two commits in alternation, side by side.
+
+One lever rarely moves the CPU per order by more than the noise of a shared machine, so a
+lever is measured the way chapter 11 reads its numbers: the code before (``BASE``, a commit)
+and the working tree, run one after the other (ABAB, ``--pairs`` times), with the same
+benchmark options, on the same broker and machine. The commit is checked out in a git
+worktree of its own, whose processes run its code with this virtualenv; the results go to
+``--output`` (one JSON per run, as ``make bench`` writes them) and a table is printed: the
+median of each side's runs, per process, at each offered rate both sides ran, with the
+database commands per order, one hop's CPU and the calibration loop.
+
+    python -m loadtests.compare HEAD~1 -- --modes shipped --rates 10,15 --shares "" --no-burst
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+console = Console()
+
+
+def worktree(rev: str) -> Path:
+    """A checkout of ``rev`` beside this one (removed by :func:`drop_worktree`)."""
+    path = Path(tempfile.mkdtemp(prefix="warren-base-"))
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(path), rev],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def drop_worktree(path: Path) -> None:
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], capture_output=True
+    )
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_bench(checkout: Path, output: Path, bench_args: list[str]) -> dict[str, Any]:
+    """``make bench``'s script, from ``checkout`` (its code, this interpreter)."""
+    command = [sys.executable, "-m", "loadtests.bench", "--output", str(output), *bench_args]
+    subprocess.run(command, cwd=checkout, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(output.read_text())
+
+
+def stage_costs(result: dict[str, Any]) -> dict[tuple[str, float], dict[str, float]]:
+    """(mode, offered orders/s) -> CPU ms per order by process, all processes included."""
+    costs: dict[tuple[str, float], dict[str, float]] = {}
+    for mode, runs in result["saga"].items():
+        for run in runs:
+            for stage in run["stages"]:
+                per_process = dict(stage["cpu_ms_per_order"])
+                costs[(mode, stage["offered_orders_s"])] = per_process
+    return costs
+
+
+def others(result: dict[str, Any]) -> dict[str, float]:
+    """The figures beside the saga's: database commands per order, one hop, the noise."""
+    hops, noise = result["hops"], result["noise"]
+    return {
+        "database commands per order": result["database_ceiling"]["ops_per_order"],
+        "one hop, Warren (µs CPU per message)": hops["warren"]["cpu_us_per_msg"],
+        "one hop, aio-pika (µs CPU per message)": hops["raw"]["cpu_us_per_msg"],
+        "calibration loop (ms, mean of start and end)": statistics.mean(noise["calibration_ms"]),
+        "CPU stolen (s)": noise["steal_s"],
+    }
+
+
+def medians(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per row (a process at a stage, or another figure), the median over the runs."""
+    rows: dict[str, list[float]] = {}
+    for result in results:
+        for (mode, rate), per_process in stage_costs(result).items():
+            for process, ms in per_process.items():
+                if process.startswith("load driver"):
+                    continue  # not the system
+                rows.setdefault(f"{mode} {rate:g}/s: {process}", []).append(ms)
+            total = sum(ms for p, ms in per_process.items() if not p.startswith("load driver"))
+            rows.setdefault(f"{mode} {rate:g}/s: ALL", []).append(total)
+        for name, value in others(result).items():
+            rows.setdefault(name, []).append(value)
+    return {name: {"median": statistics.median(v), "runs": len(v)} for name, v in rows.items()}
+
+
+def table(base_rev: str, base: dict[str, Any], this: dict[str, Any]) -> Table:
+    out = Table(title=f"{base_rev} (before) against the working tree (after): medians")
+    out.add_column("measure")
+    out.add_column("before", justify="right")
+    out.add_column("after", justify="right")
+    out.add_column("change", justify="right")
+    for name in [n for n in base if n in this]:
+        before, after = base[name]["median"], this[name]["median"]
+        change = f"{(after - before) / before:+.0%}" if before else ""
+        out.add_row(name, f"{before:,.1f}", f"{after:,.1f}", change)
+    return out
+
+
+def main(
+    base_rev: str = typer.Argument(..., metavar="BASE", help="The commit before the change."),
+    pairs: int = typer.Option(2, min=1, help="Runs of each side, alternating (ABAB...)."),
+    output: Path = typer.Option(Path("reports/compare"), help="Where each run's JSON goes."),
+    bench_args: list[str] = typer.Argument(
+        None, metavar="-- BENCH OPTIONS", help="Passed to loadtests.bench (after a --)."
+    ),
+) -> None:
+    """Run the benchmark from BASE and from the working tree in alternation; print both."""
+    output.mkdir(parents=True, exist_ok=True)
+    checkout = worktree(base_rev)
+    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    try:
+        for pair in range(1, pairs + 1):
+            for side, where in (("before", checkout), ("after", REPO)):
+                console.print(f"pair {pair} of {pairs}: {side} ({where})")
+                file = output / f"{side}-{pair}.json"
+                runs[side].append(run_bench(where, file.resolve(), bench_args or []))
+    finally:
+        drop_worktree(checkout)
+    console.print(table(base_rev, medians(runs["before"]), medians(runs["after"])))
+    console.print(f"each run's results: {output}/before-N.json, {output}/after-N.json")
+
+
+if __name__ == "__main__":
+    typer.run(main)
