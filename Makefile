@@ -119,6 +119,12 @@ bench: $(STAMP) ## Benchmark: broker, one hop 3 ways, saga shipped/traced/untrac
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python -m loadtests.bench --output reports/bench.json
 
+BASE ?= HEAD~1
+COMPARE_ARGS ?= --modes shipped --rates 10,15 --shares "" --no-burst
+bench-compare: $(STAMP) ## A lever's before and after: the benchmark from BASE (a commit) and from here, ABAB (~10 min)
+	@scripts/ensure-rabbitmq.sh
+	$(BIN)/python -m loadtests.compare $(BASE) --pairs 2 -- $(COMPARE_ARGS)
+
 # The drain's own vhost (never make run's "/"), made before and deleted after, where rabbitmqctl
 # runs (root). Elsewhere, create it once by hand, or point DRAIN_RABBIT_URL at another.
 DRAIN_VHOST := warren-drain
@@ -203,4 +209,4 @@ constraints: ## Re-pin constraints.txt from the current .venv (after changing re
 clean: ## Remove local run data (.run) and caches
 	rm -rf .run .pytest_cache .ruff_cache reports
 
-.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench drain ordering-compare labs-compare chaos seed compose-rehearsal compose-cluster compose-cluster-rehearsal compose-cluster-down secrets compose-check docs tutorial-check lint constraints clean
+.PHONY: help install test test-rabbitmq4 test-unit run demo load memory bench bench-compare drain ordering-compare labs-compare chaos seed compose-rehearsal compose-cluster compose-cluster-rehearsal compose-cluster-down secrets compose-check docs tutorial-check lint constraints clean
