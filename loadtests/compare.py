@@ -56,15 +56,15 @@ def run_bench(checkout: Path, output: Path, bench_args: list[str]) -> dict[str, 
     return json.loads(output.read_text())
 
 
-def stage_costs(result: dict[str, Any]) -> dict[tuple[str, float], dict[str, float]]:
-    """(mode, offered orders/s) -> CPU ms per order by process, all processes included."""
-    costs: dict[tuple[str, float], dict[str, float]] = {}
-    for mode, runs in result["saga"].items():
-        for run in runs:
-            for stage in run["stages"]:
-                per_process = dict(stage["cpu_ms_per_order"])
-                costs[(mode, stage["offered_orders_s"])] = per_process
-    return costs
+def stage_costs(result: dict[str, Any]) -> list[tuple[str, float, dict[str, float]]]:
+    """(mode, offered orders/s, CPU ms per order by process) of every load step of the first
+    pass, of every run (``--repeats``) of every mode."""
+    return [
+        (mode, stage["offered_orders_s"], dict(stage["cpu_ms_per_order"]))
+        for mode, runs in result["saga"].items()
+        for run in runs
+        for stage in run["stages"]
+    ]
 
 
 def others(result: dict[str, Any]) -> dict[str, float]:
@@ -83,7 +83,7 @@ def medians(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per row (a process at a stage, or another figure), the median over the runs."""
     rows: dict[str, list[float]] = {}
     for result in results:
-        for (mode, rate), per_process in stage_costs(result).items():
+        for mode, rate, per_process in stage_costs(result):
             for process, ms in per_process.items():
                 if process.startswith("load driver"):
                     continue  # not the system
