@@ -7,10 +7,12 @@ sent, or its claims ran out).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from shared.clock import DatabaseClock, utcnow_iso
 from shared.mongo import insert_first
@@ -66,10 +68,14 @@ class NotificationRepository:
             "skipped": [list(r) for r in state.skipped],
             "last_event": stream.last_event,
         }
+        if state.last_applied == 1:  # the order's first event: its stream is new here, usually
+            with contextlib.suppress(DuplicateKeyError):  # or saved already: updated below
+                await self.order_streams.insert_one({"_id": order_id, **fields})
+                return
         moved = await self.order_streams.update_one(
             {"_id": order_id, "last_applied": {"$lt": state.last_applied}}, {"$set": fields}
         )
-        if not moved.matched_count:  # the order's first event here -- or it is further on
+        if not moved.matched_count:  # not saved yet (a gap before it) -- or it is further on
             await insert_first(self.order_streams, {"_id": order_id, **fields})
         # --8<-- [end:order-streams]
 

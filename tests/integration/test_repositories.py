@@ -631,6 +631,33 @@ async def test_an_orders_email_stream_only_moves_forward(db: Any) -> None:
     assert await repo.order_stream("o2") == OrderStream()
 
 
+class CountedWrites:
+    """A collection whose insert_one and update_one calls are counted."""
+
+    def __init__(self, collection: Any) -> None:
+        self.collection, self.writes = collection, 0
+
+    async def insert_one(self, *args: Any, **kwargs: Any) -> Any:
+        self.writes += 1
+        return await self.collection.insert_one(*args, **kwargs)
+
+    async def update_one(self, *args: Any, **kwargs: Any) -> Any:
+        self.writes += 1
+        return await self.collection.update_one(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.collection, name)
+
+
+async def test_an_orders_email_stream_costs_one_write_per_event(db: Any) -> None:
+    repo = NotificationRepository(db)
+    repo.order_streams = counted = CountedWrites(repo.order_streams)  # type: ignore[assignment]
+    await repo.advance("o1", OrderStream(KeyState(last_applied=1), "event-1"))  # a new stream
+    await repo.advance("o1", OrderStream(KeyState(last_applied=3), "event-3"))
+    assert counted.writes == 2
+    assert await repo.order_stream("o1") == OrderStream(KeyState(last_applied=3), "event-3")
+
+
 async def test_only_an_email_recorded_before_emails_were_ordered_counts_as_unordered(
     db: Any,
 ) -> None:
