@@ -223,8 +223,8 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
     Returns nothing to publish directly: the order's own events leave through the outbox.
     """
     order_id = incoming.order_id
-    # This process's copy of the stream first (no read: usually it placed the order and took
-    # its last step); the database's whenever the copy may be behind. See EventStore.load.
+    # This process's copy of the stream first (no read when it placed the order and took every
+    # step since); the database's whenever the copy may be behind. See EventStore.load.
     recent = True
     for _ in range(10):
         events = await deps.store.load(order_id, recent=recent)
@@ -240,7 +240,7 @@ async def follow_saga(envelope: Envelope, incoming: EventData, deps: OrderDeps) 
                 continue
             raise HeldBackError(str(exc)) from exc  # round the delay queue, no attempt used
         if not decided:
-            if envelope.id in order.answered:
+            if envelope.id in order.answered:  # true of the copy, true of the database
                 handled_before()  # acted on before: a duplicate (a late reply is not one)
             elif recent:
                 recent = False  # nothing to do for the copy: perhaps not for the database

@@ -102,8 +102,8 @@ class EventStore:
     ) -> None:
         self.events = db["order_events"]
         self.outbox_owner = outbox_owner  # the replica whose relay publishes what it saves
-        # The streams this process read or appended to lately (the most recent last): a hint,
-        # not the truth -- another replica may have appended since. See load(recent=True).
+        # The streams this process wrote lately (the most recent last): a hint, not the truth
+        # -- another replica may have appended since. See load(recent=True).
         self._recent: OrderedDict[str, list[OrderEvent]] = OrderedDict()
         self._recent_limit = recent
 
@@ -195,31 +195,28 @@ class EventStore:
     async def load(self, order_id: str, *, recent: bool = False) -> list[OrderEvent]:
         """The order's stream, version 1 onwards, read by exact keys.
 
-        ``recent=True`` takes this process's own copy instead, if it has one: the stream as it
-        last read it or appended to it, with no database command. The copy may be behind --
-        another replica may have appended since -- so a decision taken from it must be
-        checked: an append at its version collides on the event's key (ConcurrencyError), and
-        a decision to do nothing is only trusted once the database has been read.
+        ``recent=True`` takes this process's own copy instead, if it has one, with no database
+        command. A copy holds only what this process wrote: it starts with the order's first
+        event and grows with this process's appends, each acknowledged by the database (what
+        it reads is never kept: a read may see a write that a failover takes back). The copy
+        may be behind -- another replica may have appended since -- so a decision taken from
+        it must be checked: an append at its version collides on the event's key
+        (ConcurrencyError), and a decision to do nothing or to wait is taken only from the
+        database (handlers.follow_saga).
         """
         if recent and (known := self._recent.get(order_id)) is not None:
             self._recent.move_to_end(order_id)
             return list(known)
-        events = await self._read(order_id)
-        if events:
-            self._remember(order_id, events)
-        return events
+        return await self._read(order_id)
 
     def _extend_recent(self, order_id: str, after: int, appended: list[OrderEvent]) -> None:
         """Keep the copy current with what this process appended (after version ``after``)."""
-        known = [] if after == 0 else self._recent.get(order_id)
-        if known is not None and len(known) == after:
-            self._remember(order_id, known + appended)
-        else:  # appended to a stream it has no copy of: it reads it next time
-            self._recent.pop(order_id, None)
-
-    def _remember(self, order_id: str, events: list[OrderEvent]) -> None:
-        self._recent[order_id] = list(events)
-        self._recent.move_to_end(order_id)
+        known = self._recent.pop(order_id, None)
+        if after == 0:
+            known = []  # a new stream: the copy starts here
+        if not appended or known is None or len(known) != after:
+            return  # no copy, or not of the stream it appended to: it reads it next time
+        self._recent[order_id] = known + appended  # the most recently used, last
         while len(self._recent) > self._recent_limit:
             self._recent.popitem(last=False)  # the least recently used
             # --8<-- [end:recent-streams]
