@@ -99,17 +99,28 @@ class IncomingTraceMiddleware(BaseMiddleware):
     """Listed first: hands FastStream the message's trace context as the ``traceparent`` it reads.
 
     The context arrives in the format OTEL_PROPAGATORS names (W3C by default, B3...); without
-    this, a message whose context FastStream cannot read would start a trace of its own.
+    this, a message whose context FastStream cannot read would start a trace of its own. With
+    W3C's propagators (the default) there is nothing to translate, and it steps aside -- when
+    the headers are text, as every Warren publisher writes them.
     """
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        if propagate.get_global_textmap().fields <= _FASTSTREAM_FIELDS:
-            return await call_next(msg)  # W3C (the default): already what FastStream reads
+        if _reads_as_is(msg.headers):
+            return await call_next(msg)
         incoming = propagate.extract(_text(msg.headers), context=Context())
         headers = {k: v for k, v in msg.headers.items() if k not in _FASTSTREAM_TRACE.fields}
         _FASTSTREAM_TRACE.inject(headers, context=incoming)
         msg.headers = headers
         return await call_next(msg)
+
+
+def _reads_as_is(headers: dict[str, Any]) -> bool:
+    """Whether FastStream reads the message's trace context as the configured propagators
+    would: they are W3C trace context (and baggage), and its headers are text."""
+    fields = propagate.get_global_textmap().fields
+    return _FASTSTREAM_TRACE.fields <= fields <= _FASTSTREAM_FIELDS and all(
+        isinstance(headers.get(field, ""), str) for field in _FASTSTREAM_TRACE.fields
+    )
 
 
 class PropagationMiddleware(BaseMiddleware):

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from shared.messaging import broker_middlewares
+from shared.messaging import _reads_as_is, broker_middlewares
 from shared.observability import span_processors
 
 # What OTEL_PROPAGATORS=b3multi,baggage and the default (tracecontext,baggage) install.
@@ -165,3 +165,23 @@ def test_a_propagator_reads_only_its_own_headers() -> None:
         w3c: dict[str, str] = {}
         TraceContextTextMapPropagator().inject(w3c)
     assert not trace.get_current_span(B3MultiFormat().extract(w3c)).get_span_context().is_valid
+
+
+@pytest.mark.parametrize(
+    ("configured_propagator", "headers", "as_is"),
+    [
+        (W3C_DEFAULT, {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}, True),
+        (W3C_DEFAULT, {}, True),
+        # Bytes are no header FastStream can read: translated, which drops them.
+        (W3C_DEFAULT, {"traceparent": b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"}, False),
+        (B3_AND_BAGGAGE, {}, False),
+        # No trace propagator configured: an incoming traceparent must not be followed.
+        (CompositePropagator([W3CBaggagePropagator()]), {}, False),
+        (CompositePropagator([]), {}, False),
+    ],
+    indirect=["configured_propagator"],
+)
+def test_the_incoming_trace_is_translated_unless_faststream_reads_it_as_is(
+    configured_propagator: TextMapPropagator, headers: dict[str, Any], as_is: bool
+) -> None:
+    assert _reads_as_is(headers) is as_is
