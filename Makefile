@@ -121,7 +121,7 @@ bench: $(STAMP) ## Benchmark: broker, one hop 3 ways, saga shipped/traced/untrac
 
 BASE ?= HEAD~1
 COMPARE_ARGS ?= --modes shipped --rates 10,15 --shares "" --no-burst
-bench-compare: $(STAMP) ## A lever's before and after: the benchmark from BASE (a commit) and from here, ABAB (~10 min)
+bench-compare: $(STAMP) ## A lever's before and after: the benchmark from BASE (a commit) and from here, ABBA (~10 min)
 	@scripts/ensure-rabbitmq.sh
 	$(BIN)/python -m loadtests.compare $(BASE) --pairs 2 -- $(COMPARE_ARGS)
 

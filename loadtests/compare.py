@@ -2,12 +2,15 @@
 
 One lever rarely moves the CPU per order by more than the noise of a shared machine, so a
 lever is measured the way chapter 11 reads its numbers: the code before (``BASE``, a commit)
-and the working tree, run one after the other (ABAB, ``--pairs`` times), with the same
+and the working tree, run one after the other (ABBA, ``--pairs`` times), with the same
 benchmark options, on the same broker and machine. The commit is checked out in a git
-worktree of its own, whose processes run its code with this virtualenv; the results go to
-``--output`` (one JSON per run, as ``make bench`` writes them) and a table is printed: the
-median of each side's runs, per process, at each offered rate both sides ran, with the
-database commands per order, one hop's CPU and the calibration loop.
+worktree of its own, whose processes run its code (its directory first on ``PYTHONPATH``) with
+this virtualenv; which side goes first alternates (ABBA), so that a host that slows down
+steadily does not count against one side. The results go to ``--output`` (one JSON per run, as
+``make bench`` writes them) and a table is printed: the median of each side's runs, per
+process, at each offered rate both sides ran (a step that was not sustained included: its CPU
+per order is still a count), with the database commands per order, one hop's CPU and the
+calibration loop.
 
     python -m loadtests.compare HEAD~1 -- --modes shipped --rates 10,15 --shares "" --no-burst
 """
@@ -15,6 +18,7 @@ database commands per order, one hop's CPU and the calibration loop.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -34,11 +38,14 @@ console = Console()
 def worktree(rev: str) -> Path:
     """A checkout of ``rev`` beside this one (removed by :func:`drop_worktree`)."""
     path = Path(tempfile.mkdtemp(prefix="warren-base-"))
-    subprocess.run(
+    added = subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(path), rev],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if added.returncode:
+        shutil.rmtree(path, ignore_errors=True)
+        raise SystemExit(f"cannot check {rev} out: {added.stderr.strip()}")
     return path
 
 
@@ -50,10 +57,20 @@ def drop_worktree(path: Path) -> None:
 
 
 def run_bench(checkout: Path, output: Path, bench_args: list[str]) -> dict[str, Any]:
-    """``make bench``'s script, from ``checkout`` (its code, this interpreter)."""
+    """``make bench``'s script, from ``checkout``: its code (the ``warren`` commands it runs
+    too, which the editable install would otherwise take from this tree), this interpreter."""
     command = [sys.executable, "-m", "loadtests.bench", "--output", str(output), *bench_args]
-    subprocess.run(command, cwd=checkout, check=True, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    subprocess.run(command, cwd=checkout, check=True, env=env)
     return json.loads(output.read_text())
+
+
+def env_differs() -> bool:
+    """Whether this tree's ``.env`` differs from the committed one (the base gets its own)."""
+    return (
+        subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", ".env"]).returncode
+        != 0
+    )
 
 
 def stage_costs(result: dict[str, Any]) -> list[tuple[str, float, dict[str, float]]]:
@@ -92,7 +109,7 @@ def medians(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             rows.setdefault(f"{mode} {rate:g}/s: ALL", []).append(total)
         for name, value in others(result).items():
             rows.setdefault(name, []).append(value)
-    return {name: {"median": statistics.median(v), "runs": len(v)} for name, v in rows.items()}
+    return {name: {"median": statistics.median(v), "n": len(v)} for name, v in rows.items()}
 
 
 def table(base_rev: str, base: dict[str, Any], this: dict[str, Any]) -> Table:
@@ -101,16 +118,25 @@ def table(base_rev: str, base: dict[str, Any], this: dict[str, Any]) -> Table:
     out.add_column("before", justify="right")
     out.add_column("after", justify="right")
     out.add_column("change", justify="right")
-    for name in [n for n in base if n in this]:
+    out.add_column("runs", justify="right")
+    for name in sorted(base.keys() | this.keys()):
+        if name not in base or name not in this:  # a rate only one side reached
+            out.add_row(name, *(_cell(side.get(name)) for side in (base, this)), "", "")
+            continue
         before, after = base[name]["median"], this[name]["median"]
         change = f"{(after - before) / before:+.0%}" if before else ""
-        out.add_row(name, f"{before:,.1f}", f"{after:,.1f}", change)
+        runs = f"{base[name]['n']}/{this[name]['n']}"
+        out.add_row(name, f"{before:,.1f}", f"{after:,.1f}", change, runs)
     return out
+
+
+def _cell(row: dict[str, float] | None) -> str:
+    return "--" if row is None else f"{row['median']:,.1f}"
 
 
 def main(
     base_rev: str = typer.Argument(..., metavar="BASE", help="The commit before the change."),
-    pairs: int = typer.Option(2, min=1, help="Runs of each side, alternating (ABAB...)."),
+    pairs: int = typer.Option(2, min=1, help="Runs of each side, alternating (ABBA...)."),
     output: Path = typer.Option(Path("reports/compare"), help="Where each run's JSON goes."),
     bench_args: list[str] = typer.Argument(
         None, metavar="-- BENCH OPTIONS", help="Passed to loadtests.bench (after a --)."
@@ -118,14 +144,18 @@ def main(
 ) -> None:
     """Run the benchmark from BASE and from the working tree in alternation; print both."""
     output.mkdir(parents=True, exist_ok=True)
+    if env_differs():
+        console.print("[yellow]note:[/] .env has uncommitted changes: only the after side has them")
     checkout = worktree(base_rev)
+    sides = {"before": checkout, "after": REPO}
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
     try:
         for pair in range(1, pairs + 1):
-            for side, where in (("before", checkout), ("after", REPO)):
-                console.print(f"pair {pair} of {pairs}: {side} ({where})")
-                file = output / f"{side}-{pair}.json"
-                runs[side].append(run_bench(where, file.resolve(), bench_args or []))
+            order = ("before", "after") if pair % 2 else ("after", "before")  # ABBA...
+            for side in order:
+                console.print(f"[bold]pair {pair} of {pairs}: {side}[/] ({sides[side]})")
+                file = (output / f"{side}-{pair}.json").resolve()
+                runs[side].append(run_bench(sides[side], file, bench_args or []))
     finally:
         drop_worktree(checkout)
     console.print(table(base_rev, medians(runs["before"]), medians(runs["after"])))

@@ -7,6 +7,7 @@ import io
 import subprocess
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from loadtests.compare import REPO, drop_worktree, medians, table, worktree
@@ -41,15 +42,32 @@ def test_the_table_shows_before_after_and_the_change() -> None:
     before, after = medians([result(20.0, ops=37.0)]), medians([result(15.0, ops=35.0)])
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(table("abc123", before, after))
-    rows = {line.split("│")[1].strip(): line.split("│")[2:5] for line in _rows(console)}
-    assert [cell.strip() for cell in rows["shipped 10/s: order"]] == ["20.0", "15.0", "-25%"]
-    assert [cell.strip() for cell in rows["database commands per order"]] == ["37.0", "35.0", "-5%"]
+    rows = {line.split("│")[1].strip(): line.split("│")[2:6] for line in _rows(console)}
+    assert [c.strip() for c in rows["shipped 10/s: order"]] == ["20.0", "15.0", "-25%", "1/1"]
+    assert [c.strip() for c in rows["database commands per order"]] == [
+        "37.0",
+        "35.0",
+        "-5%",
+        "1/1",
+    ]
+
+
+def test_a_rate_only_one_side_reached_is_shown_not_dropped() -> None:
+    faster = result(15.0)
+    faster["saga"]["shipped"][0]["stages"].append(
+        {"offered_orders_s": 20.0, "cpu_ms_per_order": {"order": 14.0}}
+    )
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(table("abc123", medians([result(20.0)]), medians([faster])))
+    rows = {line.split("│")[1].strip(): line.split("│")[2:4] for line in _rows(console)}
+    assert [c.strip() for c in rows["shipped 20/s: order"]] == ["--", "14.0"]
 
 
 def _rows(console: Console) -> list[str]:
-    return [line for line in console.export_text().splitlines() if line.count("│") == 5]
+    return [line for line in console.export_text().splitlines() if line.count("│") == 6]
 
 
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs this project's git repository")
 def test_the_base_commit_is_checked_out_beside_this_one_and_removed_after() -> None:
     head = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
