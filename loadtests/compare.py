@@ -31,6 +31,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loadtests.bench import cpu_budget
+
 REPO = Path(__file__).resolve().parents[1]
 console = Console()
 
@@ -73,11 +75,11 @@ def env_differs() -> bool:
     )
 
 
-def stage_costs(result: dict[str, Any]) -> list[tuple[str, float, dict[str, float]]]:
-    """(mode, offered orders/s, CPU ms per order by process) of every load step of the first
-    pass, of every run (``--repeats``) of every mode."""
+def steps(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(mode, load step) of every step of the first pass, of every run (``--repeats``) of
+    every mode."""
     return [
-        (mode, stage["offered_orders_s"], dict(stage["cpu_ms_per_order"]))
+        (mode, stage)
         for mode, runs in result["saga"].items()
         for run in runs
         for stage in run["stages"]
@@ -100,13 +102,11 @@ def medians(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per row (a process at a stage, or another figure), the median over the runs."""
     rows: dict[str, list[float]] = {}
     for result in results:
-        for mode, rate, per_process in stage_costs(result):
-            for process, ms in per_process.items():
-                if process.startswith("load driver"):
-                    continue  # not the system
-                rows.setdefault(f"{mode} {rate:g}/s: {process}", []).append(ms)
-            total = sum(ms for p, ms in per_process.items() if not p.startswith("load driver"))
-            rows.setdefault(f"{mode} {rate:g}/s: ALL", []).append(total)
+        for mode, stage in steps(result):
+            step = f"{mode} {stage['offered_orders_s']:g}/s"
+            spent, _ = cpu_budget(stage)  # the load driver apart: it is not the system
+            for process, ms in {**spent, "ALL": sum(spent.values())}.items():
+                rows.setdefault(f"{step}: {process}", []).append(ms)
         for name, value in others(result).items():
             rows.setdefault(name, []).append(value)
     return {name: {"median": statistics.median(v), "n": len(v)} for name, v in rows.items()}

@@ -364,8 +364,7 @@ class Rehearsal:
                 "the stand-in has no authentication, so it connects without, and is no replica "
                 "set, so without replicaSet="
             )
-        hosts = parts.netloc.rpartition("@")[2]
-        return {**env, "MONGO_URL": without_replica_set(parts._replace(netloc=hosts).geturl())}
+        return {**env, "MONGO_URL": as_the_stand_in_takes_it(url)}
 
     def in_container(self, service: dict[str, Any], argv: list[str]) -> list[str]:
         """``argv`` as compose runs it in the service's container: in the namespace (with
@@ -620,16 +619,16 @@ class Rehearsal:
         log(f"read-only: {', '.join(names)} wrote nothing into their working folder or HOME")
 
 
-def without_replica_set(url: str) -> str:
-    """``url`` with its first member alone and without ``replicaSet=``: compose's MongoDB is the
-    replica set rs0 (made by the job mongo-replica-set, infra/mongo/replica-set.js; its members
+def as_the_stand_in_takes_it(url: str) -> str:
+    """``url`` without its login (the stand-in has no authentication), with its first member
+    alone and without ``replicaSet=``: compose's MongoDB is the replica set rs0 (made by the job mongo-replica-set, infra/mongo/replica-set.js; its members
     mongo, mongo-2, mongo-3), the stand-in a lone server, which a client that asks for a set, or
     is given several, never selects. The write concern (w=majority, journal) stays: a lone
     server takes it. The replica set itself is checked in tests/unit/test_mongo_replica_set.py."""
     parts = urlsplit(url)
-    login, at, hosts = parts.netloc.rpartition("@")
+    hosts = parts.netloc.rpartition("@")[2]
     query = "&".join(o for o in parts.query.split("&") if o and not o.startswith("replicaSet="))
-    return parts._replace(netloc=login + at + hosts.split(",")[0], query=query).geturl()
+    return parts._replace(netloc=hosts.split(",")[0], query=query).geturl()
 
 
 def confinement(service: dict[str, Any]) -> list[str]:

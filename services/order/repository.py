@@ -163,7 +163,10 @@ class EventStore:
         now = datetime.now(UTC)
         # BSON dates keep milliseconds: round here so the documents returned equal the stored ones.
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        # This process's copy is out while it appends: a failure half-way leaves none.
+        known = [] if expected_version == 0 else self._recent.pop(order_id, None)
         appended: list[dict[str, Any]] = []
+        events: list[OrderEvent] = []
         previous = published_before
         for version, data in enumerate(new_events, start=expected_version + 1):
             envelope = Envelope.wrap(
@@ -181,13 +184,15 @@ class EventStore:
                 document |= {"saga": SAGA_OPEN, "saga_deadline": saga_deadline}
             try:
                 await self.events.insert_one(document)
-            except BaseException as exc:
-                self._recent.pop(order_id, None)  # part of it may be stored: read it next time
-                if isinstance(exc, DuplicateKeyError):
-                    raise ConcurrencyError(f"order {order_id} moved past {version - 1}") from exc
-                raise
+            except DuplicateKeyError as exc:
+                raise ConcurrencyError(f"order {order_id} moved past {version - 1}") from exc
             appended.append(document)
-        self._extend_recent(order_id, expected_version, to_events(appended))
+            events.append(
+                OrderEvent(
+                    version=version, data=data, occurred_at=now, caused_by=envelope.causation_id
+                )
+            )
+        self._keep_recent(order_id, expected_version, known, events)
         return appended
         # --8<-- [end:event-store]
 
@@ -209,11 +214,11 @@ class EventStore:
             return list(known)
         return await self._read(order_id)
 
-    def _extend_recent(self, order_id: str, after: int, appended: list[OrderEvent]) -> None:
-        """Keep the copy current with what this process appended (after version ``after``)."""
-        known = self._recent.pop(order_id, None)
-        if after == 0:
-            known = []  # a new stream: the copy starts here
+    def _keep_recent(
+        self, order_id: str, after: int, known: list[OrderEvent] | None, appended: list[OrderEvent]
+    ) -> None:
+        """The copy, with what this process appended after version ``after``; ``known``: the
+        copy it had (``[]`` for a new stream)."""
         if not appended or known is None or len(known) != after:
             return  # no copy, or not of the stream it appended to: it reads it next time
         self._recent[order_id] = known + appended  # the most recently used, last

@@ -29,21 +29,8 @@ from shared.contracts import (
     StockReserved,
 )
 from shared.messaging import HeldBackError
+from tests.support.recording import Recording
 from tests.support.sealing import PAYMENT_RECIPIENT, sealed_token
-
-
-class CountedFinds:
-    """The events collection, with its ``find`` commands counted."""
-
-    def __init__(self, collection: Any) -> None:
-        self.collection, self.finds = collection, 0
-
-    def find(self, *args: Any, **kwargs: Any) -> Any:
-        self.finds += 1
-        return self.collection.find(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.collection, name)
 
 
 async def _quote(request: Any) -> Quote:
@@ -54,7 +41,7 @@ async def _quote(request: Any) -> Quote:
 def replica(db: Any, recent: int = 100) -> OrderDeps:
     """One order replica: its own event store (and copy of recent streams), the shared db."""
     store = EventStore(db, recent=recent)
-    store.events = CountedFinds(store.events)  # type: ignore[assignment]
+    store.events = Recording(store.events)  # type: ignore[assignment]
     return OrderDeps(
         store=store,
         views=OrderViews(db),
@@ -66,7 +53,7 @@ def replica(db: Any, recent: int = 100) -> OrderDeps:
 
 
 def finds(deps: OrderDeps) -> int:
-    return deps.store.events.finds  # type: ignore[attr-defined]
+    return deps.store.events.calls["find"]  # type: ignore[attr-defined]
 
 
 async def place(deps: OrderDeps) -> str:

@@ -53,6 +53,7 @@ from shared.ordering import KeyState
 from shared.outbox import OutboxRelay, outbox_stats, retry_parked
 from shared.sealing import UnknownKeyError, generate_key, seal
 from tests.support.events import order_placed
+from tests.support.recording import Recording
 from tests.support.sealing import PAYMENT_KEYS, PAYMENT_RECIPIENT, sealed_token
 
 MUGS = CatalogItem("CARROT-MUG", "Carrot-shaped mug", 1250, 10)
@@ -631,30 +632,12 @@ async def test_an_orders_email_stream_only_moves_forward(db: Any) -> None:
     assert await repo.order_stream("o2") == OrderStream()
 
 
-class CountedWrites:
-    """A collection whose insert_one and update_one calls are counted."""
-
-    def __init__(self, collection: Any) -> None:
-        self.collection, self.writes = collection, 0
-
-    async def insert_one(self, *args: Any, **kwargs: Any) -> Any:
-        self.writes += 1
-        return await self.collection.insert_one(*args, **kwargs)
-
-    async def update_one(self, *args: Any, **kwargs: Any) -> Any:
-        self.writes += 1
-        return await self.collection.update_one(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.collection, name)
-
-
 async def test_an_orders_email_stream_costs_one_write_per_event(db: Any) -> None:
     repo = NotificationRepository(db)
-    repo.order_streams = counted = CountedWrites(repo.order_streams)  # type: ignore[assignment]
+    repo.order_streams = counted = Recording(repo.order_streams)  # type: ignore[assignment]
     await repo.advance("o1", OrderStream(KeyState(last_applied=1), "event-1"))  # a new stream
     await repo.advance("o1", OrderStream(KeyState(last_applied=3), "event-3"))
-    assert counted.writes == 2
+    assert counted.calls["insert_one"] + counted.calls["update_one"] == 2
     assert await repo.order_stream("o1") == OrderStream(KeyState(last_applied=3), "event-3")
 
 

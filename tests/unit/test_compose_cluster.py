@@ -20,6 +20,8 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
+from tests.support.deployment import rabbitmq_conf
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
@@ -27,15 +29,6 @@ ENV = dotenv_values(REPO / ".env")
 RABBITMQ = REPO / "infra" / "rabbitmq"
 HAPROXY_CFG = REPO / "infra" / "haproxy" / "haproxy.cfg"
 COOKIE_INSTALL = 'install -m 400 /run/secrets/broker_erlang_cookie "$$HOME/.erlang.cookie"'
-
-
-def _conf(path: Path) -> dict[str, str]:
-    """A rabbitmq.conf file's settings (key = value, comments dropped)."""
-    return dict(
-        (part.strip() for part in line.split("=", 1))
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    )
 
 
 def _broker_nodes() -> list[str]:
@@ -93,7 +86,7 @@ def test_every_node_uses_the_one_cookie_copied_as_erlang_wants_it() -> None:
 
 
 def test_the_other_two_nodes_join_the_first_by_their_compose_names() -> None:
-    cluster_conf = _conf(RABBITMQ / "cluster.conf")
+    cluster_conf = rabbitmq_conf(RABBITMQ / "cluster.conf")
     assert cluster_conf["cluster_formation.peer_discovery_backend"] == "classic_config"
     listed = [
         v
@@ -110,7 +103,7 @@ def test_the_other_two_nodes_join_the_first_by_their_compose_names() -> None:
 
 
 def test_quorum_queues_grow_to_every_node_and_a_cut_off_node_pauses() -> None:
-    conf = _conf(RABBITMQ / "rabbitmq.conf")
+    conf = rabbitmq_conf(RABBITMQ / "rabbitmq.conf")
     assert conf["quorum_queue.continuous_membership_reconciliation.enabled"] == "true"
     target = int(conf["quorum_queue.continuous_membership_reconciliation.target_group_size"])
     assert target == len(_broker_nodes())

@@ -25,6 +25,7 @@ import yaml
 from dotenv import dotenv_values
 
 from cli.secrets import SECRET_VARIABLES
+from tests.support.deployment import MONGO_URL_OPTIONS, rabbitmq_conf
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -63,8 +64,8 @@ APP_MODULES = [
 # users in `admin` (infra/mongo/init-users.js creates them there).
 # And the replica set's options (tests/unit/test_mongo_replica_set.py: what each one is for).
 _MONGO_URL = re.compile(
-    r"mongodb://([a-z]+)@mongo:27017,mongo-2:27017,mongo-3:27017/\?authSource=admin"
-    r"&replicaSet=rs0&w=majority&journal=true&retryWrites=true"
+    r"mongodb://([a-z]+)@mongo:27017,mongo-2:27017,mongo-3:27017/\?"
+    + re.escape("&".join(f"{key}={value}" for key, value in MONGO_URL_OPTIONS.items()))
 )
 
 # The MongoDB user of each app container whose user is not named after it: the seed job loads
@@ -213,8 +214,8 @@ def test_only_order_and_locust_get_the_key_that_signs_api_tokens() -> None:
 
 def _replicas(svc: dict[str, Any]) -> int:
     """deploy.replicas with ${VAR} filled in from .env, as compose does."""
-    value = str(svc.get("deploy", {}).get("replicas", 1))
-    return int(_INTERPOLATION.sub(lambda m: dotenv_values(ENV_FILE)[m.group(1)] or "", value))
+    value, env = str(svc.get("deploy", {}).get("replicas", 1)), dotenv_values(ENV_FILE)
+    return int(_INTERPOLATION.sub(lambda m: env[m.group(1)] or "", value))
 
 
 def test_payment_runs_two_competing_consumers_without_fixed_names_or_host_ports() -> None:
@@ -293,11 +294,7 @@ def test_every_app_service_waits_for_a_healthy_broker_and_database() -> None:
 
 def test_broker_loads_the_definitions_the_one_shot_job_writes_from_env() -> None:
     # A node that loads definitions at boot creates no default user: the file brings its own.
-    settings = dict(
-        (part.strip() for part in line.split("=", 1))
-        for line in RABBITMQ_CONF.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    )
+    settings = rabbitmq_conf(RABBITMQ_CONF)
     job, broker = _services()["broker-definitions"], _services()["rabbitmq"]
     assert job["command"][:3] == ["warren", "topology", "export"]
     written = job["command"][job["command"].index("--output") + 1]

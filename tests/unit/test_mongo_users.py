@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from shared import topology
 from shared.settings import WarrenSettings
 from shared.testing.memory_mongo import AsyncMongomockDatabase
 from tests.support.node import NODE, harness_state, run_harness
+from tests.support.recording import Recording
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "infra" / "mongo" / "init-users.js"
@@ -181,31 +183,24 @@ PRIVILEGE_OF = {
 }
 
 
-class _Recording:
-    def __init__(self, collection: Any, calls: set[str]) -> None:
-        self._collection, self._calls = collection, calls
-
-    def __getattr__(self, name: str) -> Any:
-        self._calls.add(name)
-        return getattr(self._collection, name)
-
-
 async def test_the_audit_role_grants_exactly_what_the_audit_code_calls(
     server: dict[str, Any],
 ) -> None:
     """The role is not a guess: every call of the audit's repository (start-up, a record, a
     redelivered record, the two reads) maps to one of its actions, and each action is used."""
     trail = AuditTrail(AsyncMongomockDatabase(_db("audit")))
-    calls: set[str] = set()
-    trail.events = _Recording(trail.events, calls)  # type: ignore[assignment]
-    trail.broker_events = _Recording(trail.broker_events, calls)  # type: ignore[assignment]
+    calls: Counter[str] = Counter()
+    trail.events = Recording(trail.events, calls)  # type: ignore[assignment]
+    trail.broker_events = Recording(trail.broker_events, calls)  # type: ignore[assignment]
     await trail.create_indexes()
     for _ in range(2):  # the second one is a redelivery: it reads the record that stands
         await trail.record({"_id": "e1/payment", "order_id": "o1", "occurred_at": 1})
         await trail.record_broker_event({"_id": "b1", "at": 1})
     await trail.order_trail("o1")
     await trail.latest_broker_events(5)
-    assert calls <= set(PRIVILEGE_OF), f"map {calls - set(PRIVILEGE_OF)} to its privilege action"
+    assert calls.keys() <= set(PRIVILEGE_OF), (
+        f"map {calls.keys() - set(PRIVILEGE_OF)} to its privilege action"
+    )
     [grant] = server["users"]["audit"]["roles"]
     granted = {a for p in server["roles"][grant["role"]]["privileges"] for a in p["actions"]}
     assert {PRIVILEGE_OF[call] for call in calls} == granted
